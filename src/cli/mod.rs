@@ -1,0 +1,7 @@
+//! The companion binary's commands, one module each (native only).
+
+pub mod build_index;
+pub mod demo;
+pub mod embed;
+pub mod import;
+pub mod serve;

@@ -1,0 +1,1 @@
+//! Importing pretrained PyTorch checkpoints into ONNX embedding models (native only).

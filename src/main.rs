@@ -1,0 +1,35 @@
+//! `otlens`: the companion binary. Imports models, builds catalog indexes, serves the demo.
+
+use clap::{Parser, Subcommand};
+use otlens::cli;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a PyTorch checkpoint into an ONNX embedding model (fp32 and int8).
+    Import(cli::import::Args),
+    /// Print the embedding of one photo as JSON.
+    Embed(cli::embed::Args),
+    /// Embed a catalog's photos and write the index, thumbnails and manifest.
+    BuildIndex(cli::build_index::Args),
+    /// Build a demo catalog from a public dataset.
+    Demo(cli::demo::Args),
+    /// Serve a folder over HTTP on 127.0.0.1 (for the demo and the tests).
+    Serve(cli::serve::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Import(args) => cli::import::run(args),
+        Command::Embed(args) => cli::embed::run(args),
+        Command::BuildIndex(args) => cli::build_index::run(args),
+        Command::Demo(args) => cli::demo::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+    }
+}

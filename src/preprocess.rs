@@ -1,0 +1,281 @@
+//! Photo bytes -> model input, identically on wasm and native.
+//!
+//! Every step is pure Rust with no platform-specific maths, so the same bytes give
+//! the same tensor in the browser and in the companion binary. Decoding is bounded
+//! before any pixel buffer is allocated (see [`DecodeLimits`]).
+
+use std::io::Cursor;
+
+use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use serde::{Deserialize, Serialize};
+
+/// Bounds on what a photo may be. Checked from the file header, before decoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeLimits {
+    /// Largest accepted file, in bytes (default 30 MiB: a 50 MP phone JPEG is ~20 MiB).
+    pub max_bytes: usize,
+    /// Largest accepted width and height, in pixels (default 12,000).
+    pub max_side: u32,
+    /// Largest accepted width x height (default 50 MP, a high-end phone sensor).
+    pub max_pixels: u64,
+    /// Largest allocation the decoder may make, in bytes (default 256 MiB).
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_bytes: 30 << 20,
+            max_side: 12_000,
+            max_pixels: 50_000_000,
+            max_alloc: 256 << 20,
+        }
+    }
+}
+
+/// How a model wants its input; stored in the model file's metadata by the importer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Side of the square input, in pixels.
+    pub size: u32,
+    /// Per-channel (R, G, B) mean and standard deviation applied to pixel / 255.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        InputSpec {
+            size: 224,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+/// Why a photo was refused. Messages are written for the shopper.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is too large ({bytes} bytes; the limit is {limit} bytes)")]
+    FileTooLarge { bytes: usize, limit: usize },
+    #[error("the photo is too large ({width}x{height} pixels; the limit is {max_side} pixels a side and {max_pixels} pixels in all)")]
+    DimensionsTooLarge {
+        width: u32,
+        height: u32,
+        max_side: u32,
+        max_pixels: u64,
+    },
+    #[error("this is not a supported image (JPEG, PNG, WebP, GIF or BMP)")]
+    Unsupported,
+    #[error("the image is damaged or incomplete: {0}")]
+    Corrupt(String),
+}
+
+/// Decodes a photo within `limits` and turns it upright according to its EXIF orientation.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(ImageError::FileTooLarge {
+            bytes: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageError::Unsupported)?;
+    if !matches!(
+        format,
+        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp
+    ) {
+        return Err(ImageError::Unsupported);
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_alloc);
+    reader.limits(decoder_limits);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(e, limits))?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 || u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(too_large(width, height, limits));
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, limits))?;
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
+}
+
+fn too_large(width: u32, height: u32, limits: &DecodeLimits) -> ImageError {
+    ImageError::DimensionsTooLarge {
+        width,
+        height,
+        max_side: limits.max_side,
+        max_pixels: limits.max_pixels,
+    }
+}
+
+fn classify(error: image::ImageError, limits: &DecodeLimits) -> ImageError {
+    match error {
+        image::ImageError::Limits(_) => ImageError::DimensionsTooLarge {
+            width: 0,
+            height: 0,
+            max_side: limits.max_side,
+            max_pixels: limits.max_pixels,
+        },
+        image::ImageError::Unsupported(_) => ImageError::Unsupported,
+        other => ImageError::Corrupt(other.to_string()),
+    }
+}
+
+/// Centre square crop, resized to `spec.size`, as a normalised NCHW tensor (1x3xSxS).
+///
+/// Cropping before resizing gives the same picture as resize-then-crop at a fraction
+/// of the work on large phone photos.
+pub fn to_tensor(image: &RgbImage, spec: &InputSpec) -> Vec<f32> {
+    let (width, height) = image.dimensions();
+    let side = width.min(height);
+    let square = image::imageops::crop_imm(image, (width - side) / 2, (height - side) / 2, side, side).to_image();
+    let resized = image::imageops::resize(&square, spec.size, spec.size, FilterType::Triangle);
+    let plane = (spec.size * spec.size) as usize;
+    let mut tensor = vec![0f32; 3 * plane];
+    for (i, pixel) in resized.pixels().enumerate() {
+        for c in 0..3 {
+            tensor[c * plane + i] = (f32::from(pixel[c]) / 255.0 - spec.mean[c]) / spec.std[c];
+        }
+    }
+    tensor
+}
+
+/// [`decode`] then [`to_tensor`].
+pub fn preprocess(bytes: &[u8], spec: &InputSpec, limits: &DecodeLimits) -> Result<Vec<f32>, ImageError> {
+    Ok(to_tensor(&decode(bytes, limits)?, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageEncoder, Rgb};
+
+    fn png(image: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn tensor_is_nchw_and_normalised() {
+        let image = RgbImage::from_pixel(10, 10, Rgb([255, 0, 128]));
+        let spec = InputSpec {
+            size: 4,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let tensor = to_tensor(&image, &spec);
+        assert_eq!(tensor.len(), 3 * 16);
+        assert!(tensor[..16].iter().all(|v| (v - 1.0).abs() < 1e-6));
+        assert!(tensor[16..32].iter().all(|v| (v + 1.0).abs() < 1e-6));
+        assert!(tensor[32..]
+            .iter()
+            .all(|v| (v - (128.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6));
+    }
+
+    #[test]
+    fn centre_crop_keeps_the_middle_of_a_tall_photo() {
+        // A tall photo: red top quarter, green middle, blue bottom quarter.
+        let image = RgbImage::from_fn(8, 16, |_, y| match y {
+            0..=3 => Rgb([255, 0, 0]),
+            12..=15 => Rgb([0, 0, 255]),
+            _ => Rgb([0, 255, 0]),
+        });
+        let spec = InputSpec {
+            size: 8,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let tensor = to_tensor(&image, &spec);
+        let plane = 64;
+        assert!(tensor[..plane].iter().all(|&r| r == 0.0), "no red survives the crop");
+        assert!(tensor[plane..2 * plane].iter().all(|&g| g == 1.0));
+    }
+
+    #[test]
+    fn png_round_trip_decodes_to_the_same_pixels() {
+        let image = RgbImage::from_fn(5, 3, |x, y| Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        assert_eq!(decode(&png(&image), &DecodeLimits::default()).unwrap(), image);
+    }
+
+    #[test]
+    fn exif_orientation_turns_the_photo_upright() {
+        // A 2x1 JPEG (left black, right white) tagged "rotate 90 clockwise" (6) must come out 1x2.
+        let image = RgbImage::from_fn(16, 8, |x, _| if x < 8 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+        let mut jpeg = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
+        encoder.set_exif_metadata(exif_with_orientation(6)).unwrap();
+        encoder.encode_image(&image).unwrap();
+        let upright = decode(&jpeg, &DecodeLimits::default()).unwrap();
+        assert_eq!(upright.dimensions(), (8, 16));
+        assert!(upright.get_pixel(4, 2)[0] < 30, "top is the former left (black) half");
+        assert!(
+            upright.get_pixel(4, 13)[0] > 225,
+            "bottom is the former right (white) half"
+        );
+    }
+
+    /// A minimal little-endian TIFF/EXIF block with one Orientation entry.
+    fn exif_with_orientation(orientation: u16) -> Vec<u8> {
+        let mut exif = b"II*\0\x08\0\0\0\x01\0".to_vec();
+        exif.extend_from_slice(&0x0112u16.to_le_bytes()); // tag: Orientation
+        exif.extend_from_slice(&3u16.to_le_bytes()); // type: SHORT
+        exif.extend_from_slice(&1u32.to_le_bytes()); // count
+        exif.extend_from_slice(&orientation.to_le_bytes());
+        exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // value padding + next IFD offset
+        exif
+    }
+
+    #[test]
+    fn bad_inputs_get_typed_errors() {
+        let limits = DecodeLimits::default();
+        assert_eq!(decode(b"", &limits), Err(ImageError::Empty));
+        assert_eq!(
+            decode(b"hello, I am a text file\n", &limits),
+            Err(ImageError::Unsupported)
+        );
+        let jpeg = {
+            let mut out = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new(&mut out)
+                .encode_image(&RgbImage::from_pixel(64, 64, Rgb([9, 9, 9])))
+                .unwrap();
+            out
+        };
+        assert!(matches!(
+            decode(&jpeg[..jpeg.len() / 2], &limits),
+            Err(ImageError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_png_declaring_50000_pixels_a_side_is_refused_before_decoding() {
+        let mut header = png(&RgbImage::new(1, 1));
+        // Patch IHDR width/height (bytes 16..24) and its CRC (bytes 29..33).
+        header[16..20].copy_from_slice(&50_000u32.to_be_bytes());
+        header[20..24].copy_from_slice(&50_000u32.to_be_bytes());
+        let crc = crc32fast::hash(&header[12..29]);
+        header[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            decode(&header, &DecodeLimits::default()),
+            Err(ImageError::DimensionsTooLarge { .. })
+        ));
+    }
+}
