@@ -1,0 +1,152 @@
+// otlens search worker: downloads and checks the model and catalog index, then answers
+// searches. Decoding and inference run here so the shop page never freezes.
+//
+// Messages in:  {type: "load", manifestUrl}
+//               {type: "search", id, photo: Blob, k}
+//               {type: "embed", id, photo: Blob}
+// Messages out: {type: "progress", step, steps, label, loaded, total}
+//               {type: "ready", manifest, model, products}
+//               {type: "results", id, results, timings}
+//               {type: "embedding", id, embedding}
+//               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
+
+import init, { Lens, checkPhotoSize, sha256Hex } from "./pkg/otlens.js";
+
+const SUPPORTED_FORMAT = 1;
+let lens = null;
+
+function post(message, transfer = []) {
+  self.postMessage(message, transfer);
+}
+
+/** Fetches a URL as bytes, reporting progress; `expectedBytes` serves when the length header is missing or compressed. */
+async function download(url, label, step, steps, expectedBytes) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (error) {
+    throw new Error(`could not download ${label} (${url}): ${error.message}`);
+  }
+  if (!response.ok) {
+    throw new Error(`could not download ${label} (${url}): HTTP ${response.status} ${response.statusText}`);
+  }
+  const lengthHeader = Number(response.headers.get("Content-Length"));
+  const compressed = response.headers.has("Content-Encoding");
+  const total = !compressed && lengthHeader > 0 ? lengthHeader : expectedBytes || 0;
+  const chunks = [];
+  let loaded = 0;
+  let lastReport = 0;
+  post({ type: "progress", step, steps, label, loaded, total });
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.byteLength;
+    // A progress message per network chunk would flood the page; ~20 per second is smooth.
+    const now = performance.now();
+    if (now - lastReport > 50) {
+      lastReport = now;
+      post({ type: "progress", step, steps, label, loaded, total });
+    }
+  }
+  post({ type: "progress", step, steps, label, loaded, total: total || loaded });
+  const bytes = new Uint8Array(loaded);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}
+
+async function sha256(bytes) {
+  // crypto.subtle exists only in secure contexts (https, localhost); the wasm hash covers plain http.
+  if (self.crypto?.subtle) {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  return sha256Hex(bytes);
+}
+
+async function verify(bytes, entry, label) {
+  const actual = await sha256(bytes);
+  if (entry.sha256 && actual !== entry.sha256.toLowerCase()) {
+    throw new Error(
+      `the ${label} file is not the one the catalog manifest lists (sha256 ${actual.slice(0, 12)}…, ` +
+        `expected ${entry.sha256.slice(0, 12)}…); the shop must deploy the catalog files together`,
+    );
+  }
+}
+
+async function load(manifestUrl) {
+  const steps = 3;
+  const wasmUrl = new URL("./pkg/otlens_bg.wasm", import.meta.url);
+  const wasm = await download(wasmUrl, "search engine", 1, steps);
+  await init({ module_or_path: wasm });
+
+  let manifest;
+  try {
+    const response = await fetch(manifestUrl);
+    if (!response.ok) throw new Error(`HTTP ${response.status} ${response.statusText}`);
+    manifest = await response.json();
+  } catch (error) {
+    throw new Error(`could not read the catalog manifest (${manifestUrl}): ${error.message}`);
+  }
+  if (manifest.format !== SUPPORTED_FORMAT) {
+    throw new Error(
+      `the catalog manifest has format ${manifest.format}, this widget reads format ${SUPPORTED_FORMAT}; ` +
+        "rebuild the catalog with the matching otlens version",
+    );
+  }
+  if (!manifest.model?.file || !manifest.index?.file) {
+    throw new Error("the catalog manifest names no model or index file");
+  }
+  const model = await download(new URL(manifest.model.file, manifestUrl), "model", 2, steps, manifest.model.bytes);
+  await verify(model, manifest.model, "model");
+  const index = await download(new URL(manifest.index.file, manifestUrl), "catalog", 3, steps, manifest.index.bytes);
+  await verify(index, manifest.index, "index");
+
+  post({ type: "progress", step: steps, steps, label: "preparing", loaded: 1, total: 1 });
+  lens = new Lens(model, index);
+  post({ type: "ready", manifest, model: lens.info(), products: lens.len() });
+}
+
+async function photoBytes(photo) {
+  checkPhotoSize(photo.size);
+  return new Uint8Array(await photo.arrayBuffer());
+}
+
+async function handle(message) {
+  switch (message.type) {
+    case "load":
+      return load(message.manifestUrl);
+    case "search": {
+      if (!lens) throw new Error("the search engine is not loaded yet");
+      const started = performance.now();
+      const response = lens.search(await photoBytes(message.photo), message.k);
+      response.timings.total_ms = performance.now() - started;
+      return post({ type: "results", id: message.id, ...response });
+    }
+    case "embed": {
+      if (!lens) throw new Error("the search engine is not loaded yet");
+      const embedding = lens.embed(await photoBytes(message.photo));
+      return post({ type: "embedding", id: message.id, embedding }, [embedding.buffer]);
+    }
+    default:
+      throw new Error(`unknown request ${message.type}`);
+  }
+}
+
+// One request at a time: a search waits for the previous one instead of interleaving across awaits.
+let queue = Promise.resolve();
+self.onmessage = ({ data }) => {
+  queue = queue.then(() =>
+    handle(data).catch((error) => {
+      // A RuntimeError (e.g. a Rust panic) leaves the wasm instance unusable; anything else
+      // is a refused input and the worker carries on.
+      const fatal = data.type === "load" || error instanceof WebAssembly.RuntimeError;
+      post({ type: "error", id: data.id, message: error.message || String(error), fatal });
+    }),
+  );
+};

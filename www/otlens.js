@@ -1,0 +1,456 @@
+// otlens: photo search for a shop page, running entirely in the shopper's browser.
+//
+// Usage (one script tag, then the element anywhere on the page):
+//   <script type="module" src="otlens.js"></script>
+//   <ot-lens src="catalog/manifest.json" max-results="12"></ot-lens>
+//
+// Attributes (all optional):
+//   src          URL of the catalog manifest written by `otlens build-index` / `otlens demo`,
+//                relative to the page.                          Default: "catalog/manifest.json"
+//   max-results  How many products to show per search (1-100).  Default: 12
+//   locale       BCP 47 locale for prices (e.g. "ko-KR").       Default: the page's <html lang>,
+//                                                                else the browser's language
+//   label        Text of the file button.                       Default: "Choose a photo"
+//
+// Events (bubbling, composed), on the element:
+//   otlens-ready    detail: {products, model, manifest}   model and catalog loaded and checked
+//   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first
+//   otlens-error    detail: {message, fatal}              fatal: the widget could not start
+//
+// Methods: search(blob) -> Promise<{results, timings}> (also shows them), embed(blob) -> Promise<Float32Array>.
+// Styling: CSS custom properties --otlens-accent, --otlens-text, --otlens-muted, --otlens-surface,
+// --otlens-radius on the element; ::part(button | drop-zone | status | results | result).
+//
+// The model, index and wasm are loaded in a Web Worker (otlens-worker.js, next to this file);
+// decoding and inference run there, so the page stays responsive.
+
+const DEFAULT_SRC = "catalog/manifest.json";
+const DEFAULT_MAX_RESULTS = 12;
+const DEFAULT_LABEL = "Choose a photo";
+
+const TEMPLATE = document.createElement("template");
+TEMPLATE.innerHTML = `
+<style>
+  :host {
+    --accent: var(--otlens-accent, #0b57d0);
+    --text: var(--otlens-text, #1f1f1f);
+    --muted: var(--otlens-muted, #5f6368);
+    --surface: var(--otlens-surface, #ffffff);
+    --radius: var(--otlens-radius, 12px);
+    --error: #b3261e;
+    display: block;
+    color: var(--text);
+    font: inherit;
+  }
+  [hidden] { display: none !important; }
+  .visually-hidden {
+    position: absolute; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
+    overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
+  }
+  .drop {
+    display: flex; flex-wrap: wrap; align-items: center; gap: 1rem;
+    padding: 1.25rem; border: 2px dashed #c4c7c5; border-radius: var(--radius);
+    background: var(--surface); transition: border-color .15s, background .15s;
+  }
+  .drop.over { border-color: var(--accent); background: color-mix(in srgb, var(--accent) 8%, var(--surface)); }
+  .button {
+    display: inline-flex; align-items: center; gap: .5rem; cursor: pointer;
+    padding: .7rem 1.2rem; border-radius: 999px; border: 0;
+    background: var(--accent); color: #fff; font: inherit; font-weight: 600;
+  }
+  .button:hover { filter: brightness(1.1); }
+  input:focus-visible + .button, .button:focus-visible { outline: 3px solid var(--accent); outline-offset: 3px; }
+  .hint { margin: 0; color: var(--muted); }
+  .query { display: flex; align-items: center; gap: .6rem; margin: 0 0 0 auto; color: var(--muted); font-size: .9em; }
+  .query img { width: 56px; height: 56px; object-fit: cover; border-radius: 8px; border: 1px solid #dadce0; }
+  .loading { margin: .75rem 0 0; color: var(--muted); font-size: .9em; }
+  .loading progress { display: block; width: 100%; height: .5rem; margin-top: .3rem; accent-color: var(--accent); }
+  .status-row { display: flex; align-items: center; gap: .75rem; margin: .75rem 0; }
+  .status { min-height: 1.4em; margin: 0; font-weight: 600; }
+  .status.error { color: var(--error); }
+  .timing { margin-left: .5rem; color: var(--muted); font-weight: 400; font-size: .85em; }
+  .retry { font: inherit; cursor: pointer; }
+  .results {
+    list-style: none; margin: 0; padding: 0;
+    display: grid; gap: 1rem; grid-template-columns: repeat(auto-fill, minmax(10rem, 1fr));
+  }
+  .results[aria-busy="true"] { opacity: .5; }
+  .result {
+    display: flex; flex-direction: column; gap: .2rem; height: 100%; box-sizing: border-box;
+    padding: .6rem; border-radius: var(--radius); background: var(--surface);
+    border: 1px solid #e3e3e3; color: inherit; text-decoration: none;
+  }
+  a.result:hover { border-color: var(--accent); }
+  a.result:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+  .result img {
+    width: 100%; aspect-ratio: 1; object-fit: contain; border-radius: calc(var(--radius) - 4px);
+    background: #f4f4f4; margin-bottom: .3rem;
+  }
+  .title { font-weight: 600; line-height: 1.25; }
+  .brand, .meta { color: var(--muted); font-size: .85em; }
+  .price { font-weight: 700; }
+  .score { margin-top: auto; color: var(--muted); font-size: .8em; }
+</style>
+<div class="drop" part="drop-zone">
+  <input type="file" id="file" accept="image/*" class="visually-hidden">
+  <label for="file" class="button" part="button"><span aria-hidden="true">📷</span><span class="label"></span></label>
+  <p class="hint">or drop a photo here</p>
+  <figure class="query" hidden><img alt=""><figcaption>Your photo</figcaption></figure>
+</div>
+<div class="loading">
+  <label for="progress" class="progress-text">Loading visual search…</label>
+  <progress id="progress" max="1" value="0"></progress>
+</div>
+<div class="status-row">
+  <p class="status" part="status" role="status" aria-live="polite"><span class="message"></span><span class="timing"></span></p>
+  <button type="button" class="retry" hidden>Try again</button>
+</div>
+<ul class="results" part="results" aria-label="Search results"></ul>
+`;
+
+const megabytes = (bytes) => (bytes / 1e6).toFixed(1);
+
+/** An engine message as the end of a sentence: "the file is empty" -> "the file is empty." */
+const sentence = (message) => (/[.!?]$/.test(message) ? message : `${message}.`);
+
+/** Only http(s) links and images: product data comes from a file the page does not control. */
+function safeUrl(url, base) {
+  if (!url) return null;
+  try {
+    const resolved = new URL(url, base);
+    return resolved.protocol === "http:" || resolved.protocol === "https:" ? resolved.href : null;
+  } catch {
+    return null;
+  }
+}
+
+class OtLens extends HTMLElement {
+  static observedAttributes = ["src", "label"];
+
+  #root;
+  #worker = null;
+  #state = "idle"; // idle | loading | ready | failed
+  #manifestUrl = null;
+  #nextId = 1;
+  #pending = new Map();
+  #queuedPhoto = null;
+  #latestSearch = 0;
+  #previewUrl = null;
+  #readyPromise;
+  #resolveReady;
+  #rejectReady;
+
+  constructor() {
+    super();
+    this.#root = this.attachShadow({ mode: "open" });
+    this.#root.append(TEMPLATE.content.cloneNode(true));
+    this.#newReadyPromise();
+    const input = this.#$("input");
+    input.addEventListener("change", () => {
+      if (input.files.length) this.#searchFromUi(input.files[0]);
+      // Choosing the same file again must search again.
+      input.value = "";
+    });
+    this.#$(".retry").addEventListener("click", () => this.#start());
+    this.#wireDropZone(this.#$(".drop"));
+    this.addEventListener("paste", (event) => {
+      const file = Array.from(event.clipboardData?.files ?? [])[0];
+      if (file) {
+        event.preventDefault();
+        this.#searchFromUi(file);
+      }
+    });
+    this.#renderLabel();
+  }
+
+  connectedCallback() {
+    if (this.#state === "idle") this.#start();
+  }
+
+  disconnectedCallback() {
+    this.#stop();
+  }
+
+  attributeChangedCallback(name, oldValue, newValue) {
+    if (name === "label") this.#renderLabel();
+    if (name === "src" && oldValue !== newValue && this.#state !== "idle") this.#start();
+  }
+
+  /** Resolves with {products, model, manifest} once the widget can search. */
+  get ready() {
+    return this.#readyPromise;
+  }
+
+  get maxResults() {
+    const value = Number.parseInt(this.getAttribute("max-results") ?? "", 10);
+    return Number.isFinite(value) ? Math.min(Math.max(value, 1), 100) : DEFAULT_MAX_RESULTS;
+  }
+
+  /** Searches with a photo (Blob or File), shows the results and resolves with them. */
+  async search(photo) {
+    await this.ready;
+    const id = ++this.#latestSearch;
+    this.#showPreview(photo);
+    this.#setStatus("Searching…");
+    this.#$(".results").setAttribute("aria-busy", "true");
+    try {
+      const response = await this.#request({ type: "search", photo, k: this.maxResults });
+      if (id === this.#latestSearch) this.#showResults(response, photo);
+      return { results: response.results, timings: response.timings };
+    } catch (error) {
+      // After a fatal error the status already says that the widget must be reloaded.
+      if (id === this.#latestSearch && this.#state === "ready") {
+        this.#setStatus(`This photo can't be used: ${sentence(error.message)}`, { error: true });
+        this.#$(".results").removeAttribute("aria-busy");
+      }
+      throw error;
+    }
+  }
+
+  /** The embedding of a photo, as the search computes it. */
+  async embed(photo) {
+    await this.ready;
+    return (await this.#request({ type: "embed", photo })).embedding;
+  }
+
+  #$(selector) {
+    return this.#root.querySelector(selector);
+  }
+
+  #renderLabel() {
+    this.#$(".label").textContent = this.getAttribute("label") || DEFAULT_LABEL;
+  }
+
+  #newReadyPromise() {
+    this.#readyPromise = new Promise((resolve, reject) => {
+      this.#resolveReady = resolve;
+      this.#rejectReady = reject;
+    });
+    // Nobody need await `ready`: a failed start is shown in the widget and sent as otlens-error.
+    this.#readyPromise.catch(() => {});
+  }
+
+  #start() {
+    this.#stop();
+    if (this.#state !== "idle") {
+      this.#rejectReady(new Error("visual search was restarted"));
+      this.#newReadyPromise();
+    }
+    this.#state = "loading";
+    this.#manifestUrl = new URL(this.getAttribute("src") || DEFAULT_SRC, document.baseURI).href;
+    this.#$(".loading").hidden = false;
+    this.#$(".retry").hidden = true;
+    this.#setStatus("Loading visual search…");
+    this.#worker = new Worker(new URL("otlens-worker.js", import.meta.url), { type: "module" });
+    this.#worker.onmessage = ({ data }) => this.#onWorkerMessage(data);
+    this.#worker.onerror = (event) => {
+      event.preventDefault();
+      this.#fail(event.message || "the search worker could not start (are otlens-worker.js and pkg/ deployed?)");
+    };
+    this.#worker.postMessage({ type: "load", manifestUrl: this.#manifestUrl });
+  }
+
+  #stop() {
+    this.#worker?.terminate();
+    this.#worker = null;
+    for (const { reject } of this.#pending.values()) reject(new Error("the search was cancelled"));
+    this.#pending.clear();
+  }
+
+  #fail(message) {
+    this.#stop();
+    this.#state = "failed";
+    this.#queuedPhoto = null;
+    this.#$(".loading").hidden = true;
+    this.#$(".results").removeAttribute("aria-busy");
+    this.#setStatus(`Visual search could not start: ${sentence(message)}`, { error: true });
+    this.#rejectReady(new Error(message));
+    this.#$(".retry").hidden = false;
+    this.#emit("otlens-error", { message, fatal: true });
+  }
+
+  #request(message) {
+    if (!this.#worker) return Promise.reject(new Error("visual search is not running"));
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#worker.postMessage({ ...message, id });
+    });
+  }
+
+  #onWorkerMessage(data) {
+    switch (data.type) {
+      case "progress":
+        return this.#showProgress(data);
+      case "ready":
+        this.#state = "ready";
+        this.#$(".loading").hidden = true;
+        this.#setStatus(`Visual search ready: ${data.products.toLocaleString(this.#locale())} products.`);
+        this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
+        this.#emit("otlens-ready", { products: data.products, model: data.model, manifest: data.manifest });
+        if (this.#queuedPhoto) {
+          const photo = this.#queuedPhoto;
+          this.#queuedPhoto = null;
+          this.#searchFromUi(photo);
+        }
+        return;
+      case "error": {
+        const request = this.#pending.get(data.id);
+        this.#pending.delete(data.id);
+        if (data.fatal) {
+          request?.reject(new Error(data.message));
+          return this.#fail(data.message);
+        }
+        request?.reject(new Error(data.message));
+        return this.#emit("otlens-error", { message: data.message, fatal: false });
+      }
+      default: {
+        const request = this.#pending.get(data.id);
+        this.#pending.delete(data.id);
+        request?.resolve(data);
+      }
+    }
+  }
+
+  #showProgress({ label, loaded, total }) {
+    const text = this.#$(".progress-text");
+    const bar = this.#$("progress");
+    if (label === "preparing") {
+      text.textContent = "Preparing the model…";
+      bar.removeAttribute("value");
+      return;
+    }
+    text.textContent = total
+      ? `Downloading ${label}… ${megabytes(loaded)} / ${megabytes(total)} MB`
+      : `Downloading ${label}… ${megabytes(loaded)} MB`;
+    if (total) {
+      bar.max = total;
+      bar.value = loaded;
+    } else {
+      bar.removeAttribute("value");
+    }
+  }
+
+  #wireDropZone(zone) {
+    let depth = 0; // dragenter/dragleave fire for every child crossed
+    zone.addEventListener("dragenter", (event) => {
+      event.preventDefault();
+      depth += 1;
+      zone.classList.add("over");
+    });
+    zone.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+    });
+    zone.addEventListener("dragleave", () => {
+      depth = Math.max(depth - 1, 0);
+      if (depth === 0) zone.classList.remove("over");
+    });
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      depth = 0;
+      zone.classList.remove("over");
+      const file = event.dataTransfer.files[0];
+      if (file) this.#searchFromUi(file);
+      else this.#setStatus("Drop a photo file (for example a JPEG from your computer).", { error: true });
+    });
+  }
+
+  /** A photo chosen in the UI: errors are shown in the widget, never thrown at the page. */
+  #searchFromUi(photo) {
+    if (this.#state === "failed") {
+      return this.#setStatus("Visual search is not available; press “Try again” to reload it.", { error: true });
+    }
+    if (this.#state !== "ready") {
+      this.#queuedPhoto = photo;
+      this.#showPreview(photo);
+      return this.#setStatus("Your photo will be searched as soon as visual search has loaded…");
+    }
+    this.search(photo).catch(() => {});
+  }
+
+  #showPreview(photo) {
+    const figure = this.#$(".query");
+    const img = figure.querySelector("img");
+    if (this.#previewUrl) URL.revokeObjectURL(this.#previewUrl);
+    this.#previewUrl = URL.createObjectURL(photo);
+    // A file that is not a displayable image simply shows no preview.
+    img.onerror = () => (figure.hidden = true);
+    img.onload = () => (figure.hidden = false);
+    img.src = this.#previewUrl;
+  }
+
+  #setStatus(message, { error = false, timing = "" } = {}) {
+    const status = this.#$(".status");
+    status.classList.toggle("error", error);
+    status.querySelector(".message").textContent = message;
+    status.querySelector(".timing").textContent = timing;
+  }
+
+  #locale() {
+    return this.getAttribute("locale") || document.documentElement.lang || navigator.language;
+  }
+
+  #formatPrice(price, currency) {
+    if (price == null) return "";
+    const locale = this.#locale();
+    if (currency) {
+      try {
+        // Intl knows each currency's minor unit: KRW and JPY get no decimals, EUR two.
+        return new Intl.NumberFormat(locale, { style: "currency", currency }).format(price);
+      } catch {
+        // An unknown currency code: show the amount and the code as given.
+      }
+    }
+    return `${new Intl.NumberFormat(locale).format(price)} ${currency}`.trim();
+  }
+
+  #showResults({ results, timings }, photo) {
+    const list = this.#$(".results");
+    list.replaceChildren(...results.map((result) => this.#renderResult(result)));
+    list.removeAttribute("aria-busy");
+    const count = results.length === 1 ? "1 result" : `${results.length} results`;
+    this.#setStatus(count, { timing: `in ${Math.round(timings.total_ms ?? timings.embed_ms)} ms` });
+    this.#emit("otlens-results", { results, timings, photo });
+  }
+
+  #renderResult({ product, score }) {
+    const item = document.createElement("li");
+    const href = safeUrl(product.url, this.#manifestUrl);
+    const card = document.createElement(href ? "a" : "div");
+    card.className = "result";
+    card.setAttribute("part", "result");
+    if (href) card.href = href;
+    const thumbnail = safeUrl(product.thumbnail, this.#manifestUrl);
+    if (thumbnail) {
+      const img = document.createElement("img");
+      img.src = thumbnail;
+      img.alt = product.title ? `Photo: ${product.title}` : "Product photo";
+      img.loading = "lazy";
+      img.decoding = "async";
+      card.append(img);
+    }
+    const add = (className, text) => {
+      if (!text) return;
+      const span = document.createElement("span");
+      span.className = className;
+      span.textContent = text;
+      card.append(span);
+    };
+    add("title", product.title || product.id);
+    add("brand", product.brand);
+    add("price", this.#formatPrice(product.price, product.currency));
+    add("meta", [product.category, product.colour].filter(Boolean).join(" · "));
+    add("score", `Similarity ${Math.round(Math.max(score, 0) * 100)}%`);
+    item.append(card);
+    return item;
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true }));
+  }
+}
+
+if (!customElements.get("ot-lens")) customElements.define("ot-lens", OtLens);
+
+export { OtLens };
