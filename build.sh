@@ -2,7 +2,7 @@
 # otlens build entry point. On a fresh Debian machine:
 #   ./build.sh serve   install what is missing, build, build the demo catalog, serve it on 127.0.0.1
 #   ./build.sh test    install what is missing, build once, run every test
-# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench, models.
+# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -132,5 +132,5 @@ case "$command" in
   serve) serve ;;
   test) test_all ;;
   bench) bench ;;
-  *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; [ "$command" = help ] ;;
+  *) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; [ "$command" = help ] ;;
 esac
