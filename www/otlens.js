@@ -93,7 +93,7 @@ TEMPLATE.innerHTML = `
 </style>
 <div class="drop" part="drop-zone">
   <input type="file" id="file" accept="image/*" class="visually-hidden">
-  <label for="file" class="button" part="button"><span aria-hidden="true">📷</span><span class="label"></span></label>
+  <label for="file" class="button" part="button"><svg aria-hidden="true" width="20" height="20" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="M4 8h3l2-3h6l2 3h3v11H4z"/><circle cx="12" cy="13" r="3.5"/></svg><span class="label"></span></label>
   <p class="hint">or drop a photo here</p>
   <figure class="query" hidden><img alt=""><figcaption>Your photo</figcaption></figure>
 </div>
@@ -111,7 +111,10 @@ TEMPLATE.innerHTML = `
 const megabytes = (bytes) => (bytes / 1e6).toFixed(1);
 
 /** An engine message as the end of a sentence: "the file is empty" -> "the file is empty." */
-const sentence = (message) => (/[.!?]$/.test(message) ? message : `${message}.`);
+const sentence = (message) => {
+  const trimmed = message.trim();
+  return /[.!?]$/.test(trimmed) ? trimmed : `${trimmed}.`;
+};
 
 /** Only http(s) links and images: product data comes from a file the page does not control. */
 function safeUrl(url, base) {
@@ -201,6 +204,8 @@ class OtLens extends HTMLElement {
       // After a fatal error the status already says that the widget must be reloaded.
       if (id === this.#latestSearch && this.#state === "ready") {
         this.#setStatus(`This photo can't be used: ${sentence(error.message)}`, { error: true });
+        // Results of the previous photo under this message would look like answers to this one.
+        this.#$(".results").replaceChildren();
         this.#$(".results").removeAttribute("aria-busy");
       }
       throw error;
@@ -410,13 +415,14 @@ class OtLens extends HTMLElement {
     list.replaceChildren(...results.map((result) => this.#renderResult(result)));
     list.removeAttribute("aria-busy");
     const count = results.length === 1 ? "1 result" : `${results.length} results`;
-    this.#setStatus(count, { timing: `in ${Math.round(timings.total_ms ?? timings.embed_ms)} ms` });
+    this.#setStatus(count, { timing: ` in ${Math.round(timings.total_ms ?? timings.embed_ms)} ms` });
     this.#emit("otlens-results", { results, timings, photo });
   }
 
   #renderResult({ product, score }) {
     const item = document.createElement("li");
-    const href = safeUrl(product.url, this.#manifestUrl);
+    // Product links are the shop's pages (relative to this page); thumbnails sit beside the manifest.
+    const href = safeUrl(product.url, document.baseURI);
     const card = document.createElement(href ? "a" : "div");
     card.className = "result";
     card.setAttribute("part", "result");
@@ -426,7 +432,6 @@ class OtLens extends HTMLElement {
       const img = document.createElement("img");
       img.src = thumbnail;
       img.alt = product.title ? `Photo: ${product.title}` : "Product photo";
-      img.loading = "lazy";
       img.decoding = "async";
       card.append(img);
     }

@@ -1,0 +1,169 @@
+// Shared by the browser tests and the benchmark: the repo's paths, the companion server,
+// headless Chromium, and the bad photos the widget must refuse.
+
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { crc32 } from "node:zlib";
+
+import { chromium } from "playwright-core";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const WWW = join(ROOT, "www");
+export const OTLENS = join(ROOT, "target/release/otlens");
+export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+export const DOG_JPG = "/usr/share/darknet/data/dog.jpg";
+export const MANIFEST = join(WWW, "catalog/manifest.json");
+
+/** What the tests need built first, with the command that builds it. */
+export function missingPrerequisites() {
+  const needs = [
+    [OTLENS, "cargo build --release"],
+    [join(WWW, "pkg/otlens_bg.wasm"), "./build.sh build"],
+    [MANIFEST, "./build.sh demo"],
+    [CHROMIUM, "apt-get install chromium"],
+  ];
+  return needs.filter(([path]) => !existsSync(path)).map(([path, command]) => `${path} (${command})`);
+}
+
+export function readManifest() {
+  return JSON.parse(readFileSync(MANIFEST, "utf8"));
+}
+
+/** Starts `otlens serve --root <root> --port 0` and resolves once it prints its URL. */
+export function startServer(root = WWW) {
+  const server = spawn(OTLENS, ["serve", "--root", root, "--port", "0"], { stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  return new Promise((resolvePromise, reject) => {
+    const timeout = setTimeout(() => fail(new Error(`otlens serve printed no URL in 10 s:\n${output}`)), 10_000);
+    const fail = (error) => {
+      clearTimeout(timeout);
+      server.kill();
+      reject(error);
+    };
+    const onData = (chunk) => {
+      output += chunk;
+      const match = output.match(/serving (http:\/\/127\.0\.0\.1:\d+\/)/);
+      if (match) {
+        clearTimeout(timeout);
+        resolvePromise({
+          url: match[1],
+          stop: () =>
+            new Promise((done) => {
+              if (server.exitCode !== null) return done();
+              server.once("exit", done);
+              server.kill();
+            }),
+        });
+      }
+    };
+    server.stdout.on("data", onData);
+    server.stderr.on("data", onData);
+    server.once("error", fail);
+    server.once("exit", (code) => fail(new Error(`otlens serve exited with ${code}:\n${output}`)));
+  });
+}
+
+/** Headless Chromium with a fresh profile; `close()` also deletes the profile. */
+export async function launchBrowser({ viewport = { width: 1280, height: 900 } } = {}) {
+  const profile = mkdtempSync(join(tmpdir(), "otlens-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  return {
+    context,
+    close: async () => {
+      await context.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A page that collects console errors and uncaught exceptions, for "no crash" assertions. */
+export async function openPage(context, url) {
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  page.on("crash", () => problems.push("page crashed"));
+  page.on("console", (message) => {
+    if (message.type() === "error") problems.push(`console error: ${message.text()}`);
+  });
+  await page.goto(url);
+  return { page, problems };
+}
+
+/** A PNG of one pixel whose header claims `width` x `height` (valid CRC, so only the size is wrong). */
+export function pngDeclaring(width, height) {
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type, "latin1"), data]);
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([length, body, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header.set([8, 2, 0, 0, 0], 8); // 8-bit RGB, deflate, no filter, no interlace
+  // One scanline of a 1x1 image (filter byte + RGB), stored uncompressed in a zlib stream.
+  const idat = Buffer.from([0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0x00, 0x04, 0x00, 0x01]);
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", header),
+    chunk("IDAT", idat),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+/** Photos the widget must refuse, each with the words its message must contain. */
+export function badPhotos() {
+  const jpeg = readFileSync(DOG_JPG);
+  return [
+    // Cut inside the compressed pixels, like an interrupted download: headers intact, no end marker.
+    {
+      name: "truncated.jpg",
+      mimeType: "image/jpeg",
+      buffer: jpeg.subarray(0, Math.floor(jpeg.length / 3)),
+      expect: /damaged or incomplete/,
+    },
+    { name: "empty.jpg", mimeType: "image/jpeg", buffer: Buffer.alloc(0), expect: /the file is empty/ },
+    {
+      name: "notes.jpg",
+      mimeType: "image/jpeg",
+      buffer: Buffer.from("Shopping list: a yellow raincoat, size M.\n"),
+      expect: /not a supported image/,
+    },
+    {
+      name: "huge.png",
+      mimeType: "image/png",
+      buffer: pngDeclaring(50_000, 50_000),
+      expect: /too large \(50000x50000 pixels/,
+    },
+  ];
+}
+
+export function cosine(a, b) {
+  let dot = 0;
+  let normA = 0;
+  let normB = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i] * b[i];
+    normA += a[i] * a[i];
+    normB += b[i] * b[i];
+  }
+  return dot / Math.sqrt(normA * normB);
+}

@@ -1,0 +1,198 @@
+// The <ot-lens> widget on the demo page, driven like a shopper would in headless Chromium.
+
+import assert from "node:assert/strict";
+import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import {
+  DOG_JPG,
+  ROOT,
+  badPhotos,
+  launchBrowser,
+  missingPrerequisites,
+  openPage,
+  readManifest,
+  startServer,
+} from "./helpers.mjs";
+
+// Where `otlens demo fmnist` keeps the catalog's product photos (its --work default).
+const DEMO_WORK = process.env.OTLENS_DEMO_WORK ?? join(ROOT, ".cache/demo-fmnist");
+const OUTPUT = join(ROOT, "tests/output");
+const LOAD_TIMEOUT = 120_000;
+const SEARCH_TIMEOUT = 60_000;
+
+const missing = missingPrerequisites();
+if (!existsSync(join(DEMO_WORK, "catalog.csv"))) missing.push(`${DEMO_WORK}/catalog.csv (./build.sh demo)`);
+
+/** A product of the demo catalog and its photo as a shopper would upload it. */
+function catalogProduct(row) {
+  // The demo writes a plain CSV (no quoted fields), one product per line after the header.
+  const [header, ...lines] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
+  const names = header.split(",");
+  const product = Object.fromEntries(lines[row].split(",").map((value, i) => [names[i], value]));
+  return { product, photo: join(DEMO_WORK, product.image) };
+}
+
+describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+  let server;
+  let browser;
+  let page;
+  let problems;
+  let widget;
+  let status;
+
+  async function upload(file) {
+    await widget.locator("input[type=file]").setInputFiles(file);
+  }
+
+  async function searchFor(file) {
+    await upload(file);
+    await status.getByText(/^\d+ results?/).waitFor({ timeout: SEARCH_TIMEOUT });
+  }
+
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser();
+    ({ page, problems } = await openPage(browser.context, server.url));
+    widget = page.locator("ot-lens");
+    status = page.getByRole("status");
+    await status.getByText(/Visual search ready/).waitFor({ timeout: LOAD_TIMEOUT });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+  });
+
+  test("the demo page loads the widget with its catalog", async () => {
+    assert.equal(await page.title(), "otlens demo");
+    const manifest = readManifest();
+    const ready = await page.evaluate(() => document.querySelector("ot-lens").ready);
+    assert.equal(ready.products, manifest.products);
+    assert.equal(ready.model.dims, manifest.dims);
+    assert.equal(ready.model.sha256, manifest.model.sha256);
+    assert.match(await status.textContent(), new RegExp(`ready: ${manifest.products.toLocaleString("en")} products`));
+    assert.equal(await widget.locator("progress").isVisible(), false, "the progress bar hides once loaded");
+    // The file button is a labelled control a keyboard and a screen reader can reach.
+    const input = page.getByLabel("Choose a photo");
+    assert.equal(await input.getAttribute("type"), "file");
+    assert.equal(await input.getAttribute("accept"), "image/*");
+  });
+
+  test("loading shows download progress and never blocks the page", async () => {
+    const { page: fresh, problems: freshProblems } = await openPage(browser.context, "about:blank");
+    await fresh.addInitScript(() => {
+      // Every text the progress label shows, and the longest stall of the page's own event loop.
+      window.progressTexts = [];
+      window.longestStallMs = 0;
+      let last = performance.now();
+      const ticker = setInterval(() => {
+        const now = performance.now();
+        window.longestStallMs = Math.max(window.longestStallMs, now - last);
+        last = now;
+      }, 10);
+      addEventListener("otlens-ready", () => clearInterval(ticker));
+      addEventListener("DOMContentLoaded", () => {
+        const label = document.querySelector("ot-lens").shadowRoot.querySelector(".progress-text");
+        const record = () => window.progressTexts.push(label.textContent);
+        record();
+        new MutationObserver(record).observe(label, { childList: true, characterData: true, subtree: true });
+      });
+    });
+    await fresh.goto(server.url);
+    await fresh.getByRole("status").getByText(/Visual search ready/).waitFor({ timeout: LOAD_TIMEOUT });
+    const texts = await fresh.evaluate(() => window.progressTexts);
+    const manifest = readManifest();
+    const total = (bytes) => (bytes / 1e6).toFixed(1);
+    const modelText = new RegExp(`^Downloading model… \\d+\\.\\d / ${total(manifest.model.bytes)} MB$`);
+    const indexText = new RegExp(`^Downloading catalog… \\d+\\.\\d / ${total(manifest.index.bytes)} MB$`);
+    assert.ok(texts.some((text) => modelText.test(text)), `model progress in ${JSON.stringify(texts)}`);
+    assert.ok(texts.some((text) => indexText.test(text)), `catalog progress in ${JSON.stringify(texts)}`);
+    assert.ok(texts.includes("Preparing the model…"), JSON.stringify(texts));
+    // Decoding the model happens in the worker: the page keeps answering (a frame is 16 ms).
+    const stall = await fresh.evaluate(() => window.longestStallMs);
+    assert.ok(stall < 250, `the page's event loop stalled for ${stall.toFixed(0)} ms while loading`);
+    assert.deepEqual(freshProblems, []);
+    await fresh.close();
+  });
+
+  test("a catalog photo finds its own product first", async () => {
+    const { product, photo } = catalogProduct(7);
+    const event = page.evaluate(
+      () => new Promise((resolve) => addEventListener("otlens-results", (e) => resolve(e.detail.results), { once: true })),
+    );
+    await searchFor(photo);
+    const results = await event;
+    assert.equal(results[0].product.id, product.id);
+    assert.ok(results[0].score > 0.95, `top score ${results[0].score}`);
+
+    const maxResults = Number(await widget.getAttribute("max-results"));
+    assert.match(await status.textContent(), new RegExp(`^${maxResults} results`));
+    const cards = widget.locator(".result");
+    assert.equal(await cards.count(), maxResults);
+    const first = cards.first();
+    assert.equal(await first.locator(".title").textContent(), product.title);
+    assert.ok(await first.locator(".title").isVisible());
+    // KRW has no minor unit: "₩9,900", never "₩9,900.00".
+    const price = new Intl.NumberFormat("en", { style: "currency", currency: product.currency }).format(product.price);
+    assert.equal(await first.locator(".price").textContent(), price);
+    assert.equal(await first.locator(".meta").textContent(), `${product.category} · ${product.colour}`);
+    assert.match(await first.locator(".score").textContent(), /^Similarity \d+%$/);
+    // Results are links to the product pages, named by their content.
+    const link = page.getByRole("link", { name: new RegExp(product.title) }).first();
+    assert.equal(await link.getAttribute("href"), new URL(product.url, server.url).href);
+    assert.equal(await first.locator("img").getAttribute("alt"), `Photo: ${product.title}`);
+
+    // Every thumbnail loads (a broken path would leave an empty card).
+    await page.waitForFunction(
+      () => {
+        const images = document.querySelector("ot-lens").shadowRoot.querySelectorAll(".result img");
+        return images.length > 0 && [...images].every((img) => img.complete);
+      },
+      null,
+      { timeout: SEARCH_TIMEOUT, polling: 100 },
+    );
+    const broken = await page.evaluate(() =>
+      [...document.querySelector("ot-lens").shadowRoot.querySelectorAll(".result img")]
+        .filter((img) => img.naturalWidth === 0)
+        .map((img) => img.src),
+    );
+    assert.deepEqual(broken, []);
+
+    mkdirSync(OUTPUT, { recursive: true });
+    await page.screenshot({ path: join(OUTPUT, "demo.png"), fullPage: true });
+    // The README's picture is refreshed on request only, so a test run leaves the tree clean.
+    if (process.env.OTLENS_UPDATE_SCREENSHOT) copyFileSync(join(OUTPUT, "demo.png"), join(ROOT, "docs/screenshot.png"));
+    assert.deepEqual(problems, []);
+  });
+
+  test("bad photos get a clear message and the widget keeps working", async () => {
+    for (const photo of badPhotos()) {
+      await upload(photo);
+      await status.getByText(photo.expect).waitFor({ timeout: SEARCH_TIMEOUT });
+      const message = await status.textContent();
+      assert.match(message, /^This photo can't be used: /, photo.name);
+      assert.equal(await status.evaluate((element) => element.classList.contains("error")), true);
+    }
+    await searchFor(DOG_JPG);
+    assert.ok((await widget.locator(".result").count()) > 0);
+    assert.deepEqual(problems, [], "no page error, crash or console error");
+  });
+
+  test("a catalog whose model is not the manifest's is refused with a clear message", async () => {
+    const manifest = readManifest();
+    const { page: tampered, problems: tamperedProblems } = await openPage(browser.context, "about:blank");
+    // The worker checks each file's sha256 against the manifest before using it.
+    await tampered.route("**/catalog/manifest.json", (route) =>
+      route.fulfill({ json: { ...manifest, model: { ...manifest.model, sha256: "0".repeat(64) } } }),
+    );
+    await tampered.goto(server.url);
+    const tamperedStatus = tampered.getByRole("status");
+    await tamperedStatus.getByText(/could not start/).waitFor({ timeout: LOAD_TIMEOUT });
+    assert.match(await tamperedStatus.textContent(), /the model file is not the one the catalog manifest lists/);
+    assert.ok(await tampered.getByRole("button", { name: "Try again" }).isVisible());
+    assert.deepEqual(tamperedProblems, []);
+    await tampered.close();
+  });
+});
