@@ -1,0 +1,158 @@
+#!/usr/bin/env node
+// Browser benchmark: median ms per embedding for tract-wasm (otlens) and onnxruntime-web (wasm,
+// 1 thread) on the same ONNX files, search timings on the demo catalog, and download sizes.
+//
+//   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3]
+//
+// Needs: www/pkg (./build.sh build), www/catalog (./build.sh demo), tests/e2e/node_modules (npm ci).
+// One headless Chromium run; everything is served from 127.0.0.1 by a server started here.
+
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { createServer } from "node:http";
+import { basename, dirname, extname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { gzipSync } from "node:zlib";
+
+import { DOG_JPG, MANIFEST, WWW, launchBrowser } from "../tests/e2e/helpers.mjs";
+
+const BENCH = dirname(fileURLToPath(import.meta.url));
+const ORT_DIST = resolve(BENCH, "../tests/e2e/node_modules/onnxruntime-web/dist");
+const TYPES = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript",
+  ".mjs": "text/javascript",
+  ".json": "application/json",
+  ".wasm": "application/wasm",
+};
+
+function parseArgs(argv) {
+  const options = { models: [], runs: 20, warmup: 3 };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--runs") options.runs = Number(argv[++i]);
+    else if (argv[i] === "--warmup") options.warmup = Number(argv[++i]);
+    else options.models.push(resolve(argv[i]));
+  }
+  if (!options.models.length || !(options.runs > 0) || !(options.warmup >= 0)) {
+    console.error("usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3]");
+    process.exit(2);
+  }
+  return options;
+}
+
+/** URL prefix -> folder, plus single files; nothing outside them is served. */
+function serve(routes, files) {
+  const server = createServer((request, response) => {
+    const path = decodeURIComponent(new URL(request.url, "http://localhost").pathname);
+    let file = files[path];
+    for (const [prefix, folder] of Object.entries(routes)) {
+      if (file || !path.startsWith(prefix)) continue;
+      const candidate = resolve(folder, path.slice(prefix.length) || "index.html");
+      if (candidate.startsWith(resolve(folder))) file = candidate;
+    }
+    if (!file || !existsSync(file) || !statSync(file).isFile()) {
+      response.writeHead(404).end("not found");
+      return;
+    }
+    const body = readFileSync(file);
+    response.writeHead(200, {
+      "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
+      "Content-Length": body.length,
+    });
+    response.end(body);
+  });
+  return new Promise((done) => server.listen(0, "127.0.0.1", () => done(server)));
+}
+
+const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
+const sizeOf = (path) => statSync(path).size;
+const gzipSizeOf = (path) => gzipSync(readFileSync(path), { level: 9 }).length;
+
+function printTable(header, rows) {
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => String(row[column]).length)));
+  const line = (cells) => `| ${cells.map((cell, column) => String(cell).padEnd(widths[column])).join(" | ")} |`;
+  console.log(line(header));
+  console.log(`|${widths.map((width) => "-".repeat(width + 2)).join("|")}|`);
+  for (const row of rows) console.log(line(row));
+}
+
+async function main() {
+  const options = parseArgs(process.argv.slice(2));
+  const wasmPath = join(WWW, "pkg/otlens_bg.wasm");
+  for (const path of [wasmPath, ORT_DIST, ...options.models]) {
+    if (!existsSync(path)) throw new Error(`missing ${path}: see the requirements at the top of bench/run.mjs`);
+  }
+  const hasCatalog = existsSync(MANIFEST);
+  const files = Object.fromEntries(options.models.map((path, i) => [`/models/${i}.onnx`, path]));
+  files["/photo.jpg"] = DOG_JPG;
+  const server = await serve(
+    { "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog"), "/": BENCH },
+    files,
+  );
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  const browser = await launchBrowser();
+  let report;
+  try {
+    const page = await browser.context.newPage();
+    page.on("console", (message) => {
+      if (message.type() === "error") console.error(`[page] ${message.text()}`);
+    });
+    await page.goto(url);
+    await page.waitForFunction(() => window.benchReady === true);
+    console.error(`benchmarking ${options.models.length} models, ${options.warmup} warm-up + ${options.runs} runs each…`);
+    report = await page.evaluate((config) => window.runBenchmark(config), {
+      models: options.models.map((path, i) => ({ name: basename(path, ".onnx"), url: `/models/${i}.onnx` })),
+      photoUrl: hasCatalog ? "/photo.jpg" : null,
+      warmup: options.warmup,
+      runs: options.runs,
+    });
+  } finally {
+    await browser.close();
+    server.close();
+  }
+
+  console.log(`\n${report.userAgent}\nmedian ms per embedding, 1 thread, ${options.runs} runs after ${options.warmup} warm-up\n`);
+  printTable(
+    ["model", "input", "tract-wasm ms", "ort-web ms", "tract/ort", "load tract/ort ms", "output cosine"],
+    report.results.map((r) => [
+      r.name,
+      `${r.size}x${r.size}`,
+      r.tract_ms.toFixed(1),
+      r.ort_ms.toFixed(1),
+      (r.tract_ms / r.ort_ms).toFixed(2),
+      `${r.tract_load_ms.toFixed(0)} / ${r.ort_load_ms.toFixed(0)}`,
+      r.agreement.toFixed(5),
+    ]),
+  );
+  if (report.search) {
+    const s = report.search;
+    console.log(`\nLens.search on the demo catalog (${s.products} products, ${s.dims} dims), dog.jpg, median ms:\n`);
+    printTable(
+      ["decode+resize", "embed", "index search"],
+      [[s.decode_ms.toFixed(1), s.embed_ms.toFixed(1), s.search_ms.toFixed(2)]],
+    );
+  } else {
+    console.log("\n(no demo catalog in www/catalog: search timings skipped)");
+  }
+
+  console.log("\nDownload sizes:\n");
+  const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
+  const sized = [
+    ["otlens wasm (tract)", wasmPath],
+    ["onnxruntime-web wasm", ortWasm],
+    ...options.models.map((path) => [basename(path), path]),
+  ];
+  if (hasCatalog) {
+    const manifest = JSON.parse(readFileSync(MANIFEST, "utf8"));
+    sized.push([`demo model (${manifest.model.file})`, join(WWW, "catalog", manifest.model.file)]);
+    sized.push([`demo index (${manifest.products} products)`, join(WWW, "catalog", manifest.index.file)]);
+  }
+  printTable(
+    ["file", "raw", "gzip -9"],
+    sized.map(([name, path]) => [name, megabytes(sizeOf(path)), megabytes(gzipSizeOf(path))]),
+  );
+}
+
+main().catch((error) => {
+  console.error(error.message);
+  process.exit(1);
+});
