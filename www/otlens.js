@@ -22,7 +22,8 @@
 // --otlens-radius on the element; ::part(button | drop-zone | status | results | result).
 //
 // The model, index and wasm are loaded in a Web Worker (otlens-worker.js, next to this file);
-// decoding and inference run there, so the page stays responsive.
+// decoding and inference run there, so the page stays responsive. Serve otlens.js,
+// otlens-worker.js and pkg/ from the shop's own origin: browsers start workers only from it.
 
 const DEFAULT_SRC = "catalog/manifest.json";
 const DEFAULT_MAX_RESULTS = 12;
@@ -132,7 +133,7 @@ class OtLens extends HTMLElement {
 
   #root;
   #worker = null;
-  #state = "idle"; // idle | loading | ready | failed
+  #state = "idle"; // idle | loading | ready | failed | disconnected
   #manifestUrl = null;
   #nextId = 1;
   #pending = new Map();
@@ -167,16 +168,18 @@ class OtLens extends HTMLElement {
   }
 
   connectedCallback() {
-    if (this.#state === "idle") this.#start();
+    if (this.#state === "idle" || this.#state === "disconnected") this.#start();
   }
 
   disconnectedCallback() {
+    // A removed widget frees its worker and the model's memory; it reloads if put back.
     this.#stop();
+    this.#state = "disconnected";
   }
 
   attributeChangedCallback(name, oldValue, newValue) {
     if (name === "label") this.#renderLabel();
-    if (name === "src" && oldValue !== newValue && this.#state !== "idle") this.#start();
+    if (name === "src" && oldValue !== newValue && this.isConnected && this.#state !== "idle") this.#start();
   }
 
   /** Resolves with {products, model, manifest} once the widget can search. */
@@ -262,13 +265,13 @@ class OtLens extends HTMLElement {
     this.#pending.clear();
   }
 
-  #fail(message) {
+  #fail(message, heading = "Visual search could not start") {
     this.#stop();
     this.#state = "failed";
     this.#queuedPhoto = null;
     this.#$(".loading").hidden = true;
     this.#$(".results").removeAttribute("aria-busy");
-    this.#setStatus(`Visual search could not start: ${sentence(message)}`, { error: true });
+    this.#setStatus(`${heading}: ${sentence(message)}`, { error: true });
     this.#rejectReady(new Error(message));
     this.#$(".retry").hidden = false;
     this.#emit("otlens-error", { message, fatal: true });
@@ -302,11 +305,10 @@ class OtLens extends HTMLElement {
       case "error": {
         const request = this.#pending.get(data.id);
         this.#pending.delete(data.id);
-        if (data.fatal) {
-          request?.reject(new Error(data.message));
-          return this.#fail(data.message);
-        }
         request?.reject(new Error(data.message));
+        if (data.fatal) {
+          return this.#fail(data.message, this.#state === "ready" ? "Visual search stopped working" : undefined);
+        }
         return this.#emit("otlens-error", { message: data.message, fatal: false });
       }
       default: {
