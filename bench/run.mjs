@@ -68,7 +68,8 @@ const sizeOf = (path) => statSync(path).size;
 const gzipSizeOf = (path) => gzipSync(readFileSync(path), { level: 9 }).length;
 
 function printTable(header, rows) {
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => String(row[column]).length)));
+  const width = (column) => Math.max(header[column].length, ...rows.map((row) => String(row[column]).length));
+  const widths = header.map((_, column) => width(column));
   const line = (cells) => `| ${cells.map((cell, column) => String(cell).padEnd(widths[column])).join(" | ")} |`;
   console.log(line(header));
   console.log(`|${widths.map((width) => "-".repeat(width + 2)).join("|")}|`);
@@ -98,7 +99,8 @@ async function main() {
     });
     await page.goto(url);
     await page.waitForFunction(() => window.benchReady === true);
-    console.error(`benchmarking ${options.models.length} models, ${options.warmup} warm-up + ${options.runs} runs each…`);
+    const { models, warmup, runs } = options;
+    console.error(`benchmarking ${models.length} models, ${warmup} warm-up + ${runs} runs each…`);
     report = await page.evaluate((config) => window.runBenchmark(config), {
       models: options.models.map((path, i) => ({ name: basename(path, ".onnx"), url: `/models/${i}.onnx` })),
       photoUrl: hasCatalog ? "/photo.jpg" : null,
@@ -110,7 +112,8 @@ async function main() {
     server.close();
   }
 
-  console.log(`\n${report.userAgent}\nmedian ms per embedding, 1 thread, ${options.runs} runs after ${options.warmup} warm-up\n`);
+  console.log(`\n${report.userAgent}`);
+  console.log(`median ms per embedding, 1 thread, ${options.runs} runs after ${options.warmup} warm-up\n`);
   printTable(
     ["model", "input", "tract-wasm ms", "ort-web ms", "tract/ort", "load tract/ort ms", "output cosine"],
     report.results.map((r) => [

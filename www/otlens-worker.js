@@ -19,7 +19,10 @@ function post(message, transfer = []) {
   self.postMessage(message, transfer);
 }
 
-/** Fetches a URL as bytes, reporting progress; `expectedBytes` serves when the length header is missing or compressed. */
+/**
+ * Fetches a URL as bytes, reporting progress. `expectedBytes` (from the manifest) gives the total when the
+ * Content-Length header is missing or counts compressed bytes.
+ */
 async function download(url, label, step, steps, expectedBytes) {
   let response;
   try {

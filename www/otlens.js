@@ -94,7 +94,13 @@ TEMPLATE.innerHTML = `
 </style>
 <div class="drop" part="drop-zone">
   <input type="file" id="file" accept="image/*" class="visually-hidden">
-  <label for="file" class="button" part="button"><svg aria-hidden="true" width="20" height="20" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="M4 8h3l2-3h6l2 3h3v11H4z"/><circle cx="12" cy="13" r="3.5"/></svg><span class="label"></span></label>
+  <label for="file" class="button" part="button">
+    <svg aria-hidden="true" width="20" height="20" viewBox="0 0 24 24" fill="none" stroke="currentColor"
+      stroke-width="2" stroke-linecap="round" stroke-linejoin="round">
+      <path d="M4 8h3l2-3h6l2 3h3v11H4z"/><circle cx="12" cy="13" r="3.5"/>
+    </svg>
+    <span class="label"></span>
+  </label>
   <p class="hint">or drop a photo here</p>
   <figure class="query" hidden><img alt=""><figcaption>Your photo</figcaption></figure>
 </div>
@@ -103,7 +109,8 @@ TEMPLATE.innerHTML = `
   <progress id="progress" max="1" value="0"></progress>
 </div>
 <div class="status-row">
-  <p class="status" part="status" role="status" aria-live="polite"><span class="message"></span><span class="timing"></span></p>
+  <p class="status" part="status" role="status"
+    aria-live="polite"><span class="message"></span><span class="timing"></span></p>
   <button type="button" class="retry" hidden>Try again</button>
 </div>
 <ul class="results" part="results" aria-label="Search results"></ul>
