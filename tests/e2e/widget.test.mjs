@@ -167,6 +167,43 @@ describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missin
     assert.deepEqual(problems, []);
   });
 
+  test("the keyboard reaches the file button and opens the file chooser", async () => {
+    await page.evaluate(() => document.activeElement?.blur());
+    const focusedInput = () =>
+      page.evaluate(() => document.querySelector("ot-lens").shadowRoot.activeElement?.type === "file");
+    let presses = 0;
+    while (!(await focusedInput()) && presses < 20) {
+      await page.keyboard.press("Tab");
+      presses += 1;
+    }
+    assert.ok(await focusedInput(), "Tab reaches the file input");
+    const chooser = page.waitForEvent("filechooser", { timeout: 5_000 });
+    await page.keyboard.press("Enter");
+    const { photo } = catalogProduct(3);
+    await (await chooser).setFiles(photo);
+    await status.getByText(/^\d+ results?/).waitFor({ timeout: SEARCH_TIMEOUT });
+  });
+
+  test("a photo dropped on the widget is searched", async () => {
+    const { product, photo } = catalogProduct(21);
+    const bytes = readFileSync(photo).toString("base64");
+    const results = await page.evaluate(async (base64) => {
+      const widget = document.querySelector("ot-lens");
+      const zone = widget.shadowRoot.querySelector(".drop");
+      const data = new DataTransfer();
+      const pixels = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      const file = new File([pixels], "photo.png", { type: "image/png" });
+      data.items.add(file);
+      const done = new Promise((resolve) => widget.addEventListener("otlens-results", resolve, { once: true }));
+      for (const type of ["dragenter", "dragover", "drop"]) {
+        zone.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+      }
+      return (await done).detail.results;
+    }, bytes);
+    assert.equal(results[0].product.id, product.id);
+    assert.equal(await widget.locator(".result .title").first().textContent(), product.title);
+  });
+
   test("bad photos get a clear message and the widget keeps working", async () => {
     for (const photo of badPhotos()) {
       // The widget answers every photo with exactly one event: results or an error.
