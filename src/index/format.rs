@@ -1,0 +1,198 @@
+//! The index file format, version 1. All integers are little-endian.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "OTLENSIX"
+//!      8     4  format version (1)
+//!     12     4  header length (124; sections start at or after it)
+//!     16     4  vector codec (1 = int8 codes + f32 scale per vector)
+//!     20     4  dims
+//!     24     4  product count
+//!     28    32  sha256 of the model file the embeddings came from
+//!     60     8  metadata offset      68  8  metadata length
+//!     76     8  vectors offset       84  8  vectors length
+//!     92    32  sha256 of every byte after the header
+//! ```
+//!
+//! Metadata: the products as a JSON array. Vectors: `count` f32 scales, then
+//! `count * dims` i8 codes, row by row.
+//!
+//! Reading checks every size against the buffer before allocating, so a hostile or
+//! damaged file costs at most a copy of itself.
+
+use sha2::{Digest, Sha256};
+
+use super::{Index, IndexError};
+use crate::catalog::Product;
+
+pub const MAGIC: [u8; 8] = *b"OTLENSIX";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 124;
+const CODEC_INT8: u32 = 1;
+const CHECKSUM_AT: usize = 92;
+
+impl Index {
+    /// The index file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let metadata = serde_json::to_vec(&self.products).expect("products are plain data and always serialise");
+        let vectors_len = self.scales.len() * 4 + self.codes.len();
+        let mut bytes = Vec::with_capacity(HEADER_LEN + metadata.len() + vectors_len);
+        bytes.extend_from_slice(&MAGIC);
+        for field in [
+            FORMAT_VERSION,
+            HEADER_LEN as u32,
+            CODEC_INT8,
+            self.dims as u32,
+            self.products.len() as u32,
+        ] {
+            bytes.extend_from_slice(&field.to_le_bytes());
+        }
+        bytes.extend_from_slice(&self.model_sha256);
+        let metadata_at = HEADER_LEN;
+        let vectors_at = metadata_at + metadata.len();
+        for field in [metadata_at, metadata.len(), vectors_at, vectors_len] {
+            bytes.extend_from_slice(&(field as u64).to_le_bytes());
+        }
+        bytes.resize(HEADER_LEN, 0);
+        bytes.extend_from_slice(&metadata);
+        for scale in &self.scales {
+            bytes.extend_from_slice(&scale.to_le_bytes());
+        }
+        bytes.extend(self.codes.iter().map(|&code| code as u8));
+        let checksum = Sha256::digest(&bytes[HEADER_LEN..]);
+        bytes[CHECKSUM_AT..CHECKSUM_AT + 32].copy_from_slice(&checksum);
+        bytes
+    }
+
+    /// Reads an index file, refusing anything that is not a complete, intact version-1 index.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Index, IndexError> {
+        let found = bytes.len() as u64;
+        let magic_part = bytes.len().min(MAGIC.len());
+        if bytes[..magic_part] != MAGIC[..magic_part] {
+            return Err(IndexError::BadMagic);
+        }
+        let truncated = |expected: u64| IndexError::Truncated { expected, found };
+        // The version comes first so that a newer file is reported as such, whatever its header says.
+        if bytes.len() < 12 {
+            return Err(truncated(HEADER_LEN as u64));
+        }
+        let version = read_u32(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(IndexError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(truncated(HEADER_LEN as u64));
+        }
+        let header_len = read_u32(bytes, 12) as u64;
+        if header_len < HEADER_LEN as u64 {
+            return Err(corrupt(format!("header length {header_len} is below {HEADER_LEN}")));
+        }
+        let metadata = Section::read(bytes, 60, header_len, "metadata")?;
+        let vectors = Section::read(bytes, 76, header_len, "vectors")?;
+        if metadata.start < vectors.end && vectors.start < metadata.end {
+            return Err(corrupt("the metadata and vectors sections overlap".into()));
+        }
+        let end = metadata.end.max(vectors.end).max(header_len);
+        if found < end {
+            return Err(truncated(end));
+        }
+        if found > end {
+            return Err(corrupt(format!(
+                "{} unexpected bytes after the last section",
+                found - end
+            )));
+        }
+        if Sha256::digest(&bytes[header_len as usize..])[..] != bytes[CHECKSUM_AT..CHECKSUM_AT + 32] {
+            return Err(IndexError::ChecksumMismatch);
+        }
+
+        let codec = read_u32(bytes, 16);
+        if codec != CODEC_INT8 {
+            return Err(corrupt(format!("unknown vector codec {codec}")));
+        }
+        let dims = read_u32(bytes, 20) as usize;
+        let count = read_u32(bytes, 24) as usize;
+        if dims == 0 || count == 0 {
+            return Err(corrupt(format!("{count} products of {dims} dimensions")));
+        }
+        if Some(vectors.len()) != (count as u64).checked_mul(4 + dims as u64) {
+            return Err(corrupt(format!(
+                "the vectors section has {} bytes, which does not fit {count} products of {dims} dimensions",
+                vectors.len()
+            )));
+        }
+        let products: Vec<Product> = serde_json::from_slice(metadata.slice(bytes))
+            .map_err(|e| corrupt(format!("unreadable product metadata: {e}")))?;
+        if products.len() != count {
+            return Err(corrupt(format!(
+                "the header counts {count} products but the metadata lists {}",
+                products.len()
+            )));
+        }
+        let (scale_bytes, code_bytes) = vectors.slice(bytes).split_at(count * 4);
+        let scales: Vec<f32> = scale_bytes
+            .chunks_exact(4)
+            .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+            .collect();
+        if let Some(product) = scales.iter().position(|scale| !(scale.is_finite() && *scale >= 0.0)) {
+            return Err(corrupt(format!("product {product} has an invalid scale")));
+        }
+        let mut model_sha256 = [0u8; 32];
+        model_sha256.copy_from_slice(&bytes[28..60]);
+        Ok(Index {
+            model_sha256,
+            dims,
+            products,
+            scales,
+            codes: code_bytes.iter().map(|&byte| byte as i8).collect(),
+        })
+    }
+}
+
+/// A byte range of the file, validated against the header and the u64 range.
+struct Section {
+    start: u64,
+    end: u64,
+}
+
+impl Section {
+    fn read(bytes: &[u8], field_at: usize, header_len: u64, name: &str) -> Result<Section, IndexError> {
+        let start = read_u64(bytes, field_at);
+        let len = read_u64(bytes, field_at + 8);
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| corrupt(format!("the {name} section lies outside any possible file")))?;
+        if start < header_len {
+            return Err(corrupt(format!("the {name} section overlaps the header")));
+        }
+        Ok(Section { start, end })
+    }
+
+    fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Only called once the file is known to be at least `end` bytes long.
+    fn slice<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.start as usize..self.end as usize]
+    }
+}
+
+fn corrupt(message: String) -> IndexError {
+    IndexError::Corrupt(message)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut field = [0u8; 4];
+    field.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(field)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut field = [0u8; 8];
+    field.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(field)
+}

@@ -1,0 +1,42 @@
+//! `manifest.json`: the entry point the widget fetches first. It names the model and
+//! index files (content-addressed, so browsers may cache them forever) with their sizes
+//! and sha256, which the widget checks before use.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::sha256_hex;
+
+/// Version of the manifest's JSON layout.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub model: FileEntry,
+    pub index: FileEntry,
+    pub products: usize,
+    pub dims: usize,
+    pub arch: String,
+    /// Folder of the product thumbnails, relative to the manifest, ending in `/`.
+    pub thumbnails: String,
+}
+
+/// A file next to the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name relative to the manifest.
+    pub file: String,
+    pub bytes: u64,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+impl FileEntry {
+    pub fn describe(file: impl Into<String>, content: &[u8]) -> FileEntry {
+        FileEntry {
+            file: file.into(),
+            bytes: content.len() as u64,
+            sha256: sha256_hex(content),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The catalog index file: round trip, search quality, and refusal of damaged files.
+
+use otlens::catalog::Product;
+use otlens::index::{Index, IndexError, FORMAT_VERSION, HEADER_LEN};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const MODEL_SHA256: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn random_unit_vectors(rng: &mut StdRng, count: usize, dims: usize) -> Vec<Vec<f32>> {
+    (0..count)
+        .map(|_| {
+            let vector: Vec<f32> = (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+            vector.into_iter().map(|v| v / norm).collect()
+        })
+        .collect()
+}
+
+fn products(count: usize) -> Vec<Product> {
+    (0..count)
+        .map(|n| Product {
+            id: format!("sku-{n}"),
+            title: format!("Product \"{n}\" — ünïcode"),
+            price: (n % 2 == 0).then_some(39_000.0 + n as f64),
+            currency: "KRW".into(),
+            thumbnail: format!("thumbs/{n}.jpg"),
+            ..Product::default()
+        })
+        .collect()
+}
+
+fn sample_index(count: usize, dims: usize) -> (Index, Vec<Vec<f32>>) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let embeddings = random_unit_vectors(&mut rng, count, dims);
+    (
+        Index::build(MODEL_SHA256, products(count), &embeddings).unwrap(),
+        embeddings,
+    )
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn round_trip_keeps_everything() {
+    let (index, _) = sample_index(50, 64);
+    let bytes = index.to_bytes();
+    let read = Index::from_bytes(&bytes).unwrap();
+    assert_eq!(read, index);
+    assert_eq!(read.model_sha256(), MODEL_SHA256);
+    assert_eq!(read.dims(), 64);
+    assert_eq!(read.len(), 50);
+    assert_eq!(read.products(), &products(50)[..]);
+    assert_eq!(read.to_bytes(), bytes, "writing is deterministic");
+    assert_eq!(&bytes[..8], b"OTLENSIX");
+}
+
+#[test]
+fn index_size_is_metadata_plus_one_byte_per_dimension() {
+    let (index, _) = sample_index(100, 1280);
+    let bytes = index.to_bytes();
+    let metadata = serde_json::to_vec(index.products()).unwrap().len();
+    assert_eq!(bytes.len(), HEADER_LEN + metadata + 100 * (1280 + 4));
+}
+
+#[test]
+fn search_agrees_with_float_cosine_top_k() {
+    let (count, dims, k) = (2000, 256, 10);
+    let (index, embeddings) = sample_index(count, dims);
+    let mut rng = StdRng::seed_from_u64(11);
+    for query in random_unit_vectors(&mut rng, 20, dims) {
+        let hits = index.search(&query, k);
+        assert_eq!(hits.len(), k);
+        let mut exact: Vec<f32> = embeddings.iter().map(|e| cosine(&query, e)).collect();
+        for hit in &hits {
+            assert!(
+                (hit.score - exact[hit.product]).abs() < 0.01,
+                "score {hit:?} vs {}",
+                exact[hit.product]
+            );
+        }
+        assert!(hits.windows(2).all(|pair| pair[0].score >= pair[1].score), "best first");
+        // Quantisation may swap near-ties at the boundary, but never lets in a clearly worse product.
+        exact.sort_by(|a, b| b.total_cmp(a));
+        let kth_best = exact[k - 1];
+        assert!(hits.iter().all(|hit| hit.score > kth_best - 0.02));
+    }
+}
+
+#[test]
+fn each_product_finds_itself_first_with_score_one() {
+    let (index, embeddings) = sample_index(500, 128);
+    for (product, embedding) in embeddings.iter().enumerate() {
+        let hits = index.search(embedding, 3);
+        assert_eq!(hits[0].product, product);
+        assert!((hits[0].score - 1.0).abs() < 1e-5, "{:?}", hits[0]);
+    }
+}
+
+#[test]
+fn search_scale_of_the_query_does_not_matter_and_k_clamps() {
+    let (index, embeddings) = sample_index(30, 32);
+    let scaled: Vec<f32> = embeddings[4].iter().map(|v| v * 17.0).collect();
+    assert_eq!(index.search(&scaled, 5), index.search(&embeddings[4], 5));
+    assert_eq!(index.search(&embeddings[4], 1000).len(), 30);
+    assert!(index.search(&embeddings[4], 0).is_empty());
+    assert!(
+        index.search(&[1.0; 31], 5).is_empty(),
+        "a query of the wrong length finds nothing"
+    );
+}
+
+#[test]
+fn build_refuses_inconsistent_input() {
+    let good = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+    assert_eq!(
+        Index::build(MODEL_SHA256, products(3), &good),
+        Err(IndexError::CountMismatch {
+            products: 3,
+            embeddings: 2
+        })
+    );
+    assert_eq!(
+        Index::build(MODEL_SHA256, products(2), &[vec![1.0, 0.0], vec![1.0]]),
+        Err(IndexError::DimsMismatch {
+            product: 1,
+            expected: 2,
+            found: 1
+        })
+    );
+    assert_eq!(
+        Index::build(MODEL_SHA256, products(2), &[vec![1.0, 0.0], vec![f32::NAN, 1.0]]),
+        Err(IndexError::NotFinite { product: 1 })
+    );
+    assert_eq!(Index::build(MODEL_SHA256, Vec::new(), &[]), Err(IndexError::Empty));
+    assert_eq!(
+        Index::build(MODEL_SHA256, products(1), &[vec![]]),
+        Err(IndexError::NoDimensions)
+    );
+    assert!(matches!(
+        Index::build("not-a-hash", products(2), &good),
+        Err(IndexError::BadModelHash(_))
+    ));
+}
+
+#[test]
+fn a_changed_byte_is_a_checksum_mismatch() {
+    let (index, _) = sample_index(10, 16);
+    let bytes = index.to_bytes();
+    for position in [HEADER_LEN, HEADER_LEN + 20, bytes.len() - 1] {
+        let mut damaged = bytes.clone();
+        damaged[position] ^= 0x40;
+        assert_eq!(
+            Index::from_bytes(&damaged),
+            Err(IndexError::ChecksumMismatch),
+            "byte {position}"
+        );
+    }
+}
+
+#[test]
+fn a_truncated_file_says_so() {
+    let (index, _) = sample_index(10, 16);
+    let bytes = index.to_bytes();
+    let found = bytes.len() as u64 - 100;
+    assert_eq!(
+        Index::from_bytes(&bytes[..found as usize]),
+        Err(IndexError::Truncated {
+            expected: bytes.len() as u64,
+            found
+        })
+    );
+    assert!(matches!(
+        Index::from_bytes(&bytes[..40]),
+        Err(IndexError::Truncated { found: 40, .. })
+    ));
+}
+
+#[test]
+fn a_future_version_is_refused_by_number() {
+    let (index, _) = sample_index(3, 8);
+    let mut bytes = index.to_bytes();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let error = Index::from_bytes(&bytes).unwrap_err();
+    assert_eq!(
+        error,
+        IndexError::UnsupportedVersion {
+            found: 2,
+            supported: FORMAT_VERSION
+        }
+    );
+    assert!(error.to_string().contains("version 2"), "{error}");
+    // Even a newer file cut short is reported as newer: its header layout may differ.
+    assert!(matches!(
+        Index::from_bytes(&bytes[..12]),
+        Err(IndexError::UnsupportedVersion { found: 2, .. })
+    ));
+}
+
+#[test]
+fn other_files_are_not_indexes() {
+    for other in [
+        &b"\x89PNG\r\n\x1a\n0000000000000"[..],
+        b"{\"format\":1}",
+        b"OTLENSIY",
+        b"x",
+    ] {
+        assert_eq!(Index::from_bytes(other), Err(IndexError::BadMagic));
+    }
+    assert_eq!(
+        Index::from_bytes(b""),
+        Err(IndexError::Truncated {
+            expected: HEADER_LEN as u64,
+            found: 0
+        })
+    );
+}
+
+#[test]
+fn every_prefix_of_a_valid_file_is_refused_without_panicking() {
+    let (index, _) = sample_index(4, 8);
+    let bytes = index.to_bytes();
+    for len in 0..bytes.len() {
+        assert!(
+            matches!(Index::from_bytes(&bytes[..len]), Err(IndexError::Truncated { .. })),
+            "prefix of {len} bytes"
+        );
+    }
+}
+
+/// A header field rewritten, with the checksum made valid again so that the field itself is checked.
+fn with_header_field(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut edited = bytes.to_vec();
+    edited[at..at + value.len()].copy_from_slice(value);
+    let checksum = Sha256::digest(&edited[HEADER_LEN..]);
+    edited[92..124].copy_from_slice(&checksum);
+    edited
+}
+
+#[test]
+fn hostile_headers_are_refused_without_allocating() {
+    let (index, _) = sample_index(4, 8);
+    let bytes = index.to_bytes();
+    let hostile = [
+        (12, u32::MAX.to_le_bytes().to_vec()),     // header length beyond the file
+        (12, 10u32.to_le_bytes().to_vec()),        // header length inside the fixed header
+        (16, 9u32.to_le_bytes().to_vec()),         // unknown codec
+        (20, u32::MAX.to_le_bytes().to_vec()),     // dims that would need 16 GiB
+        (24, u32::MAX.to_le_bytes().to_vec()),     // product count that would need 16 GiB
+        (20, 0u32.to_le_bytes().to_vec()),         // zero dims
+        (60, u64::MAX.to_le_bytes().to_vec()),     // metadata offset overflowing
+        (68, u64::MAX.to_le_bytes().to_vec()),     // metadata length overflowing
+        (84, (1u64 << 40).to_le_bytes().to_vec()), // vectors section of 1 TiB
+        (60, 0u64.to_le_bytes().to_vec()),         // metadata overlapping the header
+        (76, 124u64.to_le_bytes().to_vec()),       // vectors overlapping the metadata
+    ];
+    for (at, value) in hostile {
+        let result = Index::from_bytes(&with_header_field(&bytes, at, &value));
+        assert!(
+            matches!(result, Err(IndexError::Corrupt(_) | IndexError::Truncated { .. })),
+            "field at {at}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn metadata_that_disagrees_with_the_header_is_corrupt() {
+    let (index, _) = sample_index(2, 4);
+    let bytes = index.to_bytes();
+    // Claim 3 products while the metadata lists 2 (and the vectors section fits 2).
+    let result = Index::from_bytes(&with_header_field(&bytes, 24, &3u32.to_le_bytes()));
+    assert!(matches!(result, Err(IndexError::Corrupt(_))), "{result:?}");
+}
+
+#[test]
+fn errors_read_well() {
+    let message = IndexError::Truncated {
+        expected: 1000,
+        found: 10,
+    }
+    .to_string();
+    assert!(
+        message.contains("incomplete") && message.contains("10 of 1000 bytes"),
+        "{message}"
+    );
+    let error: otlens::Error = IndexError::ChecksumMismatch.into();
+    assert!(error.to_string().contains("damaged"));
+}
