@@ -1,6 +1,209 @@
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+//! `otlens build-index`: embeds every catalog photo and writes the folder the widget loads:
+//! `manifest.json`, `model-<sha8>.onnx`, `index-<sha8>.otl` and `thumbs/<n>.jpg`.
+//!
+//! Everything is written into a staging folder first and moved into place at the end,
+//! manifest last, so an interrupted build leaves the previous catalog working.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use image::{codecs::jpeg::JpegEncoder, imageops::FilterType};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::catalog::{read_catalog, CatalogEntry};
+use crate::index::{FileEntry, Index, Manifest, MANIFEST_FORMAT};
+use crate::model::{sha256_hex, Embedder};
+use crate::preprocess::{self, DecodeLimits};
+
+/// Longest side of a thumbnail, in pixels: sharp in a results grid on a phone, ~10 KB each.
+const THUMBNAIL_SIDE: u32 = 192;
+const THUMBNAIL_QUALITY: u8 = 82;
+const THUMBS_DIR: &str = "thumbs";
+const STAGING_DIR: &str = ".otlens-build";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// ONNX embedding model written by `otlens import`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Catalog: CSV with a header row, or JSON Lines. Columns: id, title, brand, price, currency,
+    /// category, colour, url, image (a path relative to the catalog file, or absolute).
+    #[arg(long)]
+    pub catalog: PathBuf,
+    /// Output folder; its previous catalog is replaced only once the new one is complete.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let catalog = read_catalog(&args.catalog)?;
+    for problem in &catalog.problems {
+        eprintln!("{}: skipped {problem}", args.catalog.display());
+    }
+    build(&args.model, catalog.entries, &args.out)?;
+    Ok(())
+}
+
+/// Embeds `entries` with the model at `model_path` and writes the catalog folder `out`.
+pub fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Manifest> {
+    if entries.is_empty() {
+        bail!("the catalog has no usable products");
+    }
+    let model_bytes =
+        fs::read(model_path).with_context(|| format!("cannot read the model {}", model_path.display()))?;
+    let embedder = Embedder::from_bytes(&model_bytes)
+        .with_context(|| format!("cannot load the model {}", model_path.display()))?;
+
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let staging = out.join(STAGING_DIR);
+    // Left over from an interrupted build: nothing in it is referenced by the live manifest.
+    if staging.exists() {
+        fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    let built = stage(&embedder, &model_bytes, entries, &staging).and_then(|manifest| {
+        commit(&staging, out, &manifest)?;
+        eprintln!(
+            "wrote {} products to {}",
+            manifest.products,
+            out.join("manifest.json").display()
+        );
+        Ok(manifest)
+    });
+    if built.is_err() {
+        // Best effort: the previous catalog is intact either way, this only tidies up.
+        let _ = fs::remove_dir_all(&staging);
+    }
+    built
+}
+
+/// Writes thumbnails, index, model copy and manifest into `staging`.
+fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, staging: &Path) -> Result<Manifest> {
+    let staged_thumbs = staging.join(THUMBS_DIR);
+    fs::create_dir_all(&staged_thumbs).with_context(|| format!("cannot create {}", staged_thumbs.display()))?;
+    let started = Instant::now();
+    let progress = ProgressBar::new(entries.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
+            .expect("the template is valid"),
+    );
+    let limits = DecodeLimits::default();
+    // Thumbnails are named by catalog position: never by the shop's ids, which may hold any character.
+    let embedded: Vec<Result<Vec<f32>>> = entries
+        .par_iter()
+        .enumerate()
+        .map(|(position, entry)| {
+            let thumbnail = staged_thumbs.join(format!("{position}.jpg"));
+            let result = embed_entry(embedder, entry, &limits, &thumbnail);
+            progress.inc(1);
+            result
+        })
+        .collect();
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+
+    let photos = entries.len();
+    let mut products = Vec::with_capacity(photos);
+    let mut embeddings = Vec::with_capacity(photos);
+    for (position, (entry, result)) in entries.into_iter().zip(embedded).enumerate() {
+        match result {
+            Ok(embedding) => {
+                let mut product = entry.product;
+                product.thumbnail = format!("{THUMBS_DIR}/{position}.jpg");
+                products.push(product);
+                embeddings.push(embedding);
+            }
+            Err(error) => eprintln!(
+                "line {}: skipped product {:?}: {}: {error:#}",
+                entry.line,
+                entry.product.id,
+                entry.image.display()
+            ),
+        }
+    }
+    if products.is_empty() {
+        bail!("none of the catalog's photos could be used");
+    }
+    eprintln!(
+        "embedded {} of {photos} photos in {seconds:.1} s ({:.1} photos/s)",
+        products.len(),
+        photos as f64 / seconds.max(1e-9)
+    );
+
+    let info = embedder.info();
+    let index = Index::build(&info.sha256, products, &embeddings)?;
+    let index_bytes = index.to_bytes();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        model: FileEntry::describe(format!("model-{}.onnx", &info.sha256[..8]), model_bytes),
+        index: FileEntry::describe(format!("index-{}.otl", &sha256_hex(&index_bytes)[..8]), &index_bytes),
+        products: index.len(),
+        dims: index.dims(),
+        arch: info.arch.clone(),
+        thumbnails: format!("{THUMBS_DIR}/"),
+    };
+    write(&staging.join(&manifest.model.file), model_bytes)?;
+    write(&staging.join(&manifest.index.file), &index_bytes)?;
+    write(
+        &staging.join("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest).context("cannot encode the manifest")?,
+    )?;
+    Ok(manifest)
+}
+
+fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits, thumbnail: &Path) -> Result<Vec<f32>> {
+    let bytes = fs::read(&entry.image).context("cannot read the photo")?;
+    let photo = preprocess::decode(&bytes, limits)?;
+    let embedding = embedder.embed_tensor(preprocess::to_tensor(&photo, &embedder.info().input))?;
+    let (width, height) = photo.dimensions();
+    let longest = width.max(height);
+    // Never enlarged: a small catalog photo stays as sharp as it is.
+    let small = if longest > THUMBNAIL_SIDE {
+        let scale = f64::from(THUMBNAIL_SIDE) / f64::from(longest);
+        let side = |pixels: u32| ((f64::from(pixels) * scale).round() as u32).max(1);
+        image::imageops::resize(&photo, side(width), side(height), FilterType::Triangle)
+    } else {
+        photo
+    };
+    let mut jpeg = Vec::new();
+    JpegEncoder::new_with_quality(&mut jpeg, THUMBNAIL_QUALITY)
+        .encode_image(&small)
+        .context("cannot encode the thumbnail")?;
+    write(thumbnail, &jpeg)?;
+    Ok(embedding)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Moves the staged files into `out`: content-named model and index first, then the
+/// thumbnails, then the manifest that switches the widget over; then removes what the
+/// previous manifest used.
+fn commit(staging: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
+    let rename = |from: &Path, to: &Path| {
+        fs::rename(from, to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+    };
+    for file in [&manifest.model.file, &manifest.index.file] {
+        rename(&staging.join(file), &out.join(file))?;
+    }
+    let thumbs = out.join(THUMBS_DIR);
+    let old_thumbs = staging.join("previous-thumbs");
+    if thumbs.exists() {
+        rename(&thumbs, &old_thumbs)?;
+    }
+    rename(&staging.join(THUMBS_DIR), &thumbs)?;
+    rename(&staging.join("manifest.json"), &out.join("manifest.json"))?;
+
+    for stale in fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))? {
+        let name = stale?.file_name();
+        let name = name.to_string_lossy();
+        let ours = (name.starts_with("model-") && name.ends_with(".onnx"))
+            || (name.starts_with("index-") && name.ends_with(".otl"));
+        if ours && name != manifest.model.file && name != manifest.index.file {
+            fs::remove_file(out.join(name.as_ref())).with_context(|| format!("cannot remove the old {name}"))?;
+        }
+    }
+    fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))
 }
