@@ -91,23 +91,59 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     ) {
         return Err(ImageError::Unsupported);
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Corrupt("the file ends before the end of the image".into()));
+    }
+    // Read the header without size limits: the decoder's own would refuse a huge photo without its size.
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(|e| classify(e, limits))?;
+    let (width, height) = decoder.dimensions();
+    if width == 0
+        || height == 0
+        || width > limits.max_side
+        || height > limits.max_side
+        || u64::from(width) * u64::from(height) > limits.max_pixels
+    {
+        return Err(too_large(width, height, limits));
+    }
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(limits.max_side);
     decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_alloc);
-    reader.limits(decoder_limits);
-    let mut decoder = reader.into_decoder().map_err(|e| classify(e, limits))?;
-    let (width, height) = decoder.dimensions();
-    if width == 0 || height == 0 || u64::from(width) * u64::from(height) > limits.max_pixels {
-        return Err(too_large(width, height, limits));
-    }
+    decoder.set_limits(decoder_limits).map_err(|e| classify(e, limits))?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, limits))?;
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
+}
+
+/// Whether a JPEG's compressed pixels end with the end-of-image marker. The decoder fills
+/// whatever a cut-off file (an interrupted download) lacks with grey, silently.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    // Walk the marker segments after SOI up to the first start-of-scan. Inside compressed data
+    // 0xFF is always followed by 0x00 or a restart marker, so the first FF D9 after it is the end.
+    let mut position = 2;
+    while position + 4 <= bytes.len() {
+        if bytes[position] != 0xFF {
+            return false;
+        }
+        let marker = bytes[position + 1];
+        if marker == 0xFF {
+            position += 1; // fill byte
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[position + 2], bytes[position + 3]]));
+        position += 2 + length;
+        if marker == 0xDA {
+            return bytes
+                .get(position..)
+                .is_some_and(|scan| scan.windows(2).any(|pair| pair == [0xFF, 0xD9]));
+        }
+    }
+    false
 }
 
 fn too_large(width: u32, height: u32, limits: &DecodeLimits) -> ImageError {
@@ -255,14 +291,19 @@ mod tests {
         let jpeg = {
             let mut out = Vec::new();
             image::codecs::jpeg::JpegEncoder::new(&mut out)
-                .encode_image(&RgbImage::from_pixel(64, 64, Rgb([9, 9, 9])))
+                .encode_image(&RgbImage::from_fn(256, 256, |x, y| {
+                    Rgb([(x * y) as u8, (x ^ y) as u8, (x + y) as u8])
+                }))
                 .unwrap();
             out
         };
-        assert!(matches!(
-            decode(&jpeg[..jpeg.len() / 2], &limits),
-            Err(ImageError::Corrupt(_))
-        ));
+        // Cut inside the header, and deep inside the pixels (the decoder alone would fill the rest with grey).
+        for cut in [jpeg.len() / 20, jpeg.len() / 2, jpeg.len() * 9 / 10] {
+            assert!(
+                matches!(decode(&jpeg[..cut], &limits), Err(ImageError::Corrupt(_))),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
