@@ -39,16 +39,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let catalog = read_catalog(&args.catalog)?;
-    for problem in &catalog.problems {
-        eprintln!("{}: skipped {problem}", args.catalog.display());
-    }
-    build(&args.model, catalog.entries, &args.out)?;
+    build_catalog(&args.catalog, &args.model, &args.out)?;
     Ok(())
 }
 
+/// Reads the catalog file, reports the rows it skips, and writes the catalog folder `out`.
+pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path) -> Result<Manifest> {
+    let catalog = read_catalog(catalog_path)?;
+    for problem in &catalog.problems {
+        eprintln!("{}: skipped {problem}", catalog_path.display());
+    }
+    build(model_path, catalog.entries, out)
+}
+
 /// Embeds `entries` with the model at `model_path` and writes the catalog folder `out`.
-pub fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Manifest> {
+fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Manifest> {
     if entries.is_empty() {
         bail!("the catalog has no usable products");
     }

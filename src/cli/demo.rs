@@ -11,7 +11,6 @@ use image::{imageops::FilterType, GrayImage};
 use serde::{Deserialize, Serialize};
 
 use super::build_index;
-use crate::catalog::read_catalog;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -135,12 +134,12 @@ fn fmnist(args: &FmnistArgs) -> Result<()> {
     let mut catalog =
         csv::Writer::from_path(&catalog_path).with_context(|| format!("cannot write {}", catalog_path.display()))?;
     let side = rows * columns;
-    for (n, (digits, &label)) in pixels.chunks_exact(side).zip(&labels).take(count).enumerate() {
+    for (n, (garment, &label)) in pixels.chunks_exact(side).zip(&labels).take(count).enumerate() {
         let class = FMNIST_CLASSES
             .get(usize::from(label))
             .with_context(|| format!("{}: label {label} is not a Fashion-MNIST class", labels_path.display()))?;
         // The dataset draws light garments on black; shops show dark on white.
-        let inverted = digits.iter().map(|&value| 255 - value).collect();
+        let inverted = garment.iter().map(|&value| 255 - value).collect();
         let small = GrayImage::from_raw(columns as u32, rows as u32, inverted).context("bad image size")?;
         let large = image::imageops::resize(&small, FMNIST_SIDE, FMNIST_SIDE, FilterType::Triangle);
         let file = format!("images/{n:04}.png");
@@ -163,7 +162,8 @@ fn fmnist(args: &FmnistArgs) -> Result<()> {
     catalog.flush()?;
     drop(catalog);
     eprintln!("wrote {count} Fashion-MNIST products to {}", catalog_path.display());
-    index_catalog(&catalog_path, &args.model, &args.out)
+    build_index::build_catalog(&catalog_path, &args.model, &args.out)?;
+    Ok(())
 }
 
 /// Reads an IDX file (Fashion-MNIST's format) of unsigned bytes with `rank` dimensions.
@@ -258,15 +258,7 @@ fn fpi(args: &FpiArgs) -> Result<()> {
         "wrote {written} Fashion Product Images products to {}",
         catalog_path.display()
     );
-    index_catalog(&catalog_path, &args.model, &args.out)
-}
-
-fn index_catalog(catalog_path: &Path, model: &Path, out: &Path) -> Result<()> {
-    let catalog = read_catalog(catalog_path)?;
-    for problem in &catalog.problems {
-        eprintln!("{}: skipped {problem}", catalog_path.display());
-    }
-    build_index::build(model, catalog.entries, out)?;
+    build_index::build_catalog(&catalog_path, &args.model, &args.out)?;
     Ok(())
 }
 
