@@ -32,6 +32,9 @@ pub struct Conv {
     pub groups: usize,
 }
 
+/// A classifier layer to keep: name, weight shape (OI), weight, bias.
+pub type Classifier<'a> = (&'a str, &'a [usize], &'a [f32], &'a [f32]);
+
 impl Conv {
     /// Loads `conv.weight` and folds the following BatchNorm `bn` (eval mode) into it:
     /// w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps).
@@ -139,7 +142,7 @@ impl GraphBuilder {
 
     /// Global average pooling, L2-normalised as the "embedding" output, and with
     /// `classifier` (fc weight OI, bias) also the "logits" output.
-    pub fn embedding_head(&mut self, features: &str, classifier: Option<(&str, &[usize], &[f32], &[f32])>) {
+    pub fn embedding_head(&mut self, features: &str, classifier: Option<Classifier>) {
         self.node("GlobalAveragePool", "pool", &[features], vec![]);
         let pooled = self.node("Flatten", "pool.flat", &["pool"], vec![int("axis", 1)]);
         self.node(

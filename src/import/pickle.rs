@@ -324,7 +324,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, flat: Vec<Value>) -> Result<(), ImportError> {
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return Err(corrupt("SETITEMS with an odd number of values"));
         }
         let mut pairs = Vec::with_capacity(flat.len() / 2);
