@@ -132,8 +132,7 @@ fn activation_qdq(
     high: f32,
     initializers: &mut Vec<TensorProto>,
 ) -> ((NodeProto, String), (NodeProto, String)) {
-    let w: f32 = std::env::var("WIDEN").map(|v| v.parse().unwrap()).unwrap_or(1.0);
-    let (low, high) = (coarsen(low.min(0.0) * w), coarsen(high.max(0.0) * w));
+    let (low, high) = (coarsen(low.min(0.0)), coarsen(high.max(0.0)));
     let scale = if high > low { (high - low) / 255.0 } else { 1.0 };
     let zero_point = (-low / scale).round().clamp(0.0, 255.0) as u8;
     let scale_name = format!("{name}.scale");
