@@ -264,9 +264,11 @@ fn fpi(args: &FpiArgs) -> Result<()> {
 
 /// A plausible price in won, the same for the same product on every build: 9,000 to 98,900.
 fn demo_price_krw(n: usize) -> u64 {
-    // Multiplicative hashing spreads neighbouring products over the whole range.
-    let thousands = (n as u64).wrapping_mul(2_654_435_761) % 90 + 9;
-    let ends_in_900 = n.is_multiple_of(3);
+    // A multiply-xorshift hash spreads neighbouring products over the whole range without a period.
+    let hash = (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let hash = hash ^ (hash >> 29);
+    let thousands = hash % 90 + 9;
+    let ends_in_900 = (hash >> 32).is_multiple_of(3);
     thousands * 1000 + if ends_in_900 { 900 } else { 0 }
 }
 
