@@ -270,7 +270,8 @@ fn read_member(archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str) -> Resu
             member.size()
         )));
     }
-    let mut data = Vec::with_capacity(member.size() as usize);
+    // No preallocation from the declared size: the header may lie.
+    let mut data = Vec::new();
     member
         .take(MAX_MEMBER_BYTES + 1)
         .read_to_end(&mut data)
@@ -330,7 +331,7 @@ fn assemble(
 }
 
 /// Copies a strided view of a storage into a dense row-major array.
-pub fn materialise(tensor: &TensorRef, storage: &[u8]) -> Result<Array, String> {
+fn materialise(tensor: &TensorRef, storage: &[u8]) -> Result<Array, String> {
     let element_size = tensor.storage.dtype.size();
     let stored = storage.len() / element_size;
     if stored < tensor.storage.numel {
@@ -344,6 +345,13 @@ pub fn materialise(tensor: &TensorRef, storage: &[u8]) -> Result<Array, String> 
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or("its size overflows")?;
+    // Views that repeat elements (stride 0) would let a tiny file ask for any amount of memory.
+    if count > tensor.storage.numel {
+        return Err(format!(
+            "its view has {count} elements, more than its {}-element storage",
+            tensor.storage.numel
+        ));
+    }
     if count > 0 {
         let last = tensor
             .size

@@ -16,7 +16,7 @@ use super::ImportError;
 
 /// Deepest nesting of containers accepted (a state dict needs about 4).
 const MAX_DEPTH: usize = 64;
-/// Most values a pickle may build, copies from the memo included.
+/// Most values a pickle may build, copies from the memo included (16 string bytes count as one).
 const MAX_NODES: usize = 20_000_000;
 
 /// Where a tensor's numbers live, as named by the checkpoint's persistent id.
@@ -93,10 +93,13 @@ impl Value {
         }
     }
 
+    /// What the value costs to copy, in nodes (long strings count as several).
     fn nodes(&self) -> usize {
         match self {
             Value::Tuple(c) | Value::List(c) | Value::Call(c) => c.nodes,
             Value::Dict(c) => c.nodes,
+            Value::Str(s) => 1 + s.len() / 16,
+            Value::Bytes(b) => 1 + b.len() / 16,
             _ => 1,
         }
     }

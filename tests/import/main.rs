@@ -173,6 +173,35 @@ fn damaged_checkpoints_get_typed_errors() {
         import::read_checkpoint(b"definitely not a checkpoint"),
         Err(ImportError::Unsupported(_))
     ));
+}
+
+#[test]
+fn hostile_checkpoints_fail_fast_instead_of_exhausting_memory() {
+    // A view repeating one element 2^40 times (stride 0).
+    let storages = [Storage::f32("s", &[1.0])];
+    let views = [View {
+        name: "huge".into(),
+        key: "s".into(),
+        offset: 0,
+        size: vec![1 << 20, 1 << 20],
+        stride: vec![0, 0],
+    }];
+    assert!(matches!(
+        import::read_checkpoint(&torch_writer::legacy(&views, &storages)),
+        Err(ImportError::Corrupt(_))
+    ));
+    // "Billion laughs": each step pairs the memoised value with itself, doubling its size.
+    let mut bomb = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..64 {
+        bomb.extend([b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    bomb.push(b'.');
+    assert!(matches!(import::read_checkpoint(&bomb), Err(ImportError::Corrupt(_))));
+    // Containers nested 100,000 deep.
+    let mut deep = vec![0x80, 2, b'N'];
+    deep.extend(std::iter::repeat_n(0x85, 100_000));
+    deep.push(b'.');
+    assert!(matches!(import::read_checkpoint(&deep), Err(ImportError::Corrupt(_))));
     let lite = import::build_fp32(
         Arch::EfficientNetLite0,
         &import::random_resnet18(1),
