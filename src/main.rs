@@ -24,8 +24,19 @@ enum Command {
     Serve(cli::serve::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    // Print the error chain as one readable line, never a backtrace: these messages are for shop engineers.
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("otlens: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Import(args) => cli::import::run(args),
         Command::Embed(args) => cli::embed::run(args),
         Command::BuildIndex(args) => cli::build_index::run(args),
