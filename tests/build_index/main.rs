@@ -23,6 +23,18 @@ fn otlens(args: &[&str]) -> Output {
     output
 }
 
+fn build_index(model: &str, catalog: &Path, out: &Path) -> Output {
+    otlens(&[
+        "build-index",
+        "--model",
+        model,
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 /// Eight clearly different garments-to-be: stripes, checks, dots, gradients.
 fn photo(n: usize) -> RgbImage {
     let colours = [
@@ -89,15 +101,7 @@ fn build_index_embed_and_serve() {
     let work = tempfile::tempdir().unwrap();
     let catalog = write_catalog(work.path());
     let out = work.path().join("site/catalog");
-    let output = otlens(&[
-        "build-index",
-        "--model",
-        model,
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = build_index(model, &catalog, &out);
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 10: skipped product \"broken\""), "{stderr}");
@@ -342,15 +346,7 @@ fn check_serve(out: &Path, manifest: &Manifest) {
 fn check_failed_rebuild_keeps_the_previous_catalog(model: &str, dir: &Path, out: &Path, before: &Manifest) {
     let catalog = dir.join("all-broken.csv");
     std::fs::write(&catalog, "id,title,image\nb,Broken,photos/broken.jpg\n").unwrap();
-    let output = otlens(&[
-        "build-index",
-        "--model",
-        model,
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = build_index(model, &catalog, out);
     assert!(!output.status.success());
     assert_eq!(&read_manifest(out), before);
     assert!(out.join(&before.index.file).is_file());
@@ -359,15 +355,7 @@ fn check_failed_rebuild_keeps_the_previous_catalog(model: &str, dir: &Path, out:
     // A successful rebuild replaces the index and removes the old file.
     let catalog = dir.join("two.csv");
     std::fs::write(&catalog, "id,title,image\na,A,photos/p0.jpg\nb,B,photos/p1.png\n").unwrap();
-    let output = otlens(&[
-        "build-index",
-        "--model",
-        model,
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = build_index(model, &catalog, out);
     assert!(output.status.success());
     let after = read_manifest(out);
     assert_eq!(after.products, 2);

