@@ -97,7 +97,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     // Read the header without size limits: the decoder's own would refuse a huge photo without its size.
     let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
         .into_decoder()
-        .map_err(|e| classify(e, limits))?;
+        .map_err(|e| classify(e, (0, 0), limits))?;
     let (width, height) = decoder.dimensions();
     if width == 0
         || height == 0
@@ -107,15 +107,16 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     {
         return Err(too_large(width, height, limits));
     }
+    // The size is checked above; what the decoder still has to bound is its memory.
     let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_image_width = Some(limits.max_side);
-    decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_alloc);
-    decoder.set_limits(decoder_limits).map_err(|e| classify(e, limits))?;
+    decoder
+        .set_limits(decoder_limits)
+        .map_err(|e| classify(e, (width, height), limits))?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, limits))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, (width, height), limits))?;
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
 }
@@ -155,14 +156,10 @@ fn too_large(width: u32, height: u32, limits: &DecodeLimits) -> ImageError {
     }
 }
 
-fn classify(error: image::ImageError, limits: &DecodeLimits) -> ImageError {
+/// `dimensions`: the photo's size when the header has been read, else (0, 0).
+fn classify(error: image::ImageError, (width, height): (u32, u32), limits: &DecodeLimits) -> ImageError {
     match error {
-        image::ImageError::Limits(_) => ImageError::DimensionsTooLarge {
-            width: 0,
-            height: 0,
-            max_side: limits.max_side,
-            max_pixels: limits.max_pixels,
-        },
+        image::ImageError::Limits(_) => too_large(width, height, limits),
         image::ImageError::Unsupported(_) => ImageError::Unsupported,
         other => ImageError::Corrupt(other.to_string()),
     }
