@@ -95,9 +95,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
         return Err(ImageError::Corrupt("the file ends before the end of the image".into()));
     }
     // Read the header without size limits: the decoder's own would refuse a huge photo without its size.
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_decoder()
-        .map_err(|e| classify(e, (0, 0), limits))?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(|e| classify(e, (0, 0), limits))?;
     let (width, height) = decoder.dimensions();
     if width == 0
         || height == 0
@@ -313,7 +313,11 @@ mod tests {
         header[29..33].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(
             decode(&header, &DecodeLimits::default()),
-            Err(ImageError::DimensionsTooLarge { .. })
+            Err(ImageError::DimensionsTooLarge {
+                width: 50_000,
+                height: 50_000,
+                ..
+            })
         ));
     }
 }
