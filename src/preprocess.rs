@@ -94,25 +94,21 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(ImageError::Corrupt("the file ends before the end of the image".into()));
     }
-    // Read the header without size limits: the decoder's own would refuse a huge photo without its size.
+    // Read the size from the header before any decoder runs: on wasm32 the PNG decoder refuses
+    // a huge photo on its own (its buffer overflows usize) without saying how large it is.
+    if let Ok(size) = imagesize::blob_size(bytes) {
+        let side = |pixels: usize| u32::try_from(pixels).unwrap_or(u32::MAX);
+        check_size(side(size.width), side(size.height), limits)?;
+    }
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_alloc);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.no_limits();
+    reader.limits(decoder_limits);
     let mut decoder = reader.into_decoder().map_err(|e| classify(e, (0, 0), limits))?;
     let (width, height) = decoder.dimensions();
-    if width == 0
-        || height == 0
-        || width > limits.max_side
-        || height > limits.max_side
-        || u64::from(width) * u64::from(height) > limits.max_pixels
-    {
-        return Err(too_large(width, height, limits));
-    }
-    // The size is checked above; what the decoder still has to bound is its memory.
-    let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_alloc = Some(limits.max_alloc);
-    decoder
-        .set_limits(decoder_limits)
-        .map_err(|e| classify(e, (width, height), limits))?;
+    check_size(width, height, limits)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -145,6 +141,19 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
         }
     }
     false
+}
+
+fn check_size(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
+    let fits = width > 0
+        && height > 0
+        && width <= limits.max_side
+        && height <= limits.max_side
+        && u64::from(width) * u64::from(height) <= limits.max_pixels;
+    if fits {
+        Ok(())
+    } else {
+        Err(too_large(width, height, limits))
+    }
 }
 
 fn too_large(width: u32, height: u32, limits: &DecodeLimits) -> ImageError {
