@@ -1,4 +1,5 @@
-//! `otlens import`: PyTorch checkpoint -> `<arch>-fp32.onnx` and `<arch>-int8.onnx`.
+//! `otlens import`: PyTorch checkpoint -> `<arch>-fp32.onnx`, `<arch>-int8.onnx` (weights and
+//! activations) and `<arch>-int8-weights.onnx` (weights only).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,7 +24,7 @@ pub struct Args {
     /// for benchmarks: the model recognises nothing).
     #[arg(long)]
     pub random_seed: Option<u64>,
-    /// Where to write `<arch>-fp32.onnx` and `<arch>-int8.onnx`.
+    /// Where to write `<arch>-fp32.onnx`, `<arch>-int8.onnx` and `<arch>-int8-weights.onnx`.
     #[arg(long)]
     pub out_dir: PathBuf,
     /// Calibration photos for the int8 model: folders (their .jpg/.jpeg/.png files) or files.
@@ -65,7 +66,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let calibration = import::calibration_inputs(&photos, &args.arch.input_spec())?;
     let imported = import::import(args.arch, &state, args.classifier, &calibration)?;
     std::fs::create_dir_all(&args.out_dir).with_context(|| format!("cannot create {}", args.out_dir.display()))?;
-    for (kind, bytes) in [("fp32", &imported.fp32), ("int8", &imported.int8)] {
+    for (kind, bytes) in [
+        ("fp32", &imported.fp32),
+        ("int8", &imported.int8),
+        ("int8-weights", &imported.int8_weights),
+    ] {
         let path = args.out_dir.join(format!("{}-{kind}.onnx", args.arch.name()));
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
         println!("{}  {} ({} bytes)", sha256_hex(bytes), path.display(), bytes.len());

@@ -19,7 +19,7 @@ use tract_onnx::pb::ModelProto;
 
 pub use self::checkpoint::{extract_pth, read_checkpoint, Array, ArrayData, StateDict};
 pub use self::pickle::DType;
-pub use self::quantize::quantize;
+pub use self::quantize::{quantize, quantize_weights};
 pub use self::resnet::random_state_dict as random_resnet18;
 use crate::model::{META_ARCH, META_INPUT};
 use crate::preprocess::{self, DecodeLimits, ImageError, InputSpec};
@@ -160,13 +160,17 @@ pub fn photos_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(photos)
 }
 
-/// An imported model pair, as ONNX file bytes.
+/// An imported model in its three precisions, as ONNX file bytes.
 pub struct Imported {
     pub fp32: Vec<u8>,
+    /// int8 weights and activations (QDQ), activation ranges calibrated.
     pub int8: Vec<u8>,
+    /// int8 weights, fp32 activations: what the widget ships (see [`quantize_weights`]).
+    pub int8_weights: Vec<u8>,
 }
 
-/// Builds the fp32 model of `arch` from `state` and its int8 version calibrated on `calibration`.
+/// Builds the fp32 model of `arch` from `state`, its int8 version calibrated on `calibration`
+/// and its int8-weights version.
 pub fn import(
     arch: Arch,
     state: &StateDict,
@@ -174,9 +178,9 @@ pub fn import(
     calibration: &[Vec<f32>],
 ) -> Result<Imported, ImportError> {
     let fp32 = build_fp32(arch, state, &arch.input_spec(), classifier)?;
-    let int8 = quantize(&fp32, calibration)?;
     Ok(Imported {
+        int8: encode(&quantize(&fp32, calibration)?),
+        int8_weights: encode(&quantize_weights(&fp32)?),
         fp32: encode(&fp32),
-        int8: encode(&int8),
     })
 }

