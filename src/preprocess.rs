@@ -6,7 +6,7 @@
 
 use std::io::Cursor;
 
-use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 
 /// Bounds on what a photo may be. Checked from the file header, before decoding.
@@ -69,9 +69,22 @@ pub enum ImageError {
     },
     #[error("this is not a supported image (JPEG, PNG, WebP, GIF or BMP)")]
     Unsupported,
+    /// A recognised image kind we cannot read, e.g. "HEIC" or "12-bit JPEG".
+    #[error("{0} images are not supported; use a JPEG, PNG, WebP, GIF or BMP photo")]
+    UnsupportedKind(String),
+    #[error("the photo needs more memory to decode than allowed ({limit} bytes)")]
+    TooMuchMemory { limit: u64 },
     #[error("the image is damaged or incomplete: {0}")]
     Corrupt(String),
 }
+
+const SUPPORTED: [ImageFormat; 5] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::WebP,
+    ImageFormat::Gif,
+    ImageFormat::Bmp,
+];
 
 /// Decodes a photo within `limits` and turns it upright according to its EXIF orientation.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
@@ -84,15 +97,16 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
             limit: limits.max_bytes,
         });
     }
-    let format = image::guess_format(bytes).map_err(|_| ImageError::Unsupported)?;
-    if !matches!(
-        format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp
-    ) {
-        return Err(ImageError::Unsupported);
-    }
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(ImageError::Corrupt("the file ends before the end of the image".into()));
+    let format = match image::guess_format(bytes) {
+        Ok(format) if SUPPORTED.contains(&format) => format,
+        Ok(other) => {
+            let name = other.extensions_str().first().map_or("this kind of", |e| e);
+            return Err(ImageError::UnsupportedKind(name.to_uppercase()));
+        }
+        Err(_) => return Err(heif_kind(bytes).map_or(ImageError::Unsupported, ImageError::UnsupportedKind)),
+    };
+    if format == ImageFormat::Jpeg {
+        check_jpeg(bytes)?;
     }
     // Read the size from the header before any decoder runs: on wasm32 the PNG decoder refuses
     // a huge photo on its own (its buffer overflows usize) without saying how large it is.
@@ -114,18 +128,48 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| classify(e, (width, height), limits))?;
     image.apply_orientation(orientation);
-    Ok(image.into_rgb8())
+    Ok(if image.color().has_alpha() {
+        over_white(&image.into_rgba8())
+    } else {
+        image.into_rgb8()
+    })
 }
 
-/// Whether a JPEG's compressed pixels end with the end-of-image marker. The decoder fills
-/// whatever a cut-off file (an interrupted download) lacks with grey, silently.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
+/// Transparent parts become white, as on a catalog photo (dropping alpha would leave
+/// whatever colour the editor stored there, often black).
+fn over_white(image: &RgbaImage) -> RgbImage {
+    RgbImage::from_fn(image.width(), image.height(), |x, y| {
+        let [r, g, b, a] = image.get_pixel(x, y).0;
+        let blend = |c: u8| ((u32::from(c) * u32::from(a) + 255 * (255 - u32::from(a)) + 127) / 255) as u8;
+        Rgb([blend(r), blend(g), blend(b)])
+    })
+}
+
+/// The HEIF family (iPhone photos, AVIF), which `image` does not recognise: an ISO-BMFF
+/// file whose `ftyp` box names an image brand.
+fn heif_kind(bytes: &[u8]) -> Option<String> {
+    if bytes.get(4..8) != Some(b"ftyp") {
+        return None;
+    }
+    let kind = match bytes.get(8..12)? {
+        b"avif" | b"avis" => "AVIF",
+        b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" | b"hevm" | b"hevs" | b"mif1" | b"msf1" => "HEIC",
+        _ => return None,
+    };
+    Some(kind.into())
+}
+
+/// Refuses the JPEG kinds the decoder cannot read (12-bit, lossless, arithmetic-coded,
+/// hierarchical) by name, and a JPEG whose compressed pixels do not end with the end-of-image
+/// marker: the decoder would fill what a cut-off file (an interrupted download) lacks with grey.
+fn check_jpeg(bytes: &[u8]) -> Result<(), ImageError> {
+    let incomplete = || ImageError::Corrupt("the file ends before the end of the image".into());
     // Walk the marker segments after SOI up to the first start-of-scan. Inside compressed data
     // 0xFF is always followed by 0x00 or a restart marker, so the first FF D9 after it is the end.
     let mut position = 2;
     while position + 4 <= bytes.len() {
         if bytes[position] != 0xFF {
-            return false;
+            return Err(incomplete());
         }
         let marker = bytes[position + 1];
         if marker == 0xFF {
@@ -133,14 +177,32 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
             continue;
         }
         let length = usize::from(u16::from_be_bytes([bytes[position + 2], bytes[position + 3]]));
+        if let Some(kind) = unsupported_jpeg_kind(marker, bytes.get(position + 4).copied()) {
+            return Err(ImageError::UnsupportedKind(kind));
+        }
         position += 2 + length;
         if marker == 0xDA {
-            return bytes
+            let complete = bytes
                 .get(position..)
                 .is_some_and(|scan| scan.windows(2).any(|pair| pair == [0xFF, 0xD9]));
+            return if complete { Ok(()) } else { Err(incomplete()) };
         }
     }
-    false
+    Err(incomplete())
+}
+
+/// For a start-of-frame `marker` with sample `precision`: the name of a JPEG kind we cannot read.
+fn unsupported_jpeg_kind(marker: u8, precision: Option<u8>) -> Option<String> {
+    match marker {
+        // Baseline, extended and progressive Huffman: readable at 8 bits.
+        0xC0..=0xC2 => precision
+            .filter(|&bits| bits != 8)
+            .map(|bits| format!("{bits}-bit JPEG")),
+        0xC3 => Some("lossless JPEG".into()),
+        0xC5..=0xC7 => Some("hierarchical JPEG".into()),
+        0xC9..=0xCB | 0xCD..=0xCF => Some("arithmetic-coded JPEG".into()),
+        _ => None,
+    }
 }
 
 fn check_size(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
@@ -168,6 +230,10 @@ fn too_large(width: u32, height: u32, limits: &DecodeLimits) -> ImageError {
 /// `dimensions`: the photo's size when the header has been read, else (0, 0).
 fn classify(error: image::ImageError, (width, height): (u32, u32), limits: &DecodeLimits) -> ImageError {
     match error {
+        // The size was checked; what remains is memory (e.g. a GIF frame larger than its screen).
+        image::ImageError::Limits(_) if check_size(width, height, limits).is_ok() => ImageError::TooMuchMemory {
+            limit: limits.max_alloc,
+        },
         image::ImageError::Limits(_) => too_large(width, height, limits),
         image::ImageError::Unsupported(_) => ImageError::Unsupported,
         other => ImageError::Corrupt(other.to_string()),
@@ -201,7 +267,7 @@ pub fn preprocess(bytes: &[u8], spec: &InputSpec, limits: &DecodeLimits) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageEncoder, Rgb};
+    use image::ImageEncoder;
 
     fn png(image: &RgbImage) -> Vec<u8> {
         let mut out = Vec::new();
