@@ -4,6 +4,7 @@
 //! Everything is written into a staging folder first and moved into place at the end,
 //! manifest last, so an interrupted build leaves the previous catalog working.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use image::{codecs::jpeg::JpegEncoder, imageops::FilterType};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::catalog::{read_catalog, CatalogEntry};
 use crate::index::{FileEntry, Index, Manifest, MANIFEST_FORMAT};
@@ -36,24 +38,43 @@ pub struct Args {
     /// Output folder; its previous catalog is replaced only once the new one is complete.
     #[arg(long)]
     pub out: PathBuf,
+    /// Exit with an error when a row was skipped or two products share a photo (the catalog
+    /// is still written for the good rows).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    build_catalog(&args.catalog, &args.model, &args.out)?;
+    let built = build_catalog(&args.catalog, &args.model, &args.out)?;
+    if args.strict && built.reported > 0 {
+        bail!(
+            "{} rows were reported above (--strict); the catalog was written for the other {} products",
+            built.reported,
+            built.manifest.products
+        );
+    }
     Ok(())
 }
 
+/// What a build wrote, and how many rows it reported as skipped or suspicious.
+pub struct Built {
+    pub manifest: Manifest,
+    pub reported: usize,
+}
+
 /// Reads the catalog file, reports the rows it skips, and writes the catalog folder `out`.
-pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path) -> Result<Manifest> {
+pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path) -> Result<Built> {
     let catalog = read_catalog(catalog_path)?;
     for problem in &catalog.problems {
         eprintln!("{}: skipped {problem}", catalog_path.display());
     }
-    build(model_path, catalog.entries, out)
+    let mut built = build(model_path, catalog.entries, out)?;
+    built.reported += catalog.problems.len();
+    Ok(built)
 }
 
 /// Embeds `entries` with the model at `model_path` and writes the catalog folder `out`.
-fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Manifest> {
+fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Built> {
     if entries.is_empty() {
         bail!("the catalog has no usable products");
     }
@@ -68,14 +89,14 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Ma
     if staging.exists() {
         fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
     }
-    let built = stage(&embedder, &model_bytes, entries, &staging).and_then(|manifest| {
-        commit(&staging, out, &manifest)?;
+    let built = stage(&embedder, &model_bytes, entries, &staging).and_then(|built| {
+        commit(&staging, out, &built.manifest)?;
         eprintln!(
             "wrote {} products to {}",
-            manifest.products,
+            built.manifest.products,
             out.join("manifest.json").display()
         );
-        Ok(manifest)
+        Ok(built)
     });
     if built.is_err() {
         // Best effort: the previous catalog is intact either way, this only tidies up.
@@ -85,7 +106,7 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Ma
 }
 
 /// Writes thumbnails, index, model copy and manifest into `staging`.
-fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, staging: &Path) -> Result<Manifest> {
+fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, staging: &Path) -> Result<Built> {
     let staged_thumbs = staging.join(THUMBS_DIR);
     fs::create_dir_all(&staged_thumbs).with_context(|| format!("cannot create {}", staged_thumbs.display()))?;
     let started = Instant::now();
@@ -95,7 +116,7 @@ fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, st
     );
     let limits = DecodeLimits::default();
     // Thumbnails are named by catalog position: never by the shop's ids, which may hold any character.
-    let embedded: Vec<Result<Vec<f32>>> = entries
+    let embedded: Vec<Result<Embedded>> = entries
         .par_iter()
         .enumerate()
         .map(|(position, entry)| {
@@ -111,20 +132,38 @@ fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, st
     let photos = entries.len();
     let mut products = Vec::with_capacity(photos);
     let mut embeddings = Vec::with_capacity(photos);
+    let mut reported = 0;
+    // Two products with the same photo are usually a copy-paste slip in the catalog; both are kept.
+    let mut first_with_photo: HashMap<[u8; 32], (u64, String)> = HashMap::new();
     for (position, (entry, result)) in entries.into_iter().zip(embedded).enumerate() {
         match result {
-            Ok(embedding) => {
+            Ok(Embedded {
+                embedding,
+                photo_sha256,
+            }) => {
+                if let Some((line, id)) = first_with_photo.get(&photo_sha256) {
+                    eprintln!(
+                        "line {}: product {:?} has the same photo as product {id:?} on line {line}",
+                        entry.line, entry.product.id
+                    );
+                    reported += 1;
+                } else {
+                    first_with_photo.insert(photo_sha256, (entry.line, entry.product.id.clone()));
+                }
                 let mut product = entry.product;
                 product.thumbnail = format!("{THUMBS_DIR}/{position}.jpg");
                 products.push(product);
                 embeddings.push(embedding);
             }
-            Err(error) => eprintln!(
-                "line {}: skipped product {:?}: {}: {error:#}",
-                entry.line,
-                entry.product.id,
-                entry.image.display()
-            ),
+            Err(error) => {
+                eprintln!(
+                    "line {}: skipped product {:?}: {}: {error:#}",
+                    entry.line,
+                    entry.product.id,
+                    entry.image.display()
+                );
+                reported += 1;
+            }
         }
     }
     if products.is_empty() {
@@ -154,11 +193,17 @@ fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, st
         &staging.join("manifest.json"),
         &serde_json::to_vec_pretty(&manifest).context("cannot encode the manifest")?,
     )?;
-    Ok(manifest)
+    Ok(Built { manifest, reported })
 }
 
-fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits, thumbnail: &Path) -> Result<Vec<f32>> {
+struct Embedded {
+    embedding: Vec<f32>,
+    photo_sha256: [u8; 32],
+}
+
+fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits, thumbnail: &Path) -> Result<Embedded> {
     let bytes = fs::read(&entry.image).context("cannot read the photo")?;
+    let photo_sha256 = Sha256::digest(&bytes).into();
     let photo = preprocess::decode(&bytes, limits)?;
     let embedding = embedder.embed_tensor(preprocess::to_tensor(&photo, &embedder.info().input))?;
     let (width, height) = photo.dimensions();
@@ -176,7 +221,10 @@ fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits,
         .encode_image(&small)
         .context("cannot encode the thumbnail")?;
     write(thumbnail, &jpeg)?;
-    Ok(embedding)
+    Ok(Embedded {
+        embedding,
+        photo_sha256,
+    })
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -172,6 +172,7 @@ fn build_index_embed_and_serve() {
     check_embed_command(model, work.path(), &embedder);
     check_serve(&out, &manifest);
     check_failed_rebuild_keeps_the_previous_catalog(model, work.path(), &out, &manifest);
+    check_strict_reports_bad_rows_and_shared_photos(model, work.path());
 }
 
 fn check_embed_command(model: &str, dir: &Path, embedder: &Embedder) {
@@ -363,6 +364,47 @@ fn check_failed_rebuild_keeps_the_previous_catalog(model: &str, dir: &Path, out:
     assert!(!out.join(&before.index.file).exists());
     assert!(out.join(&after.index.file).is_file());
     assert!(!out.join("thumbs/2.jpg").exists(), "old thumbnails are gone");
+}
+
+/// Bad rows and shared photos are reported by line; `--strict` turns them into a failing exit
+/// code but the good rows are still published.
+fn check_strict_reports_bad_rows_and_shared_photos(model: &str, dir: &Path) {
+    std::fs::copy(dir.join("photos/p2.jpg"), dir.join("photos/copy-of-p2.jpg")).unwrap();
+    let catalog = dir.join("messy.csv");
+    std::fs::write(
+        &catalog,
+        "id,title,image\n\
+         a,A,photos/p2.jpg\n\
+         b,B,photos/missing.jpg\n\
+         c,C,photos/copy-of-p2.jpg\n\
+         d,D,photos/broken.jpg\n\
+         a,A again,photos/p3.png\n\
+         e,E,photos/p3.png\n",
+    )
+    .unwrap();
+    for strict in [false, true] {
+        let out = dir.join(format!("messy-{strict}"));
+        let mut args = vec!["build-index", "--model", model, "--catalog", catalog.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap()]);
+        if strict {
+            args.push("--strict");
+        }
+        let output = otlens(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.success(), !strict, "{stderr}");
+        for expected in [
+            "line 3: skipped product \"b\"",
+            "line 4: product \"c\" has the same photo as product \"a\" on line 2",
+            "line 5: skipped product \"d\"",
+            "line 6: duplicate id \"a\"",
+        ] {
+            assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+        }
+        if strict {
+            assert!(stderr.contains("4 rows were reported above (--strict)"), "{stderr}");
+        }
+        assert_eq!(read_manifest(&out).products, 3, "a, c and e are published either way");
+    }
 }
 
 #[test]
