@@ -147,6 +147,13 @@ export function badPhotos() {
       buffer: Buffer.from("Shopping list: a yellow raincoat, size M.\n"),
       expect: /not a supported image/,
     },
+    // What an iPhone shares by default: an ISO-BMFF file with the "heic" brand.
+    {
+      name: "IMG_0001.HEIC",
+      mimeType: "image/heic",
+      buffer: Buffer.concat([Buffer.from([0, 0, 0, 24]), Buffer.from("ftypheic\0\0\0\0mif1heic"), Buffer.alloc(64)]),
+      expect: /HEIC images are not supported; use a JPEG, PNG, WebP, GIF or BMP photo/,
+    },
     {
       name: "huge.png",
       mimeType: "image/png",

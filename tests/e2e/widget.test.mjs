@@ -177,7 +177,8 @@ describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missin
       presses += 1;
     }
     assert.ok(await focusedInput(), "Tab reaches the file input");
-    const chooser = page.waitForEvent("filechooser", { timeout: 5_000 });
+    // Generous: on a loaded 2-core CI machine Chromium took over 5 s to open the chooser once.
+    const chooser = page.waitForEvent("filechooser", { timeout: SEARCH_TIMEOUT });
     await page.keyboard.press("Enter");
     const { photo } = catalogProduct(3);
     await (await chooser).setFiles(photo);
