@@ -136,7 +136,8 @@ bench() {
 }
 
 # fuzz [photo | index] [SECONDS]: cargo fuzz (nightly) on one target for SECONDS (default 600),
-# seeded with darknet's photos or the demo index. Crashes land in fuzz/artifacts/TARGET/.
+# seeded with darknet's photos or a three-product index built from them.
+# Crashes land in fuzz/artifacts/TARGET/.
 fuzz() {
   local target=${1:-photo} seconds=${2:-600}
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -148,9 +149,18 @@ fuzz() {
   case "$target" in
     photo) cp -n /usr/share/darknet/data/*.jpg "$seeds"/ ;;
     index)
-      [ -f "$OTLENS" ] || build
-      [ -f www/catalog/manifest.json ] || demo fmnist
-      cp -n www/catalog/index-*.otl "$seeds"/
+      # A three-product index: small enough for libFuzzer's 1 MB inputs to hold it whole.
+      local seed_catalog=.cache/fuzz-seed-catalog
+      if [ ! -f "$seed_catalog/out/manifest.json" ]; then
+        [ -f "$OTLENS" ] || build
+        mkdir -p "$seed_catalog"
+        printf 'id,title,image\n' >"$seed_catalog/catalog.csv"
+        for photo in dog eagle horses; do
+          printf '%s,%s,/usr/share/darknet/data/%s.jpg\n' "$photo" "$photo" "$photo" >>"$seed_catalog/catalog.csv"
+        done
+        "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/out"
+      fi
+      cp -n "$seed_catalog"/out/index-*.otl "$seeds"/
       ;;
     *) echo "unknown fuzz target '$target' (use photo or index)" >&2; exit 2 ;;
   esac
