@@ -110,9 +110,12 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     }
     // Read the size from the header before any decoder runs: on wasm32 the PNG decoder refuses
     // a huge photo on its own (its buffer overflows usize) without saying how large it is.
-    if let Ok(size) = imagesize::blob_size(bytes) {
-        let side = |pixels: usize| u32::try_from(pixels).unwrap_or(u32::MAX);
-        check_size(side(size.width), side(size.height), limits)?;
+    let side = |pixels: usize| u32::try_from(pixels).unwrap_or(u32::MAX);
+    let header_size = imagesize::blob_size(bytes)
+        .ok()
+        .map(|size| (side(size.width), side(size.height)));
+    if let Some((width, height)) = header_size {
+        check_size(width, height, limits)?;
     }
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(limits.max_side);
@@ -120,7 +123,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     decoder_limits.max_alloc = Some(limits.max_alloc);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits);
-    let mut decoder = reader.into_decoder().map_err(|e| classify(e, (0, 0), limits))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| classify(e, header_size.unwrap_or_default(), limits))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, limits)?;
     let orientation = decoder
