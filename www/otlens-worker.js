@@ -15,22 +15,37 @@ import init, { Lens, checkPhotoSize, sha256Hex } from "./pkg/otlens.js";
 const SUPPORTED_FORMAT = 1;
 let lens = null;
 
+const megabytes = (bytes) => (bytes / 1e6).toFixed(1);
+
 function post(message, transfer = []) {
   self.postMessage(message, transfer);
 }
+
+// A download that receives nothing for this long is given up, so a dead connection ends in a
+// message and a retry button rather than a progress bar that never moves.
+const STALL_MS = 20_000;
 
 /**
  * Fetches a URL as bytes, reporting progress. `expectedBytes` (from the manifest) gives the total when the
  * Content-Length header is missing or counts compressed bytes.
  */
 async function download(url, label, step, steps, expectedBytes) {
+  const stalled = new AbortController();
+  let watchdog = setTimeout(() => stalled.abort(), STALL_MS);
+  const failure = (loaded, total, error) => {
+    const received = loaded ? ` after ${megabytes(loaded)}${total ? ` of ${megabytes(total)}` : ""} MB` : "";
+    const cause = stalled.signal.aborted ? `nothing arrived for ${STALL_MS / 1000} s` : error.message;
+    return new Error(`the ${label} download from ${url} stopped${received} (${cause}); check the connection`);
+  };
   let response;
   try {
-    response = await fetch(url);
+    response = await fetch(url, { signal: stalled.signal });
   } catch (error) {
-    throw new Error(`could not download ${label} (${url}): ${error.message}`);
+    clearTimeout(watchdog);
+    throw failure(0, 0, error);
   }
   if (!response.ok) {
+    clearTimeout(watchdog);
     throw new Error(`could not download ${label} (${url}): HTTP ${response.status} ${response.statusText}`);
   }
   const lengthHeader = Number(response.headers.get("Content-Length"));
@@ -41,17 +56,25 @@ async function download(url, label, step, steps, expectedBytes) {
   let lastReport = 0;
   post({ type: "progress", step, steps, label, loaded, total });
   const reader = response.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    loaded += value.byteLength;
-    // A progress message per network chunk would flood the page; ~20 per second is smooth.
-    const now = performance.now();
-    if (now - lastReport > 50) {
-      lastReport = now;
-      post({ type: "progress", step, steps, label, loaded, total });
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => stalled.abort(), STALL_MS);
+      chunks.push(value);
+      loaded += value.byteLength;
+      // A progress message per network chunk would flood the page; ~20 per second is smooth.
+      const now = performance.now();
+      if (now - lastReport > 50) {
+        lastReport = now;
+        post({ type: "progress", step, steps, label, loaded, total });
+      }
     }
+  } catch (error) {
+    throw failure(loaded, total, error);
+  } finally {
+    clearTimeout(watchdog);
   }
   post({ type: "progress", step, steps, label, loaded, total: total || loaded });
   const bytes = new Uint8Array(loaded);
@@ -90,7 +113,7 @@ async function load(manifestUrl) {
 
   let manifest;
   try {
-    const response = await fetch(manifestUrl);
+    const response = await fetch(manifestUrl, { signal: AbortSignal.timeout(STALL_MS) });
     if (!response.ok) throw new Error(`HTTP ${response.status} ${response.statusText}`);
     manifest = await response.json();
   } catch (error) {

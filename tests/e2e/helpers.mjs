@@ -3,6 +3,7 @@
 
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,15 +18,28 @@ export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 export const DOG_JPG = "/usr/share/darknet/data/dog.jpg";
 export const MANIFEST = join(WWW, "catalog/manifest.json");
 
+// Where `otlens demo fmnist` keeps the catalog's product photos (its --work default).
+export const DEMO_WORK = process.env.OTLENS_DEMO_WORK ?? join(ROOT, ".cache/demo-fmnist");
+
 /** What the tests need built first, with the command that builds it. */
-export function missingPrerequisites() {
+export function missingPrerequisites({ demoPhotos = false } = {}) {
   const needs = [
     [OTLENS, "cargo build --release"],
     [join(WWW, "pkg/otlens_bg.wasm"), "./build.sh build"],
     [MANIFEST, "./build.sh demo"],
     [CHROMIUM, "apt-get install chromium"],
   ];
+  if (demoPhotos) needs.push([join(DEMO_WORK, "catalog.csv"), "./build.sh demo"]);
   return needs.filter(([path]) => !existsSync(path)).map(([path, command]) => `${path} (${command})`);
+}
+
+/** Product `row` of the demo catalog and the path of its photo, as a shopper would upload it. */
+export function catalogProduct(row) {
+  // The demo writes a plain CSV (no quoted fields), one product per line after the header.
+  const [header, ...lines] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
+  const names = header.split(",");
+  const product = Object.fromEntries(lines[row].split(",").map((value, i) => [names[i], value]));
+  return { product, photo: join(DEMO_WORK, product.image) };
 }
 
 export function readManifest() {
@@ -64,6 +78,52 @@ export function startServer(root = WWW) {
     server.once("error", fail);
     server.once("exit", (code) => fail(new Error(`otlens serve exited with ${code}:\n${output}`)));
   });
+}
+
+/**
+ * An HTTP proxy in front of `upstream` that breaks the downloads whose path starts with a prefix given
+ * to `fail(prefix, fault)`: "404", "cut" (half the bytes, then the connection drops) or "stall" (half
+ * the bytes, then silence). Nothing is cached, so each load goes through it.
+ */
+export function startFaultyProxy(upstream) {
+  const faults = new Map();
+  const server = createServer(async (request, response) => {
+    const fault = [...faults].find(([prefix]) => request.url.startsWith(prefix))?.[1];
+    if (fault === "404") {
+      response.writeHead(404, { "Content-Type": "text/plain" });
+      return response.end("not found");
+    }
+    const original = await fetch(new URL(request.url, upstream));
+    const body = Buffer.from(await original.arrayBuffer());
+    response.writeHead(original.status, {
+      "Content-Type": original.headers.get("Content-Type") ?? "application/octet-stream",
+      "Content-Length": body.length,
+      "Cache-Control": "no-store",
+    });
+    if (!fault) return response.end(body);
+    response.write(body.subarray(0, body.length >> 1), () => {
+      if (fault === "cut") response.destroy();
+    });
+  });
+  return new Promise((resolvePromise) => {
+    server.listen(0, "127.0.0.1", () => {
+      resolvePromise({
+        url: `http://127.0.0.1:${server.address().port}/`,
+        fail: (prefix, fault) => faults.set(prefix, fault),
+        heal: () => faults.clear(),
+        stop: () =>
+          new Promise((done) => {
+            server.closeAllConnections();
+            server.close(done);
+          }),
+      });
+    });
+  });
+}
+
+/** What a page reported that a fault test did not cause on purpose (the browser logs failed loads). */
+export function unexpected(problems) {
+  return problems.filter((problem) => !/Failed to load resource/.test(problem));
 }
 
 /** Headless Chromium with a fresh profile; `close()` also deletes the profile. */

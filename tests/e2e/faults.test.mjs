@@ -1,0 +1,178 @@
+// Faults a shopper's network and browser produce: a download cut halfway, a missing file, one that
+// stalls, a file from another build, and an engine that crashes. Each ends in a clear state with a
+// way back, never a blank or frozen widget, and never results from a mismatched model and index.
+
+import assert from "node:assert/strict";
+import { after, afterEach, before, describe, test } from "node:test";
+
+import {
+  DOG_JPG,
+  launchBrowser,
+  missingPrerequisites,
+  openPage,
+  readManifest,
+  startFaultyProxy,
+  startServer,
+  unexpected,
+} from "./helpers.mjs";
+
+const LOAD_TIMEOUT = 120_000;
+const SEARCH_TIMEOUT = 60_000;
+
+const missing = missingPrerequisites();
+
+describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+  const manifest = readManifest();
+  const modelPath = `/catalog/${manifest.model.file}`;
+  const indexPath = `/catalog/${manifest.index.file}`;
+  let server;
+  let proxy;
+  let browser;
+
+  before(async () => {
+    server = await startServer();
+    proxy = await startFaultyProxy(server.url);
+    browser = await launchBrowser();
+  });
+
+  afterEach(() => proxy.heal());
+
+  after(async () => {
+    await browser?.close();
+    await proxy?.stop();
+    await server?.stop();
+  });
+
+  /** The demo page through the proxy, recording the widget's events in `window.otlensEvents`. */
+  async function openDemo() {
+    const { page, problems } = await openPage(browser.context, "about:blank");
+    await page.addInitScript(() => {
+      window.otlensEvents = [];
+      for (const type of ["otlens-ready", "otlens-results", "otlens-error"]) {
+        addEventListener(type, (event) => window.otlensEvents.push({ type, ...event.detail }));
+      }
+    });
+    await page.goto(proxy.url);
+    return { page, problems, status: page.getByRole("status"), retry: page.getByRole("button", { name: "Try again" }) };
+  }
+
+  const events = (page, type) => page.evaluate((wanted) => window.otlensEvents.filter((e) => e.type === wanted), type);
+  const waitForEvents = (page, type, count, timeout = LOAD_TIMEOUT) =>
+    page.waitForFunction(
+      ([wanted, n]) => window.otlensEvents.filter((e) => e.type === wanted).length >= n,
+      [type, count],
+      { timeout },
+    );
+
+  async function searchDog(page) {
+    const before = (await events(page, "otlens-results")).length;
+    await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+    await waitForEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT);
+  }
+
+  async function assertStartFailed({ page, status, retry }, message) {
+    await status.getByText(/could not start/).waitFor({ timeout: LOAD_TIMEOUT });
+    assert.match(await status.textContent(), message);
+    assert.ok(await retry.isVisible(), "a Try again button");
+    assert.equal(await page.locator("ot-lens .result").count(), 0);
+    const [error] = await events(page, "otlens-error");
+    assert.equal(error.fatal, true);
+  }
+
+  test("a model download cut halfway says so, and Try again loads it", async () => {
+    proxy.fail(modelPath, "cut");
+    const demo = await openDemo();
+    const total = (manifest.model.bytes / 1e6).toFixed(1);
+    await assertStartFailed(
+      demo,
+      new RegExp(`the model download from \\S+ stopped after \\d+\\.\\d of ${total} MB \\(.+\\); check the connection`),
+    );
+    proxy.heal();
+    await demo.retry.click();
+    await demo.status.getByText(/Visual search ready/).waitFor({ timeout: LOAD_TIMEOUT });
+    assert.equal(await demo.retry.isVisible(), false);
+    await searchDog(demo.page);
+    assert.deepEqual(unexpected(demo.problems), []);
+    await demo.page.close();
+  });
+
+  test("a missing catalog index (HTTP 404) is named", async () => {
+    proxy.fail(indexPath, "404");
+    const demo = await openDemo();
+    await assertStartFailed(demo, /could not download catalog \(\S+index-\w+\.otl\): HTTP 404 Not Found\.$/);
+    assert.deepEqual(unexpected(demo.problems), []);
+    await demo.page.close();
+  });
+
+  test("an index the manifest does not list is refused before any search", async () => {
+    const demo = await openDemo();
+    // The shop deployed a new manifest but an old index (or a CDN served a stale one).
+    await demo.page.route("**/catalog/manifest.json", (route) =>
+      route.fulfill({ json: { ...manifest, index: { ...manifest.index, sha256: "f".repeat(64) } } }),
+    );
+    await demo.page.reload();
+    await assertStartFailed(demo, /the index file is not the one the catalog manifest lists/);
+    assert.equal((await events(demo.page, "otlens-ready")).length, 0);
+    assert.deepEqual(unexpected(demo.problems), []);
+    await demo.page.close();
+  });
+
+  test("a download that stalls is given up after 20 s, with a retry", async () => {
+    proxy.fail(indexPath, "stall");
+    const demo = await openDemo();
+    await assertStartFailed(
+      demo,
+      /the catalog download from \S+ stopped after [\d.]+ of [\d.]+ MB \(nothing arrived for 20 s\)/,
+    );
+    assert.deepEqual(unexpected(demo.problems), []);
+    await demo.page.close();
+  });
+
+  test("an engine crash starts a fresh worker; one that keeps crashing stops with a retry", async () => {
+    const demo = await openDemo();
+    const { page, status } = demo;
+    await waitForEvents(page, "otlens-ready", 1);
+    // A search that jumps to an address outside wasm memory: a genuine trap (WebAssembly.RuntimeError),
+    // as a Rust panic or an engine bug raises. Only the worker it is put into is affected.
+    const sabotage = (worker) =>
+      worker.evaluate(async (pkg) => {
+        const { Lens } = await import(pkg);
+        const search = Lens.prototype.search;
+        Lens.prototype.search = function (bytes, k) {
+          return search.call({ __wbg_ptr: 0xfffffff0 }, bytes, k);
+        };
+      }, new URL("pkg/otlens.js", proxy.url).href);
+
+    await sabotage(page.workers()[0]);
+    await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+    await waitForEvents(page, "otlens-ready", 2);
+    const [crash] = await events(page, "otlens-error");
+    assert.deepEqual(crash, { type: "otlens-error", message: "memory access out of bounds", fatal: false });
+    assert.equal(
+      await status.textContent(),
+      "Visual search could not handle that photo and has restarted; please try another one.",
+    );
+    assert.equal(page.workers().length, 1, "the crashed worker was terminated");
+    await searchDog(page);
+
+    // Every worker crashes from now on: after three restarts in a minute the widget stops trying.
+    page.on("worker", sabotage);
+    await sabotage(page.workers()[0]);
+    for (let restart = 2; restart <= 3; restart++) {
+      await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+      await waitForEvents(page, "otlens-ready", restart + 1);
+    }
+    await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+    await status
+      .getByText(/^Visual search stopped working: memory access out of bounds\.$/)
+      .waitFor({ timeout: SEARCH_TIMEOUT });
+    assert.ok(await demo.retry.isVisible());
+    assert.equal((await events(page, "otlens-error")).at(-1).fatal, true);
+    page.off("worker", sabotage);
+    await demo.retry.click();
+    await waitForEvents(page, "otlens-ready", 5);
+    await searchDog(page);
+    assert.deepEqual(unexpected(demo.problems), []);
+    await page.close();
+  });
+});
