@@ -13,11 +13,15 @@
 //   label        Text of the file button.                       Default: "Choose a photo"
 //
 // Events (bubbling, composed), on the element:
-//   otlens-ready    detail: {products, model, manifest}   model and catalog loaded and checked
+//   otlens-ready    detail: {products, model, manifest}   model and catalog loaded and checked (again
+//                                                          after a restart)
 //   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first
-//   otlens-error    detail: {message, fatal}              fatal: the widget could not start
+//   otlens-error    detail: {message, fatal}              fatal: the widget could not start, or its engine
+//                                                          kept crashing; it shows a Try again button
 //
 // Methods: search(blob) -> Promise<{results, timings}> (also shows them), embed(blob) -> Promise<Float32Array>.
+// One search runs at a time. A photo given while one runs waits; a newer photo replaces the waiting one,
+// whose promise rejects with an AbortError. If the engine crashes, the widget restarts it by itself.
 // Styling: CSS custom properties --otlens-accent, --otlens-text, --otlens-muted, --otlens-surface,
 // --otlens-radius on the element; ::part(button | drop-zone | status | results | result).
 //
@@ -28,6 +32,9 @@
 const DEFAULT_SRC = "catalog/manifest.json";
 const DEFAULT_MAX_RESULTS = 12;
 const DEFAULT_LABEL = "Choose a photo";
+// A worker that dies (a Rust panic, a wasm trap) is replaced; one that dies this often is given up.
+const MAX_RESTARTS = 3;
+const RESTART_WINDOW_MS = 60_000;
 
 const TEMPLATE = document.createElement("template");
 TEMPLATE.innerHTML = `
@@ -146,6 +153,10 @@ class OtLens extends HTMLElement {
   #pending = new Map();
   #queuedPhoto = null;
   #latestSearch = 0;
+  #inFlight = null; // the search request the worker is running
+  #waiting = null; // {photo, resolve, reject}: the newest photo given while one was running
+  #restarts = []; // times of automatic restarts, for MAX_RESTARTS
+  #restartNote = null;
   #previewUrl = null;
   #readyPromise;
   #resolveReady;
@@ -207,7 +218,7 @@ class OtLens extends HTMLElement {
     this.#setStatus("Searching…");
     this.#$(".results").setAttribute("aria-busy", "true");
     try {
-      const response = await this.#request({ type: "search", photo, k: this.maxResults });
+      const response = await this.#searchLatest(photo);
       if (id === this.#latestSearch) this.#showResults(response, photo);
       return { results: response.results, timings: response.timings };
     } catch (error) {
@@ -255,11 +266,12 @@ class OtLens extends HTMLElement {
     this.#manifestUrl = new URL(this.getAttribute("src") || DEFAULT_SRC, document.baseURI).href;
     this.#$(".loading").hidden = false;
     this.#$(".retry").hidden = true;
-    this.#setStatus("Loading visual search…");
+    this.#setStatus(this.#restartNote ? "Restarting visual search…" : "Loading visual search…");
     this.#worker = new Worker(new URL("otlens-worker.js", import.meta.url), { type: "module" });
     this.#worker.onmessage = ({ data }) => this.#onWorkerMessage(data);
     this.#worker.onerror = (event) => {
       event.preventDefault();
+      if (this.#state === "ready") return this.#restart(event.message || "the search worker stopped");
       this.#fail(event.message || "the search worker could not start (are otlens-worker.js and pkg/ deployed?)");
     };
     this.#worker.postMessage({ type: "load", manifestUrl: this.#manifestUrl });
@@ -268,20 +280,59 @@ class OtLens extends HTMLElement {
   #stop() {
     this.#worker?.terminate();
     this.#worker = null;
+    this.#inFlight = null;
+    this.#waiting?.reject(new Error("the search was cancelled"));
+    this.#waiting = null;
     for (const { reject } of this.#pending.values()) reject(new Error("the search was cancelled"));
     this.#pending.clear();
+  }
+
+  /** The engine died while searching: a fresh worker takes over, unless it keeps dying. */
+  #restart(message) {
+    const now = performance.now();
+    this.#restarts = this.#restarts.filter((time) => now - time < RESTART_WINDOW_MS);
+    if (this.#restarts.length >= MAX_RESTARTS) return this.#fail(message, "Visual search stopped working");
+    this.#restarts.push(now);
+    this.#emit("otlens-error", { message, fatal: false });
+    this.#$(".results").replaceChildren();
+    this.#$(".results").removeAttribute("aria-busy");
+    this.#restartNote = "Visual search could not handle that photo and has restarted; please try another one.";
+    this.#start();
   }
 
   #fail(message, heading = "Visual search could not start") {
     this.#stop();
     this.#state = "failed";
     this.#queuedPhoto = null;
+    this.#restartNote = null;
     this.#$(".loading").hidden = true;
     this.#$(".results").removeAttribute("aria-busy");
     this.#setStatus(`${heading}: ${sentence(message)}`, { error: true });
     this.#rejectReady(new Error(message));
     this.#$(".retry").hidden = false;
     this.#emit("otlens-error", { message, fatal: true });
+  }
+
+  /**
+   * Sends a search to the worker, one at a time: a photo given while one runs waits, and a newer photo
+   * replaces it, so rapid uploads never queue up work whose results nobody will see.
+   */
+  #searchLatest(photo) {
+    if (this.#inFlight) {
+      this.#waiting?.reject(new DOMException("a newer photo replaced this search", "AbortError"));
+      return new Promise((resolve, reject) => (this.#waiting = { photo, resolve, reject }));
+    }
+    const request = this.#request({ type: "search", photo, k: this.maxResults });
+    this.#inFlight = request;
+    const next = () => {
+      if (this.#inFlight !== request) return; // the worker was stopped meanwhile
+      this.#inFlight = null;
+      const waiting = this.#waiting;
+      this.#waiting = null;
+      if (waiting) this.#searchLatest(waiting.photo).then(waiting.resolve, waiting.reject);
+    };
+    request.then(next, next);
+    return request;
   }
 
   #request(message) {
@@ -300,7 +351,10 @@ class OtLens extends HTMLElement {
       case "ready":
         this.#state = "ready";
         this.#$(".loading").hidden = true;
-        this.#setStatus(`Visual search ready: ${data.products.toLocaleString(this.#locale())} products.`);
+        this.#setStatus(
+          this.#restartNote ?? `Visual search ready: ${data.products.toLocaleString(this.#locale())} products.`,
+        );
+        this.#restartNote = null;
         this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
         this.#emit("otlens-ready", { products: data.products, model: data.model, manifest: data.manifest });
         if (this.#queuedPhoto) {
@@ -314,7 +368,7 @@ class OtLens extends HTMLElement {
         this.#pending.delete(data.id);
         request?.reject(new Error(data.message));
         if (data.fatal) {
-          return this.#fail(data.message, this.#state === "ready" ? "Visual search stopped working" : undefined);
+          return this.#state === "ready" ? this.#restart(data.message) : this.#fail(data.message);
         }
         return this.#emit("otlens-error", { message: data.message, fatal: false });
       }

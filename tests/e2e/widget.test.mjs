@@ -1,7 +1,7 @@
 // The <ot-lens> widget on the demo page, driven like a shopper would in headless Chromium.
 
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
@@ -9,6 +9,7 @@ import {
   DOG_JPG,
   ROOT,
   badPhotos,
+  catalogProduct,
   launchBrowser,
   missingPrerequisites,
   openPage,
@@ -16,23 +17,11 @@ import {
   startServer,
 } from "./helpers.mjs";
 
-// Where `otlens demo fmnist` keeps the catalog's product photos (its --work default).
-const DEMO_WORK = process.env.OTLENS_DEMO_WORK ?? join(ROOT, ".cache/demo-fmnist");
 const OUTPUT = join(ROOT, "tests/output");
 const LOAD_TIMEOUT = 120_000;
 const SEARCH_TIMEOUT = 60_000;
 
-const missing = missingPrerequisites();
-if (!existsSync(join(DEMO_WORK, "catalog.csv"))) missing.push(`${DEMO_WORK}/catalog.csv (./build.sh demo)`);
-
-/** A product of the demo catalog and its photo as a shopper would upload it. */
-function catalogProduct(row) {
-  // The demo writes a plain CSV (no quoted fields), one product per line after the header.
-  const [header, ...lines] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
-  const names = header.split(",");
-  const product = Object.fromEntries(lines[row].split(",").map((value, i) => [names[i], value]));
-  return { product, photo: join(DEMO_WORK, product.image) };
-}
+const missing = missingPrerequisites({ demoPhotos: true });
 
 describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
   let server;
