@@ -9,6 +9,8 @@ mod manifest;
 
 use crate::catalog::Product;
 
+#[cfg(fuzzing)]
+pub use self::format::reseal;
 pub use self::format::{FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use self::manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
 
