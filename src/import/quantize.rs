@@ -33,11 +33,12 @@ pub fn quantize_weights(fp32: &ModelProto) -> Result<ModelProto, ImportError> {
     rewrite(fp32, None)
 }
 
+fn no_graph() -> ImportError {
+    crate::Error::Model("the ONNX file has no graph".into()).into()
+}
+
 fn graph_of(model: &ModelProto) -> Result<&tract_onnx::pb::GraphProto, ImportError> {
-    model
-        .graph
-        .as_ref()
-        .ok_or_else(|| ImportError::Calibration("the model has no graph".into()))
+    model.graph.as_ref().ok_or_else(no_graph)
 }
 
 /// Puts QDQ around every Conv and Gemm: their weights always, their input activations
@@ -104,10 +105,7 @@ fn measure_ranges(
     calibration: &[Vec<f32>],
 ) -> Result<HashMap<String, (f32, f32)>, ImportError> {
     let mut probe = fp32.clone();
-    let graph = probe
-        .graph
-        .as_mut()
-        .ok_or_else(|| ImportError::Calibration("the model has no graph".into()))?;
+    let graph = probe.graph.as_mut().ok_or_else(no_graph)?;
     let first_probe = graph.output.len();
     let internal: Vec<&String> = activations.iter().filter(|name| name.as_str() != INPUT).collect();
     graph.output.extend(internal.iter().map(|name| value_info(name, None)));
