@@ -115,9 +115,19 @@ async function load(manifestUrl) {
   try {
     const response = await fetch(manifestUrl, { signal: AbortSignal.timeout(STALL_MS) });
     if (!response.ok) throw new Error(`HTTP ${response.status} ${response.statusText}`);
-    manifest = await response.json();
+    const text = await response.text();
+    try {
+      manifest = JSON.parse(text);
+    } catch {
+      // Static hosts often answer a missing file with the site's HTML page.
+      const type = response.headers.get("Content-Type")?.split(";")[0] || "a file";
+      throw new Error(`the server sent ${type}, not JSON`);
+    }
   } catch (error) {
     throw new Error(`could not read the catalog manifest (${manifestUrl}): ${error.message}`);
+  }
+  if (typeof manifest !== "object" || manifest === null) {
+    throw new Error(`${manifestUrl} is not a catalog manifest`);
   }
   if (manifest.format !== SUPPORTED_FORMAT) {
     throw new Error(

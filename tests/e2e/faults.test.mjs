@@ -117,6 +117,25 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
     await demo.page.close();
   });
 
+  test("a manifest from another otlens version, or a page where the manifest should be, is named", async () => {
+    const demo = await openDemo();
+    for (const [body, message] of [
+      [{ json: { ...manifest, format: 2 } }, /the catalog manifest has format 2, this widget reads format 1/],
+      // What static hosts with a single-page fallback serve for a missing file: the site's HTML.
+      [
+        { contentType: "text/html", body: "<!doctype html><title>Shop</title>" },
+        /could not read the catalog manifest \(\S+\): the server sent text\/html, not JSON/,
+      ],
+    ]) {
+      await demo.page.route("**/catalog/manifest.json", (route) => route.fulfill(body));
+      await demo.page.reload();
+      await assertStartFailed(demo, message);
+      await demo.page.unroute("**/catalog/manifest.json");
+    }
+    assert.deepEqual(unexpected(demo.problems), []);
+    await demo.page.close();
+  });
+
   test("a download that stalls is given up after 20 s, with a retry", async () => {
     proxy.fail(indexPath, "stall");
     const demo = await openDemo();
