@@ -35,6 +35,7 @@ const DEFAULT_LABEL = "Choose a photo";
 // A worker that dies (a Rust panic, a wasm trap) is replaced; one that dies this often is given up.
 const MAX_RESTARTS = 3;
 const RESTART_WINDOW_MS = 60_000;
+const RESTARTED = "Visual search could not handle that photo and has restarted; please try another one.";
 
 const TEMPLATE = document.createElement("template");
 TEMPLATE.innerHTML = `
@@ -156,7 +157,7 @@ class OtLens extends HTMLElement {
   #inFlight = null; // the search request the worker is running
   #waiting = null; // {photo, resolve, reject}: the newest photo given while one was running
   #restarts = []; // times of automatic restarts, for MAX_RESTARTS
-  #restartNote = null;
+  #restarting = false; // the worker being loaded replaces one that crashed
   #previewUrl = null;
   #readyPromise;
   #resolveReady;
@@ -266,7 +267,7 @@ class OtLens extends HTMLElement {
     this.#manifestUrl = new URL(this.getAttribute("src") || DEFAULT_SRC, document.baseURI).href;
     this.#$(".loading").hidden = false;
     this.#$(".retry").hidden = true;
-    this.#setStatus(this.#restartNote ? "Restarting visual search…" : "Loading visual search…");
+    this.#setStatus(this.#restarting ? "Restarting visual search…" : "Loading visual search…");
     this.#worker = new Worker(new URL("otlens-worker.js", import.meta.url), { type: "module" });
     this.#worker.onmessage = ({ data }) => this.#onWorkerMessage(data);
     this.#worker.onerror = (event) => {
@@ -296,7 +297,7 @@ class OtLens extends HTMLElement {
     this.#emit("otlens-error", { message, fatal: false });
     this.#$(".results").replaceChildren();
     this.#$(".results").removeAttribute("aria-busy");
-    this.#restartNote = "Visual search could not handle that photo and has restarted; please try another one.";
+    this.#restarting = true;
     this.#start();
   }
 
@@ -304,7 +305,7 @@ class OtLens extends HTMLElement {
     this.#stop();
     this.#state = "failed";
     this.#queuedPhoto = null;
-    this.#restartNote = null;
+    this.#restarting = false;
     this.#$(".loading").hidden = true;
     this.#$(".results").removeAttribute("aria-busy");
     this.#setStatus(`${heading}: ${sentence(message)}`, { error: true });
@@ -352,9 +353,11 @@ class OtLens extends HTMLElement {
         this.#state = "ready";
         this.#$(".loading").hidden = true;
         this.#setStatus(
-          this.#restartNote ?? `Visual search ready: ${data.products.toLocaleString(this.#locale())} products.`,
+          this.#restarting
+            ? RESTARTED
+            : `Visual search ready: ${data.products.toLocaleString(this.#locale())} products.`,
         );
-        this.#restartNote = null;
+        this.#restarting = false;
         this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
         this.#emit("otlens-ready", { products: data.products, model: data.model, manifest: data.manifest });
         if (this.#queuedPhoto) {
