@@ -7,6 +7,8 @@ import { after, afterEach, before, describe, test } from "node:test";
 
 import {
   DOG_JPG,
+  LOAD_TIMEOUT,
+  SEARCH_TIMEOUT,
   launchBrowser,
   missingPrerequisites,
   openPage,
@@ -16,8 +18,6 @@ import {
   unexpected,
 } from "./helpers.mjs";
 
-const LOAD_TIMEOUT = 120_000;
-const SEARCH_TIMEOUT = 60_000;
 
 const missing = missingPrerequisites();
 

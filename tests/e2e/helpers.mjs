@@ -17,6 +17,9 @@ export const OTLENS = join(ROOT, "target/release/otlens");
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 export const DOG_JPG = "/usr/share/darknet/data/dog.jpg";
 export const MANIFEST = join(WWW, "catalog/manifest.json");
+// Generous, for a cold start on a loaded 2-core CI machine: a model load, and one search.
+export const LOAD_TIMEOUT = 120_000;
+export const SEARCH_TIMEOUT = 60_000;
 
 // Where `otlens demo fmnist` keeps the catalog's product photos (its --work default).
 export const DEMO_WORK = process.env.OTLENS_DEMO_WORK ?? join(ROOT, ".cache/demo-fmnist");

@@ -5,9 +5,15 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 
-import { catalogProduct, launchBrowser, missingPrerequisites, openPage, startServer } from "./helpers.mjs";
+import {
+  LOAD_TIMEOUT,
+  catalogProduct,
+  launchBrowser,
+  missingPrerequisites,
+  openPage,
+  startServer,
+} from "./helpers.mjs";
 
-const LOAD_TIMEOUT = 120_000;
 const SOAK_SEARCHES = 500;
 const WARM_UP_SEARCHES = 20;
 const RAPID_UPLOADS = 50;

@@ -7,7 +7,9 @@ import { after, before, describe, test } from "node:test";
 
 import {
   DOG_JPG,
+  LOAD_TIMEOUT,
   ROOT,
+  SEARCH_TIMEOUT,
   badPhotos,
   catalogProduct,
   launchBrowser,
@@ -18,8 +20,6 @@ import {
 } from "./helpers.mjs";
 
 const OUTPUT = join(ROOT, "tests/output");
-const LOAD_TIMEOUT = 120_000;
-const SEARCH_TIMEOUT = 60_000;
 
 const missing = missingPrerequisites({ demoPhotos: true });
 
