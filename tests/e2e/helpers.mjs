@@ -105,7 +105,9 @@ export function startFaultyProxy(upstream) {
     });
     if (!fault) return response.end(body);
     response.write(body.subarray(0, body.length >> 1), () => {
-      if (fault === "cut") response.destroy();
+      // Chromium may drop bytes still on their way to the page when the connection fails, so the
+      // cut waits until the half has surely been read.
+      if (fault === "cut") setTimeout(() => response.destroy(), 1_000);
     });
   });
   return new Promise((resolvePromise) => {
