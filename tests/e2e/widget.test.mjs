@@ -157,6 +157,8 @@ describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missin
   });
 
   test("the keyboard reaches the file button and opens the file chooser", async () => {
+    // The progress test opened and closed a page of its own; keys must go to this one.
+    await page.bringToFront();
     await page.evaluate(() => document.activeElement?.blur());
     const focusedInput = () =>
       page.evaluate(() => document.querySelector("ot-lens").shadowRoot.activeElement?.type === "file");
