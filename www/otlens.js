@@ -11,6 +11,9 @@
 //   locale       BCP 47 locale for prices (e.g. "ko-KR").       Default: the page's <html lang>,
 //                                                                else the browser's language
 //   label        Text of the file button.                       Default: "Choose a photo"
+//   offline      Present: keep the widget, the page and the catalog on the device (otlens-sw.js, a service
+//                worker, next to this file), so search works offline after one visit. Read the top of
+//                otlens-sw.js before turning it on: its folder must contain the page. Default: absent
 //
 // Events (bubbling, composed), on the element:
 //   otlens-ready    detail: {products, model, manifest}   model and catalog loaded and checked (again
@@ -18,12 +21,14 @@
 //   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first
 //   otlens-error    detail: {message, fatal}              fatal: the widget could not start, or its engine
 //                                                          kept crashing; it shows a Try again button
+//   otlens-offline  detail: {saved, message?}             with `offline`: whether the catalog was saved for
+//                                                          offline use (tried again on each load)
 //
 // Methods: search(blob) -> Promise<{results, timings}> (also shows them), embed(blob) -> Promise<Float32Array>.
 // One search runs at a time. A photo given while one runs waits; a newer photo replaces the waiting one,
 // whose promise rejects with an AbortError. If the engine crashes, the widget restarts it by itself.
 // Styling: CSS custom properties --otlens-accent, --otlens-text, --otlens-muted, --otlens-surface,
-// --otlens-radius on the element; ::part(button | drop-zone | status | results | result).
+// --otlens-radius on the element; ::part(button | drop-zone | status | offline | results | result).
 //
 // The model, index and wasm are loaded in a Web Worker (otlens-worker.js, next to this file);
 // decoding and inference run there, so the page stays responsive. Serve otlens.js,
@@ -36,6 +41,16 @@ const DEFAULT_LABEL = "Choose a photo";
 const MAX_RESTARTS = 3;
 const RESTART_WINDOW_MS = 60_000;
 const RESTARTED = "Visual search could not handle that photo and has restarted; please try another one.";
+const SAVED = "Saved on this device: photo search also works offline.";
+const OFFLINE = "You are offline: searching the catalog saved on this device.";
+const OFFLINE_UNSAVED =
+  "you are offline, and visual search is not saved on this device; connect to the internet and try again";
+const STORAGE_FULL =
+  "Not saved for offline use: this device's storage is full. Search works while you are online, " +
+  "and saving is tried again on your next visit.";
+
+// One service worker registration per page, however many widgets ask for it.
+let serviceWorker = null;
 
 const TEMPLATE = document.createElement("template");
 TEMPLATE.innerHTML = `
@@ -79,6 +94,7 @@ TEMPLATE.innerHTML = `
   .status.error { color: var(--error); }
   .timing { margin-left: .5rem; color: var(--muted); font-weight: 400; font-size: .85em; }
   .retry { font: inherit; cursor: pointer; }
+  .offline { margin: -.25rem 0 .75rem; color: var(--muted); font-size: .85em; }
   .results {
     list-style: none; margin: 0; padding: 0;
     display: grid; gap: 1rem; grid-template-columns: repeat(auto-fill, minmax(10rem, 1fr));
@@ -121,6 +137,7 @@ TEMPLATE.innerHTML = `
     aria-live="polite"><span class="message"></span><span class="timing"></span></p>
   <button type="button" class="retry" hidden>Try again</button>
 </div>
+<p class="offline" part="offline" hidden></p>
 <ul class="results" part="results" aria-label="Search results"></ul>
 `;
 
@@ -302,6 +319,8 @@ class OtLens extends HTMLElement {
   }
 
   #fail(message, heading = "Visual search could not start") {
+    // Offline, every download fails; the cause the shopper can act on is the connection.
+    if (this.#state === "loading" && !navigator.onLine) message = OFFLINE_UNSAVED;
     this.#stop();
     this.#state = "failed";
     this.#queuedPhoto = null;
@@ -365,6 +384,7 @@ class OtLens extends HTMLElement {
           this.#queuedPhoto = null;
           this.#searchFromUi(photo);
         }
+        if (this.hasAttribute("offline")) this.#saveForOffline(this.#manifestUrl);
         return;
       case "error": {
         const request = this.#pending.get(data.id);
@@ -381,6 +401,40 @@ class OtLens extends HTMLElement {
         request?.resolve(data);
       }
     }
+  }
+
+  /** Asks the service worker to keep what this widget loaded; the shopper sees whether it worked. */
+  async #saveForOffline(manifestUrl) {
+    const note = this.#$(".offline");
+    let outcome;
+    try {
+      if (!("serviceWorker" in navigator)) throw new Error("this browser has no service workers");
+      serviceWorker ??= navigator.serviceWorker.register(new URL("otlens-sw.js", import.meta.url));
+      const registration = await serviceWorker;
+      // Waiting for a worker that will never control this page would wait forever.
+      if (!location.href.startsWith(registration.scope)) {
+        throw new Error(`otlens-sw.js controls only pages under ${registration.scope}; serve it from this page's folder`);
+      }
+      const { active } = await navigator.serviceWorker.ready;
+      outcome = await new Promise((resolve) => {
+        const channel = new MessageChannel();
+        channel.port1.onmessage = ({ data }) => resolve(data);
+        const pageUrl = location.href.split("#")[0];
+        active.postMessage({ type: "save", manifestUrl, pageUrl }, [channel.port2]);
+      });
+    } catch (error) {
+      outcome = { saved: false, message: error.message || String(error) };
+    }
+    if (manifestUrl !== this.#manifestUrl) return; // another catalog was loaded meanwhile
+    note.textContent = outcome.offline
+      ? OFFLINE
+      : outcome.saved
+        ? SAVED
+        : outcome.storageFull
+        ? STORAGE_FULL
+        : `Not saved for offline use: ${sentence(outcome.message)}`;
+    note.hidden = false;
+    this.#emit("otlens-offline", { saved: outcome.saved, message: outcome.saved ? undefined : note.textContent });
   }
 
   #showProgress({ label, loaded, total }) {

@@ -131,13 +131,17 @@ export function unexpected(problems) {
   return problems.filter((problem) => !/Failed to load resource/.test(problem));
 }
 
-/** Headless Chromium with a fresh profile; `close()` also deletes the profile. */
-export async function launchBrowser({ viewport = { width: 1280, height: 900 } } = {}) {
+/**
+ * Headless Chromium with a fresh profile; `close()` also deletes the profile. Service workers are blocked
+ * unless asked for: one test's saved catalog would otherwise answer the next test's downloads.
+ */
+export async function launchBrowser({ viewport = { width: 1280, height: 900 }, serviceWorkers = "block" } = {}) {
   const profile = mkdtempSync(join(tmpdir(), "otlens-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     viewport,
+    serviceWorkers,
     args: [
       "--headless",
       "--no-sandbox",
