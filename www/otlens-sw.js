@@ -31,7 +31,8 @@ self.addEventListener("activate", (event) => {
   event.waitUntil(
     (async () => {
       const names = await caches.keys();
-      await Promise.all(names.filter((name) => name.startsWith("otlens-") && name !== CACHE).map((n) => caches.delete(n)));
+      const older = names.filter((name) => name.startsWith("otlens-") && name !== CACHE);
+      await Promise.all(older.map((name) => caches.delete(name)));
       await self.clients.claim();
     })(),
   );

@@ -8,9 +8,12 @@
 //   src          URL of the catalog manifest written by `otlens build-index` / `otlens demo`,
 //                relative to the page.                          Default: "catalog/manifest.json"
 //   max-results  How many products to show per search (1-100).  Default: 12
-//   locale       BCP 47 locale for prices (e.g. "ko-KR").       Default: the page's <html lang>,
-//                                                                else the browser's language
-//   label        Text of the file button.                       Default: "Choose a photo"
+//   locale       BCP 47 locale for prices (e.g. "ko-KR").       Default: the nearest lang attribute, else the
+//                                                                browser's language
+//   lang         Language of the widget's text: "ko" (Korean) or anything else (English).
+//                                                              Default: the nearest lang attribute (this element's
+//                                                              or the page's), else the browser's language
+//   label        Text of the file button.                       Default: "Choose a photo" / "사진 선택"
 //   offline      Present: keep the widget, the page and the catalog on the device (otlens-sw.js, a service
 //                worker, next to this file), so search works offline after one visit. Read the top of
 //                otlens-sw.js before turning it on: its folder must contain the page. Default: absent
@@ -36,18 +39,79 @@
 
 const DEFAULT_SRC = "catalog/manifest.json";
 const DEFAULT_MAX_RESULTS = 12;
-const DEFAULT_LABEL = "Choose a photo";
 // A worker that dies (a Rust panic, a wasm trap) is replaced; one that dies this often is given up.
 const MAX_RESTARTS = 3;
 const RESTART_WINDOW_MS = 60_000;
-const RESTARTED = "Visual search could not handle that photo and has restarted; please try another one.";
-const SAVED = "Saved on this device: photo search also works offline.";
-const OFFLINE = "You are offline: searching the catalog saved on this device.";
-const OFFLINE_UNSAVED =
-  "you are offline, and visual search is not saved on this device; connect to the internet and try again";
-const STORAGE_FULL =
-  "Not saved for offline use: this device's storage is full. Search works while you are online, " +
-  "and saving is tried again on your next visit.";
+
+// What the widget says, in English and Korean. Messages from the engine (why a photo was refused) stay
+// in English: they are precise, and a translation of each would drift from the code that raises it.
+const STRINGS = {
+  en: {
+    choosePhoto: "Choose a photo",
+    dropHint: "or drop a photo here",
+    yourPhoto: "Your photo",
+    results: "Search results",
+    tryAgain: "Try again",
+    loading: "Loading visual search…",
+    restarting: "Restarting visual search…",
+    ready: (products) => `Visual search ready: ${products} products.`,
+    restarted: "Visual search could not handle that photo and has restarted; please try another one.",
+    couldNotStart: "Visual search could not start",
+    stoppedWorking: "Visual search stopped working",
+    unavailable: "Visual search is not available; press “Try again” to reload it.",
+    queued: "Your photo will be searched as soon as visual search has loaded…",
+    searching: "Searching…",
+    unusablePhoto: (reason) => `This photo can't be used: ${reason}`,
+    dropAFile: "Drop a photo file (for example a JPEG from your computer).",
+    preparing: "Preparing the model…",
+    downloading: (part, amount) => `Downloading ${part}… ${amount} MB`,
+    parts: { "search engine": "search engine", model: "model", catalog: "catalog" },
+    resultCount: (count, formatted) => (count === 1 ? "1 result" : `${formatted} results`),
+    took: (ms) => ` in ${ms} ms`,
+    productPhoto: (title) => (title ? `Photo: ${title}` : "Product photo"),
+    similarity: (percent) => `Similarity ${percent}%`,
+    saved: "Saved on this device: photo search also works offline.",
+    offline: "You are offline: searching the catalog saved on this device.",
+    offlineUnsaved:
+      "you are offline, and visual search is not saved on this device; connect to the internet and try again",
+    storageFull:
+      "Not saved for offline use: this device's storage is full. Search works while you are online, " +
+      "and saving is tried again on your next visit.",
+    notSaved: (reason) => `Not saved for offline use: ${reason}`,
+  },
+  ko: {
+    choosePhoto: "사진 선택",
+    dropHint: "또는 여기에 사진을 끌어다 놓으세요",
+    yourPhoto: "내 사진",
+    results: "검색 결과",
+    tryAgain: "다시 시도",
+    loading: "이미지 검색을 불러오는 중…",
+    restarting: "이미지 검색을 다시 시작하는 중…",
+    ready: (products) => `이미지 검색 준비 완료: 상품 ${products}개.`,
+    restarted: "이미지 검색이 이 사진을 처리하지 못해 다시 시작했습니다. 다른 사진으로 시도해 주세요.",
+    couldNotStart: "이미지 검색을 시작할 수 없습니다",
+    stoppedWorking: "이미지 검색이 작동을 멈췄습니다",
+    unavailable: "이미지 검색을 사용할 수 없습니다. “다시 시도”를 눌러 다시 불러오세요.",
+    queued: "이미지 검색이 준비되는 대로 사진을 검색합니다…",
+    searching: "검색 중…",
+    unusablePhoto: (reason) => `이 사진은 사용할 수 없습니다: ${reason}`,
+    dropAFile: "사진 파일을 놓아 주세요(예: 컴퓨터의 JPEG 파일).",
+    preparing: "모델을 준비하는 중…",
+    downloading: (part, amount) => `${part} 내려받는 중… ${amount} MB`,
+    parts: { "search engine": "검색 엔진", model: "모델", catalog: "카탈로그" },
+    resultCount: (count, formatted) => `결과 ${formatted}개`,
+    took: (ms) => ` · ${ms} ms`,
+    productPhoto: (title) => (title ? `사진: ${title}` : "상품 사진"),
+    similarity: (percent) => `유사도 ${percent}%`,
+    saved: "이 기기에 저장됨: 오프라인에서도 사진으로 검색할 수 있습니다.",
+    offline: "오프라인 상태입니다: 이 기기에 저장된 카탈로그에서 검색합니다.",
+    offlineUnsaved: "오프라인 상태이고 이미지 검색이 이 기기에 저장되어 있지 않습니다. 인터넷에 연결한 뒤 다시 시도해 주세요",
+    storageFull:
+      "오프라인용으로 저장하지 못했습니다: 기기의 저장 공간이 가득 찼습니다. 온라인에서는 검색할 수 있으며, " +
+      "다음 방문 때 다시 저장합니다.",
+    notSaved: (reason) => `오프라인용으로 저장하지 못했습니다: ${reason}`,
+  },
+};
 
 // One service worker registration per page, however many widgets ask for it.
 let serviceWorker = null;
@@ -125,20 +189,20 @@ TEMPLATE.innerHTML = `
     </svg>
     <span class="label"></span>
   </label>
-  <p class="hint">or drop a photo here</p>
-  <figure class="query" hidden><img alt=""><figcaption>Your photo</figcaption></figure>
+  <p class="hint"></p>
+  <figure class="query" hidden><img alt=""><figcaption></figcaption></figure>
 </div>
 <div class="loading">
-  <label for="progress" class="progress-text">Loading visual search…</label>
+  <label for="progress" class="progress-text"></label>
   <progress id="progress" max="1" value="0"></progress>
 </div>
 <div class="status-row">
   <p class="status" part="status" role="status"
     aria-live="polite"><span class="message"></span><span class="timing"></span></p>
-  <button type="button" class="retry" hidden>Try again</button>
+  <button type="button" class="retry" hidden></button>
 </div>
 <p class="offline" part="offline" hidden></p>
-<ul class="results" part="results" aria-label="Search results"></ul>
+<ul class="results" part="results"></ul>
 `;
 
 const megabytes = (bytes) => (bytes / 1e6).toFixed(1);
@@ -161,7 +225,7 @@ function safeUrl(url, base) {
 }
 
 class OtLens extends HTMLElement {
-  static observedAttributes = ["src", "label"];
+  static observedAttributes = ["src", "label", "lang"];
 
   #root;
   #worker = null;
@@ -200,10 +264,11 @@ class OtLens extends HTMLElement {
         this.#searchFromUi(file);
       }
     });
-    this.#renderLabel();
+    this.#renderText();
   }
 
   connectedCallback() {
+    this.#renderText(); // the page's language is known only once the element is in it
     if (this.#state === "idle" || this.#state === "disconnected") this.#start();
   }
 
@@ -214,7 +279,7 @@ class OtLens extends HTMLElement {
   }
 
   attributeChangedCallback(name, oldValue, newValue) {
-    if (name === "label") this.#renderLabel();
+    if (name === "label" || name === "lang") this.#renderText();
     if (name === "src" && oldValue !== newValue && this.isConnected && this.#state !== "idle") this.#start();
   }
 
@@ -233,7 +298,7 @@ class OtLens extends HTMLElement {
     await this.ready;
     const id = ++this.#latestSearch;
     this.#showPreview(photo);
-    this.#setStatus("Searching…");
+    this.#setStatus(this.#text.searching);
     this.#$(".results").setAttribute("aria-busy", "true");
     try {
       const response = await this.#searchLatest(photo);
@@ -242,7 +307,7 @@ class OtLens extends HTMLElement {
     } catch (error) {
       // After a fatal error the status already says that the widget must be reloaded.
       if (id === this.#latestSearch && this.#state === "ready") {
-        this.#setStatus(`This photo can't be used: ${sentence(error.message)}`, { error: true });
+        this.#setStatus(this.#text.unusablePhoto(sentence(error.message)), { error: true });
         // Results of the previous photo under this message would look like answers to this one.
         this.#$(".results").replaceChildren();
         this.#$(".results").removeAttribute("aria-busy");
@@ -261,8 +326,20 @@ class OtLens extends HTMLElement {
     return this.#root.querySelector(selector);
   }
 
-  #renderLabel() {
-    this.#$(".label").textContent = this.getAttribute("label") || DEFAULT_LABEL;
+  /** The strings of the widget's language: `lang` on it or an ancestor (ko or en), else the browser's. */
+  get #text() {
+    const language = this.closest("[lang]")?.lang || navigator.language || "en";
+    return language.toLowerCase().startsWith("ko") ? STRINGS.ko : STRINGS.en;
+  }
+
+  #renderText() {
+    const text = this.#text;
+    this.#$(".label").textContent = this.getAttribute("label") || text.choosePhoto;
+    this.#$(".hint").textContent = text.dropHint;
+    this.#$("figcaption").textContent = text.yourPhoto;
+    this.#$(".retry").textContent = text.tryAgain;
+    this.#$(".results").setAttribute("aria-label", text.results);
+    if (this.#state === "idle") this.#$(".progress-text").textContent = text.loading;
   }
 
   #newReadyPromise() {
@@ -284,7 +361,7 @@ class OtLens extends HTMLElement {
     this.#manifestUrl = new URL(this.getAttribute("src") || DEFAULT_SRC, document.baseURI).href;
     this.#$(".loading").hidden = false;
     this.#$(".retry").hidden = true;
-    this.#setStatus(this.#restarting ? "Restarting visual search…" : "Loading visual search…");
+    this.#setStatus(this.#restarting ? this.#text.restarting : this.#text.loading);
     this.#worker = new Worker(new URL("otlens-worker.js", import.meta.url), { type: "module" });
     this.#worker.onmessage = ({ data }) => this.#onWorkerMessage(data);
     this.#worker.onerror = (event) => {
@@ -309,7 +386,7 @@ class OtLens extends HTMLElement {
   #restart(message) {
     const now = performance.now();
     this.#restarts = this.#restarts.filter((time) => now - time < RESTART_WINDOW_MS);
-    if (this.#restarts.length >= MAX_RESTARTS) return this.#fail(message, "Visual search stopped working");
+    if (this.#restarts.length >= MAX_RESTARTS) return this.#fail(message, this.#text.stoppedWorking);
     this.#restarts.push(now);
     this.#emit("otlens-error", { message, fatal: false });
     this.#$(".results").replaceChildren();
@@ -318,9 +395,9 @@ class OtLens extends HTMLElement {
     this.#start();
   }
 
-  #fail(message, heading = "Visual search could not start") {
+  #fail(message, heading = this.#text.couldNotStart) {
     // Offline, every download fails; the cause the shopper can act on is the connection.
-    if (this.#state === "loading" && !navigator.onLine) message = OFFLINE_UNSAVED;
+    if (this.#state === "loading" && !navigator.onLine) message = this.#text.offlineUnsaved;
     this.#stop();
     this.#state = "failed";
     this.#queuedPhoto = null;
@@ -372,9 +449,7 @@ class OtLens extends HTMLElement {
         this.#state = "ready";
         this.#$(".loading").hidden = true;
         this.#setStatus(
-          this.#restarting
-            ? RESTARTED
-            : `Visual search ready: ${data.products.toLocaleString(this.#locale())} products.`,
+          this.#restarting ? this.#text.restarted : this.#text.ready(data.products.toLocaleString(this.#locale())),
         );
         this.#restarting = false;
         this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
@@ -413,7 +488,8 @@ class OtLens extends HTMLElement {
       const registration = await serviceWorker;
       // Waiting for a worker that will never control this page would wait forever.
       if (!location.href.startsWith(registration.scope)) {
-        throw new Error(`otlens-sw.js controls only pages under ${registration.scope}; serve it from this page's folder`);
+        const scope = registration.scope;
+        throw new Error(`otlens-sw.js controls only pages under ${scope}; serve it from this page's folder or above`);
       }
       const { active } = await navigator.serviceWorker.ready;
       outcome = await new Promise((resolve) => {
@@ -426,28 +502,28 @@ class OtLens extends HTMLElement {
       outcome = { saved: false, message: error.message || String(error) };
     }
     if (manifestUrl !== this.#manifestUrl) return; // another catalog was loaded meanwhile
-    note.textContent = outcome.offline
-      ? OFFLINE
-      : outcome.saved
-        ? SAVED
-        : outcome.storageFull
-        ? STORAGE_FULL
-        : `Not saved for offline use: ${sentence(outcome.message)}`;
+    const text = this.#text;
+    if (outcome.saved) {
+      note.textContent = outcome.offline ? text.offline : text.saved;
+      this.#emit("otlens-offline", { saved: true });
+    } else {
+      note.textContent = outcome.storageFull ? text.storageFull : text.notSaved(sentence(outcome.message));
+      this.#emit("otlens-offline", { saved: false, message: note.textContent });
+    }
     note.hidden = false;
-    this.#emit("otlens-offline", { saved: outcome.saved, message: outcome.saved ? undefined : note.textContent });
   }
 
   #showProgress({ label, loaded, total }) {
     const text = this.#$(".progress-text");
     const bar = this.#$("progress");
     if (label === "preparing") {
-      text.textContent = "Preparing the model…";
+      text.textContent = this.#text.preparing;
       bar.removeAttribute("value");
       return;
     }
-    text.textContent = total
-      ? `Downloading ${label}… ${megabytes(loaded)} / ${megabytes(total)} MB`
-      : `Downloading ${label}… ${megabytes(loaded)} MB`;
+    const part = this.#text.parts[label] ?? label;
+    const amount = total ? `${megabytes(loaded)} / ${megabytes(total)}` : megabytes(loaded);
+    text.textContent = this.#text.downloading(part, amount);
     if (total) {
       bar.max = total;
       bar.value = loaded;
@@ -477,19 +553,19 @@ class OtLens extends HTMLElement {
       zone.classList.remove("over");
       const file = event.dataTransfer.files[0];
       if (file) this.#searchFromUi(file);
-      else this.#setStatus("Drop a photo file (for example a JPEG from your computer).", { error: true });
+      else this.#setStatus(this.#text.dropAFile, { error: true });
     });
   }
 
   /** A photo chosen in the UI: errors are shown in the widget, never thrown at the page. */
   #searchFromUi(photo) {
     if (this.#state === "failed") {
-      return this.#setStatus("Visual search is not available; press “Try again” to reload it.", { error: true });
+      return this.#setStatus(this.#text.unavailable, { error: true });
     }
     if (this.#state !== "ready") {
       this.#queuedPhoto = photo;
       this.#showPreview(photo);
-      return this.#setStatus("Your photo will be searched as soon as visual search has loaded…");
+      return this.#setStatus(this.#text.queued);
     }
     this.search(photo).catch(() => {});
   }
@@ -513,7 +589,7 @@ class OtLens extends HTMLElement {
   }
 
   #locale() {
-    return this.getAttribute("locale") || document.documentElement.lang || navigator.language;
+    return this.getAttribute("locale") || this.closest("[lang]")?.lang || navigator.language;
   }
 
   #formatPrice(price, currency) {
@@ -534,8 +610,9 @@ class OtLens extends HTMLElement {
     const list = this.#$(".results");
     list.replaceChildren(...results.map((result) => this.#renderResult(result)));
     list.removeAttribute("aria-busy");
-    const count = results.length === 1 ? "1 result" : `${results.length} results`;
-    this.#setStatus(count, { timing: ` in ${Math.round(timings.total_ms ?? timings.embed_ms)} ms` });
+    const text = this.#text;
+    const count = text.resultCount(results.length, results.length.toLocaleString(this.#locale()));
+    this.#setStatus(count, { timing: text.took(Math.round(timings.total_ms ?? timings.embed_ms)) });
     this.#emit("otlens-results", { results, timings, photo });
   }
 
@@ -551,7 +628,7 @@ class OtLens extends HTMLElement {
     if (thumbnail) {
       const img = document.createElement("img");
       img.src = thumbnail;
-      img.alt = product.title ? `Photo: ${product.title}` : "Product photo";
+      img.alt = this.#text.productPhoto(product.title);
       img.decoding = "async";
       card.append(img);
     }
@@ -566,7 +643,7 @@ class OtLens extends HTMLElement {
     add("brand", product.brand);
     add("price", this.#formatPrice(product.price, product.currency));
     add("meta", [product.category, product.colour].filter(Boolean).join(" · "));
-    add("score", `Similarity ${Math.round(Math.max(score, 0) * 100)}%`);
+    add("score", this.#text.similarity(Math.round(Math.max(score, 0) * 100)));
     item.append(card);
     return item;
   }

@@ -87,9 +87,8 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
   async function searchProduct(page, row) {
     const before = (await events(page, "otlens-results")).length;
     await page.locator("ot-lens input[type=file]").setInputFiles(catalogProduct(row).photo);
-    await page.waitForFunction((n) => window.otlensEvents.filter((e) => e.type === "otlens-results").length > n, before, {
-      timeout: SEARCH_TIMEOUT,
-    });
+    const searched = (n) => window.otlensEvents.filter((e) => e.type === "otlens-results").length > n;
+    await page.waitForFunction(searched, before, { timeout: SEARCH_TIMEOUT });
     return (await events(page, "otlens-results")).at(-1).results[0].product;
   }
 

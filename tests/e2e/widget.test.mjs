@@ -244,4 +244,30 @@ describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missin
     assert.deepEqual(tamperedProblems, []);
     await tampered.close();
   });
+
+  test('lang="ko" gives a Korean widget, beside an English one that it leaves alone', async () => {
+    await page.evaluate(() => {
+      const korean = document.createElement("ot-lens");
+      Object.assign(korean, { id: "korean", lang: "ko" });
+      korean.setAttribute("max-results", "3");
+      document.querySelector("main").append(korean);
+    });
+    const korean = page.locator("#korean");
+    try {
+      const koreanStatus = korean.getByRole("status");
+      await koreanStatus.getByText(/^이미지 검색 준비 완료: 상품 1,000개\.$/).waitFor({ timeout: LOAD_TIMEOUT });
+      assert.equal(await korean.getByLabel("사진 선택").getAttribute("type"), "file");
+      assert.equal(await korean.getByText("또는 여기에 사진을 끌어다 놓으세요").count(), 1);
+      await korean.locator("input[type=file]").setInputFiles(catalogProduct(3).photo);
+      await koreanStatus.getByText(/^결과 3개 · \d+ ms$/).waitFor({ timeout: SEARCH_TIMEOUT });
+      assert.equal(await korean.getByRole("list", { name: "검색 결과" }).count(), 1);
+      // Prices follow the language too: won, without decimals.
+      assert.match(await korean.locator(".price").first().textContent(), /^₩[\d,]+$/);
+      assert.match(await korean.locator(".score").first().textContent(), /^유사도 \d+%$/);
+      assert.match(await widget.first().getByRole("status").textContent(), /^\d+ results? in \d+ ms$|ready/);
+    } finally {
+      await page.evaluate(() => document.querySelector("#korean")?.remove());
+    }
+    assert.deepEqual(problems, []);
+  });
 });
