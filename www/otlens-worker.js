@@ -109,7 +109,17 @@ async function load(manifestUrl) {
   const steps = 3;
   const wasmUrl = new URL("./pkg/otlens_bg.wasm", import.meta.url);
   const wasm = await download(wasmUrl, "search engine", 1, steps);
-  await init({ module_or_path: wasm });
+  try {
+    await init({ module_or_path: wasm });
+  } catch (error) {
+    // The browser's own message is long and names 'unsafe-eval', which a shop should not allow.
+    if (/Content Security Policy/i.test(error.message)) {
+      throw new Error(
+        "the page's Content-Security-Policy does not let WebAssembly run; add 'wasm-unsafe-eval' to script-src",
+      );
+    }
+    throw error;
+  }
 
   let manifest;
   try {

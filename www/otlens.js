@@ -116,9 +116,10 @@ const STRINGS = {
 // One service worker registration per page, however many widgets ask for it.
 let serviceWorker = null;
 
-const TEMPLATE = document.createElement("template");
-TEMPLATE.innerHTML = `
-<style>
+// A constructed style sheet, not a <style> element: a page whose Content-Security-Policy allows no
+// inline styles still styles the widget.
+const STYLES = new CSSStyleSheet();
+STYLES.replaceSync(`
   :host {
     --accent: var(--otlens-accent, #0b57d0);
     --text: var(--otlens-text, #1f1f1f);
@@ -150,7 +151,7 @@ TEMPLATE.innerHTML = `
   input:focus-visible + .button, .button:focus-visible { outline: 3px solid var(--accent); outline-offset: 3px; }
   .hint { margin: 0; color: var(--muted); }
   .query { display: flex; align-items: center; gap: .6rem; margin: 0 0 0 auto; color: var(--muted); font-size: .9em; }
-  .query img { width: 56px; height: 56px; object-fit: cover; border-radius: 8px; border: 1px solid #dadce0; }
+  .query canvas { width: 56px; height: 56px; border-radius: 8px; border: 1px solid #dadce0; }
   .loading { margin: .75rem 0 0; color: var(--muted); font-size: .9em; }
   .loading progress { display: block; width: 100%; height: .5rem; margin-top: .3rem; accent-color: var(--accent); }
   .status-row { display: flex; align-items: center; gap: .75rem; margin: .75rem 0; }
@@ -179,7 +180,10 @@ TEMPLATE.innerHTML = `
   .brand, .meta { color: var(--muted); font-size: .85em; }
   .price { font-weight: 700; }
   .score { margin-top: auto; color: var(--muted); font-size: .8em; }
-</style>
+`);
+
+const TEMPLATE = document.createElement("template");
+TEMPLATE.innerHTML = `
 <div class="drop" part="drop-zone">
   <input type="file" id="file" accept="image/*" class="visually-hidden">
   <label for="file" class="button" part="button">
@@ -190,7 +194,7 @@ TEMPLATE.innerHTML = `
     <span class="label"></span>
   </label>
   <p class="hint"></p>
-  <figure class="query" hidden><img alt=""><figcaption></figcaption></figure>
+  <figure class="query" hidden><canvas width="112" height="112"></canvas><figcaption></figcaption></figure>
 </div>
 <div class="loading">
   <label for="progress" class="progress-text"></label>
@@ -239,7 +243,7 @@ class OtLens extends HTMLElement {
   #waiting = null; // {photo, resolve, reject}: the newest photo given while one was running
   #restarts = []; // times of automatic restarts, for MAX_RESTARTS
   #restarting = false; // the worker being loaded replaces one that crashed
-  #previewUrl = null;
+  #previews = 0; // photos shown so far: a slow decode must not replace a newer photo's preview
   #readyPromise;
   #resolveReady;
   #rejectReady;
@@ -247,6 +251,7 @@ class OtLens extends HTMLElement {
   constructor() {
     super();
     this.#root = this.attachShadow({ mode: "open" });
+    this.#root.adoptedStyleSheets = [STYLES];
     this.#root.append(TEMPLATE.content.cloneNode(true));
     this.#newReadyPromise();
     const input = this.#$("input");
@@ -496,7 +501,11 @@ class OtLens extends HTMLElement {
         const channel = new MessageChannel();
         channel.port1.onmessage = ({ data }) => resolve(data);
         const pageUrl = location.href.split("#")[0];
-        active.postMessage({ type: "save", manifestUrl, pageUrl }, [channel.port2]);
+        // What the page needs to look right offline too: its style sheets, icons and web app manifest.
+        const selector = 'link[rel~="stylesheet"], link[rel~="icon"], link[rel="manifest"]';
+        const links = document.querySelectorAll(selector);
+        const pageFiles = [...links].map((link) => link.href).filter((href) => href.startsWith(location.origin));
+        active.postMessage({ type: "save", manifestUrl, pageUrl, pageFiles }, [channel.port2]);
       });
     } catch (error) {
       outcome = { saved: false, message: error.message || String(error) };
@@ -570,15 +579,28 @@ class OtLens extends HTMLElement {
     this.search(photo).catch(() => {});
   }
 
-  #showPreview(photo) {
+  /** The photo, small, on a canvas: a blob: image would need the page's CSP to allow blob: images. */
+  async #showPreview(photo) {
     const figure = this.#$(".query");
-    const img = figure.querySelector("img");
-    if (this.#previewUrl) URL.revokeObjectURL(this.#previewUrl);
-    this.#previewUrl = URL.createObjectURL(photo);
-    // A file that is not a displayable image simply shows no preview.
-    img.onerror = () => (figure.hidden = true);
-    img.onload = () => (figure.hidden = false);
-    img.src = this.#previewUrl;
+    const canvas = figure.querySelector("canvas");
+    const preview = ++this.#previews;
+    let bitmap;
+    try {
+      // Decoded off the main thread, and at preview size rather than the photo's own.
+      bitmap = await createImageBitmap(photo, { resizeHeight: canvas.height, resizeQuality: "medium" });
+    } catch {
+      // A file that is not a displayable image simply shows no preview.
+      if (preview === this.#previews) figure.hidden = true;
+      return;
+    }
+    if (preview === this.#previews) {
+      // The middle square of the photo, like object-fit: cover.
+      const side = Math.min(bitmap.width, bitmap.height);
+      const [x, y] = [(bitmap.width - side) / 2, (bitmap.height - side) / 2];
+      canvas.getContext("2d").drawImage(bitmap, x, y, side, side, 0, 0, canvas.width, canvas.height);
+      figure.hidden = false;
+    }
+    bitmap.close();
   }
 
   #setStatus(message, { error = false, timing = "" } = {}) {

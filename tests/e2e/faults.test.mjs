@@ -13,7 +13,7 @@ import {
   missingPrerequisites,
   openPage,
   readManifest,
-  startFaultyProxy,
+  startProxy,
   startServer,
   unexpected,
 } from "./helpers.mjs";
@@ -31,7 +31,7 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
 
   before(async () => {
     server = await startServer();
-    proxy = await startFaultyProxy(server.url);
+    proxy = await startProxy(server.url);
     browser = await launchBrowser();
   });
 

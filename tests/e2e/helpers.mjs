@@ -84,11 +84,12 @@ export function startServer(root = WWW) {
 }
 
 /**
- * An HTTP proxy in front of `upstream` that breaks the downloads whose path starts with a prefix given
- * to `fail(prefix, fault)`: "404", "cut" (half the bytes, then the connection drops) or "stall" (half
- * the bytes, then silence). Nothing is cached, so each load goes through it.
+ * An HTTP proxy in front of `upstream` that adds `headers` to every response and breaks the downloads
+ * whose path starts with a prefix given to `fail(prefix, fault)`: "404", "cut" (half the bytes, then the
+ * connection drops) or "stall" (half the bytes, then silence). Nothing is cached, so each load goes
+ * through it.
  */
-export function startFaultyProxy(upstream) {
+export function startProxy(upstream, { headers = {} } = {}) {
   const faults = new Map();
   const server = createServer(async (request, response) => {
     const fault = [...faults].find(([prefix]) => request.url.startsWith(prefix))?.[1];
@@ -102,6 +103,7 @@ export function startFaultyProxy(upstream) {
       "Content-Type": original.headers.get("Content-Type") ?? "application/octet-stream",
       "Content-Length": body.length,
       "Cache-Control": "no-store",
+      ...headers,
     });
     if (!fault) return response.end(body);
     response.write(body.subarray(0, body.length >> 1), () => {

@@ -123,7 +123,7 @@ describe("under load", { skip: missing.length ? `build first: ${missing.join(", 
     // wasm memory never shrinks, so any leak in the engine shows as growth; the allocator reuses
     // the warm-up's memory for every later photo of the same size.
     assert.equal(end.wasm, start.wasm, "wasm memory grew");
-    // Each search replaces the results, preview and object URL of the one before.
+    // Each search replaces the results and preview of the one before.
     for (const heap of ["jsHeap", "workerHeap"]) {
       assert.ok(end[heap] < start[heap] * 1.1 + 1e6, `${heap} grew from ${start[heap]} to ${end[heap]} bytes`);
     }

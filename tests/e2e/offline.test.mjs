@@ -129,7 +129,8 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
     assert.equal(saved.saved, true, saved.message);
     assert.equal(await note.textContent(), SAVED);
     const cached = (await cachedPaths(page))["otlens-1"];
-    for (const path of ["/", "/otlens.js", "/otlens-worker.js", "/pkg/otlens_bg.wasm", "/catalog/manifest.json"]) {
+    const widgetAndPage = ["/", "/demo.css", "/icon.svg", "/app.webmanifest", "/otlens.js", "/pkg/otlens_bg.wasm"];
+    for (const path of [...widgetAndPage, "/otlens-worker.js", "/catalog/manifest.json"]) {
       assert.ok(cached.includes(path), `${path} is saved`);
     }
     assert.ok(cached.includes(`/catalog/${v1.index.file}`) && cached.includes(`/catalog/${v1.model.file}`));
