@@ -491,6 +491,8 @@ class OtLens extends HTMLElement {
       if (!("serviceWorker" in navigator)) throw new Error("this browser has no service workers");
       serviceWorker ??= navigator.serviceWorker.register(new URL("otlens-sw.js", import.meta.url));
       const registration = await serviceWorker;
+      // Browsers may turn service workers off (private windows, policies, automation).
+      if (!registration) throw new Error("this browser does not allow service workers here");
       // Waiting for a worker that will never control this page would wait forever.
       if (!location.href.startsWith(registration.scope)) {
         const scope = registration.scope;
