@@ -202,6 +202,38 @@ describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missin
     assert.equal(await widget.locator(".result .title").first().textContent(), product.title);
   });
 
+  test("a photo pasted into the widget is searched, and no request carries it", async () => {
+    const { product, photo } = catalogProduct(33);
+    // Every request of the page and its worker while the photo is searched and its results are shown.
+    const requests = [];
+    const record = (request) => requests.push(request);
+    browser.context.on("request", record);
+    try {
+      const results = await page.evaluate(async (base64) => {
+        const widget = document.querySelector("ot-lens");
+        const data = new DataTransfer();
+        const pixels = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+        data.items.add(new File([pixels], "screenshot.png", { type: "image/png" }));
+        const done = new Promise((resolve) => widget.addEventListener("otlens-results", resolve, { once: true }));
+        widget.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+        return (await done).detail.results;
+      }, readFileSync(photo).toString("base64"));
+      assert.equal(results[0].product.id, product.id);
+      await page.waitForFunction(() =>
+        [...document.querySelector("ot-lens").shadowRoot.querySelectorAll(".result img")].every((img) => img.complete),
+      );
+    } finally {
+      browser.context.off("request", record);
+    }
+    // The photo stays on the device: only thumbnails are fetched, by GET, from the shop's own origin.
+    assert.ok(requests.length > 0, "the results' thumbnails were requested");
+    for (const request of requests) {
+      assert.equal(request.method(), "GET", request.url());
+      assert.equal(request.postDataBuffer(), null, request.url());
+      assert.ok(request.url().startsWith(server.url), `${request.url()} is on the shop's origin`);
+    }
+  });
+
   test("bad photos get a clear message and the widget keeps working", async () => {
     for (const photo of badPhotos()) {
       // The widget answers every photo with exactly one event: results or an error.
