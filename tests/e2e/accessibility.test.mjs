@@ -15,8 +15,8 @@ import {
   badPhotos,
   catalogProduct,
   launchBrowser,
-  missingPrerequisites,
   openPage,
+  skipUnlessBuilt,
   startServer,
 } from "./helpers.mjs";
 
@@ -24,9 +24,7 @@ const OUTPUT = join(ROOT, "tests/output");
 const AXE = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 const WCAG_22_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"];
 
-const missing = missingPrerequisites({ demoPhotos: true });
-
-describe("accessibility and layout", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("accessibility and layout", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
   let server;
 
   before(async () => {

@@ -10,17 +10,15 @@ import {
   SEARCH_TIMEOUT,
   catalogProduct,
   launchBrowser,
-  missingPrerequisites,
   openPage,
+  skipUnlessBuilt,
   startProxy,
   startServer,
 } from "./helpers.mjs";
 
 const POLICY = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'";
 
-const missing = missingPrerequisites({ demoPhotos: true });
-
-describe("content security policy", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("content security policy", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
   let server;
   let strict;
   let withoutWasm;

@@ -10,18 +10,19 @@ import {
   LOAD_TIMEOUT,
   SEARCH_TIMEOUT,
   launchBrowser,
-  missingPrerequisites,
-  openPage,
+  openDemo,
   readManifest,
+  searchWith,
+  skipUnlessBuilt,
   startProxy,
   startServer,
   unexpected,
+  waitForWidgetEvents,
+  widgetEvents,
 } from "./helpers.mjs";
 
 
-const missing = missingPrerequisites();
-
-describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("faults", { skip: skipUnlessBuilt() }, () => {
   const manifest = readManifest();
   const modelPath = `/catalog/${manifest.model.file}`;
   const indexPath = `/catalog/${manifest.index.file}`;
@@ -43,31 +44,10 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
     await server?.stop();
   });
 
-  /** The demo page through the proxy, recording the widget's events in `window.otlensEvents`. */
-  async function openDemo() {
-    const { page, problems } = await openPage(browser.context, "about:blank");
-    await page.addInitScript(() => {
-      window.otlensEvents = [];
-      for (const type of ["otlens-ready", "otlens-results", "otlens-error"]) {
-        addEventListener(type, (event) => window.otlensEvents.push({ type, ...event.detail }));
-      }
-    });
-    await page.goto(proxy.url);
-    return { page, problems, status: page.getByRole("status"), retry: page.getByRole("button", { name: "Try again" }) };
-  }
-
-  const events = (page, type) => page.evaluate((wanted) => window.otlensEvents.filter((e) => e.type === wanted), type);
-  const waitForEvents = (page, type, count, timeout = LOAD_TIMEOUT) =>
-    page.waitForFunction(
-      ([wanted, n]) => window.otlensEvents.filter((e) => e.type === wanted).length >= n,
-      [type, count],
-      { timeout },
-    );
-
-  async function searchDog(page) {
-    const before = (await events(page, "otlens-results")).length;
-    await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
-    await waitForEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT);
+  /** The demo page through the proxy, with its Try again button. */
+  async function openThroughProxy() {
+    const demo = await openDemo(browser.context, proxy.url);
+    return { ...demo, retry: demo.page.getByRole("button", { name: "Try again" }) };
   }
 
   async function assertStartFailed({ page, status, retry }, message) {
@@ -75,13 +55,13 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
     assert.match(await status.textContent(), message);
     assert.ok(await retry.isVisible(), "a Try again button");
     assert.equal(await page.locator("ot-lens .result").count(), 0);
-    const [error] = await events(page, "otlens-error");
+    const [error] = await widgetEvents(page, "otlens-error");
     assert.equal(error.fatal, true);
   }
 
   test("a model download cut halfway says so, and Try again loads it", async () => {
     proxy.fail(modelPath, "cut");
-    const demo = await openDemo();
+    const demo = await openThroughProxy();
     const total = (manifest.model.bytes / 1e6).toFixed(1);
     await assertStartFailed(
       demo,
@@ -91,34 +71,34 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
     await demo.retry.click();
     await demo.status.getByText(/Visual search ready/).waitFor({ timeout: LOAD_TIMEOUT });
     assert.equal(await demo.retry.isVisible(), false);
-    await searchDog(demo.page);
+    await searchWith(demo.page, DOG_JPG);
     assert.deepEqual(unexpected(demo.problems), []);
     await demo.page.close();
   });
 
   test("a missing catalog index (HTTP 404) is named", async () => {
     proxy.fail(indexPath, "404");
-    const demo = await openDemo();
+    const demo = await openThroughProxy();
     await assertStartFailed(demo, /could not download catalog \(\S+index-\w+\.otl\): HTTP 404 Not Found\.$/);
     assert.deepEqual(unexpected(demo.problems), []);
     await demo.page.close();
   });
 
   test("an index the manifest does not list is refused before any search", async () => {
-    const demo = await openDemo();
+    const demo = await openThroughProxy();
     // The shop deployed a new manifest but an old index (or a CDN served a stale one).
     await demo.page.route("**/catalog/manifest.json", (route) =>
       route.fulfill({ json: { ...manifest, index: { ...manifest.index, sha256: "f".repeat(64) } } }),
     );
     await demo.page.reload();
     await assertStartFailed(demo, /the index file is not the one the catalog manifest lists/);
-    assert.equal((await events(demo.page, "otlens-ready")).length, 0);
+    assert.equal((await widgetEvents(demo.page, "otlens-ready")).length, 0);
     assert.deepEqual(unexpected(demo.problems), []);
     await demo.page.close();
   });
 
   test("a manifest from another otlens version, or a page where the manifest should be, is named", async () => {
-    const demo = await openDemo();
+    const demo = await openThroughProxy();
     for (const [body, message] of [
       [{ json: { ...manifest, format: 2 } }, /the catalog manifest has format 2, this widget reads format 1/],
       // What static hosts with a single-page fallback serve for a missing file: the site's HTML.
@@ -138,7 +118,7 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
 
   test("a download that stalls is given up after 20 s, with a retry", async () => {
     proxy.fail(indexPath, "stall");
-    const demo = await openDemo();
+    const demo = await openThroughProxy();
     await assertStartFailed(
       demo,
       /the catalog download from \S+ stopped after [\d.]+ of [\d.]+ MB \(nothing arrived for 20 s\)/,
@@ -148,9 +128,9 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
   });
 
   test("an engine crash starts a fresh worker; one that keeps crashing stops with a retry", async () => {
-    const demo = await openDemo();
+    const demo = await openThroughProxy();
     const { page, status } = demo;
-    await waitForEvents(page, "otlens-ready", 1);
+    await waitForWidgetEvents(page, "otlens-ready", 1);
     // A search that jumps to an address outside wasm memory: a genuine trap (WebAssembly.RuntimeError),
     // as a Rust panic or an engine bug raises. Only the worker it is put into is affected.
     const sabotage = (worker) =>
@@ -164,33 +144,33 @@ describe("faults", { skip: missing.length ? `build first: ${missing.join(", ")}`
 
     await sabotage(page.workers()[0]);
     await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
-    await waitForEvents(page, "otlens-ready", 2);
-    const [crash] = await events(page, "otlens-error");
+    await waitForWidgetEvents(page, "otlens-ready", 2);
+    const [crash] = await widgetEvents(page, "otlens-error");
     assert.deepEqual(crash, { type: "otlens-error", message: "memory access out of bounds", fatal: false });
     assert.equal(
       await status.textContent(),
       "Visual search could not handle that photo and has restarted; please try another one.",
     );
     assert.equal(page.workers().length, 1, "the crashed worker was terminated");
-    await searchDog(page);
+    await searchWith(page, DOG_JPG);
 
     // Every worker crashes from now on: after three restarts in a minute the widget stops trying.
     page.on("worker", sabotage);
     await sabotage(page.workers()[0]);
     for (let restart = 2; restart <= 3; restart++) {
       await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
-      await waitForEvents(page, "otlens-ready", restart + 1);
+      await waitForWidgetEvents(page, "otlens-ready", restart + 1);
     }
     await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
     await status
       .getByText(/^Visual search stopped working: memory access out of bounds\.$/)
       .waitFor({ timeout: SEARCH_TIMEOUT });
     assert.ok(await demo.retry.isVisible());
-    assert.equal((await events(page, "otlens-error")).at(-1).fatal, true);
+    assert.equal((await widgetEvents(page, "otlens-error")).at(-1).fatal, true);
     page.off("worker", sabotage);
     await demo.retry.click();
-    await waitForEvents(page, "otlens-ready", 5);
-    await searchDog(page);
+    await waitForWidgetEvents(page, "otlens-ready", 5);
+    await searchWith(page, DOG_JPG);
     assert.deepEqual(unexpected(demo.problems), []);
     await page.close();
   });

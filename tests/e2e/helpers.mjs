@@ -24,8 +24,8 @@ export const SEARCH_TIMEOUT = 60_000;
 // Where `otlens demo fmnist` keeps the catalog's product photos (its --work default).
 export const DEMO_WORK = process.env.OTLENS_DEMO_WORK ?? join(ROOT, ".cache/demo-fmnist");
 
-/** What the tests need built first, with the command that builds it. */
-export function missingPrerequisites({ demoPhotos = false } = {}) {
+/** `describe`'s skip option: false when what the tests need is built, else what to build first and how. */
+export function skipUnlessBuilt({ demoPhotos = false } = {}) {
   const needs = [
     [OTLENS, "cargo build --release"],
     [join(WWW, "pkg/otlens_bg.wasm"), "./build.sh build"],
@@ -33,7 +33,8 @@ export function missingPrerequisites({ demoPhotos = false } = {}) {
     [CHROMIUM, "apt-get install chromium"],
   ];
   if (demoPhotos) needs.push([join(DEMO_WORK, "catalog.csv"), "./build.sh demo"]);
-  return needs.filter(([path]) => !existsSync(path)).map(([path, command]) => `${path} (${command})`);
+  const missing = needs.filter(([path]) => !existsSync(path)).map(([path, command]) => `${path} (${command})`);
+  return missing.length ? `build first: ${missing.join(", ")}` : false;
 }
 
 /** Product `row` of the demo catalog and the path of its photo, as a shopper would upload it. */
@@ -174,6 +175,45 @@ export async function openPage(context, url) {
   });
   await page.goto(url);
   return { page, problems };
+}
+
+/**
+ * The page at `url`, recording every otlens-* event of its widgets in `window.otlensEvents` (again after
+ * each reload); `prepare(page)` runs on the blank page before it navigates.
+ */
+export async function openDemo(context, url, { prepare = async () => {} } = {}) {
+  const { page, problems } = await openPage(context, "about:blank");
+  await prepare(page);
+  await page.addInitScript(() => {
+    window.otlensEvents = [];
+    for (const type of ["otlens-ready", "otlens-results", "otlens-error", "otlens-offline"]) {
+      addEventListener(type, ({ detail }) => window.otlensEvents.push({ type, ...detail }));
+    }
+  });
+  await page.goto(url);
+  return { page, problems, status: page.getByRole("status") };
+}
+
+/** The widget events of `type` a page opened by `openDemo` has recorded so far. */
+export function widgetEvents(page, type) {
+  return page.evaluate((wanted) => window.otlensEvents.filter((event) => event.type === wanted), type);
+}
+
+/** Waits until the page has recorded `count` widget events of `type`, and resolves with them. */
+export async function waitForWidgetEvents(page, type, count = 1, timeout = LOAD_TIMEOUT) {
+  await page.waitForFunction(
+    ([wanted, n]) => window.otlensEvents.filter((event) => event.type === wanted).length >= n,
+    [type, count],
+    { timeout },
+  );
+  return widgetEvents(page, type);
+}
+
+/** Gives the widget a photo file and resolves with the otlens-results event of that search. */
+export async function searchWith(page, file) {
+  const before = (await widgetEvents(page, "otlens-results")).length;
+  await page.locator("ot-lens input[type=file]").setInputFiles(file);
+  return (await waitForWidgetEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT)).at(-1);
 }
 
 /** A PNG of one pixel whose header claims `width` x `height` (valid CRC, so only the size is wrong). */

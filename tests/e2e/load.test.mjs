@@ -9,8 +9,8 @@ import {
   LOAD_TIMEOUT,
   catalogProduct,
   launchBrowser,
-  missingPrerequisites,
   openPage,
+  skipUnlessBuilt,
   startServer,
 } from "./helpers.mjs";
 
@@ -18,9 +18,7 @@ const SOAK_SEARCHES = 500;
 const WARM_UP_SEARCHES = 20;
 const RAPID_UPLOADS = 50;
 
-const missing = missingPrerequisites({ demoPhotos: true });
-
-describe("under load", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("under load", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
   let server;
   let browser;
   let page;

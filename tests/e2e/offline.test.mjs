@@ -20,19 +20,19 @@ import {
   WWW,
   catalogProduct,
   launchBrowser,
-  missingPrerequisites,
-  openPage,
+  openDemo,
   readManifest,
+  searchWith,
+  skipUnlessBuilt,
   startServer,
   unexpected,
+  waitForWidgetEvents,
 } from "./helpers.mjs";
 
 const SAVED = "Saved on this device: photo search also works offline.";
 const OFFLINE = "You are offline: searching the catalog saved on this device.";
 
-const missing = missingPrerequisites({ demoPhotos: true });
-
-describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("offline", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
   const v1 = readManifest();
   let site; // a copy of www/ that the tests publish new versions into
   let server;
@@ -57,39 +57,21 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
     rmSync(site, { recursive: true, force: true });
   });
 
-  /** The demo page, recording the widget's events in `window.otlensEvents`; `prepare(page)` runs first. */
-  async function openDemo(prepare = async () => {}) {
-    const { page, problems } = await openPage(browser.context, "about:blank");
-    await prepare(page);
-    await page.addInitScript(() => {
-      window.otlensEvents = [];
-      for (const type of ["otlens-ready", "otlens-results", "otlens-error", "otlens-offline"]) {
-        addEventListener(type, ({ detail }) => window.otlensEvents.push({ type, ...detail, manifest: undefined }));
-      }
-    });
-    await page.goto(server.url);
-    return { page, problems, note: page.locator("ot-lens [part=offline]"), status: page.getByRole("status") };
+  /** The demo page with its offline note; `prepare(page)` runs on the blank page first. */
+  async function openSite(prepare) {
+    const demo = await openDemo(browser.context, server.url, { prepare });
+    return { ...demo, note: demo.page.locator("ot-lens [part=offline]") };
   }
 
   /** Reloads the page and waits for the widget to be ready; resolves with its otlens-ready event. */
   async function reloadUntilReady(page) {
     await page.reload();
-    return (await waitForEvent(page, "otlens-ready"))[0];
-  }
-
-  const events = (page, type) => page.evaluate((wanted) => window.otlensEvents.filter((e) => e.type === wanted), type);
-  async function waitForEvent(page, type, timeout = LOAD_TIMEOUT) {
-    await page.waitForFunction((wanted) => window.otlensEvents.some((e) => e.type === wanted), type, { timeout });
-    return events(page, type);
+    return (await waitForWidgetEvents(page, "otlens-ready"))[0];
   }
 
   /** Searches with the photo of catalog row `row` and resolves with the first result's product. */
   async function searchProduct(page, row) {
-    const before = (await events(page, "otlens-results")).length;
-    await page.locator("ot-lens input[type=file]").setInputFiles(catalogProduct(row).photo);
-    const searched = (n) => window.otlensEvents.filter((e) => e.type === "otlens-results").length > n;
-    await page.waitForFunction(searched, before, { timeout: SEARCH_TIMEOUT });
-    return (await events(page, "otlens-results")).at(-1).results[0].product;
+    return (await searchWith(page, catalogProduct(row).photo)).results[0].product;
   }
 
   const cachedPaths = (page) =>
@@ -124,8 +106,8 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
   }
 
   test("after one visit, search works offline", async () => {
-    const { page, problems, note } = await openDemo();
-    const [saved] = await waitForEvent(page, "otlens-offline");
+    const { page, problems, note } = await openSite();
+    const [saved] = await waitForWidgetEvents(page, "otlens-offline");
     assert.equal(saved.saved, true, saved.message);
     assert.equal(await note.textContent(), SAVED);
     const cached = (await cachedPaths(page))["otlens-1"];
@@ -138,7 +120,7 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
     await browser.context.setOffline(true);
     const ready = await reloadUntilReady(page);
     assert.equal(ready.products, v1.products);
-    await page.waitForFunction(() => window.otlensEvents.some((e) => e.type === "otlens-offline"));
+    await waitForWidgetEvents(page, "otlens-offline");
     assert.equal(await note.textContent(), OFFLINE);
     assert.equal((await searchProduct(page, 7)).id, catalogProduct(7).product.id);
     // Thumbnails of the results are shown once online; offline they simply may be missing.
@@ -146,8 +128,8 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
   });
 
   test("a catalog published while offline: the saved one keeps working, and replaces it once online", async () => {
-    const { page, problems } = await openDemo();
-    await waitForEvent(page, "otlens-offline");
+    const { page, problems } = await openSite();
+    await waitForWidgetEvents(page, "otlens-offline");
     const found = await searchProduct(page, 900);
     assert.equal(found.id, catalogProduct(900).product.id);
     // Shown, so saved: thumbnails are kept as they are seen, not all in advance.
@@ -168,7 +150,7 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
 
     await browser.context.setOffline(false);
     assert.equal((await reloadUntilReady(page)).products, 40);
-    const [saved] = await waitForEvent(page, "otlens-offline");
+    const [saved] = await waitForWidgetEvents(page, "otlens-offline");
     assert.equal(saved.saved, true, saved.message);
     const cached = (await cachedPaths(page))["otlens-1"];
     assert.ok(cached.includes(`/catalog/${v2.index.file}`), "the new index is saved");
@@ -183,8 +165,8 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
   });
 
   test("a new service worker version replaces the old cache", async () => {
-    const { page, problems } = await openDemo();
-    await waitForEvent(page, "otlens-offline");
+    const { page, problems } = await openSite();
+    await waitForWidgetEvents(page, "otlens-offline");
     const worker = join(site, "otlens-sw.js");
     const original = readFileSync(worker, "utf8");
     try {
@@ -193,7 +175,7 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
       await page.waitForFunction(async () => (await caches.keys()).join() === "otlens-2", null, {
         timeout: LOAD_TIMEOUT,
       });
-      const [saved] = await waitForEvent(page, "otlens-offline");
+      const [saved] = await waitForWidgetEvents(page, "otlens-offline");
       assert.equal(saved.saved, true, saved.message);
       await browser.context.setOffline(true);
       await reloadUntilReady(page);
@@ -207,12 +189,12 @@ describe("offline", { skip: missing.length ? `build first: ${missing.join(", ")}
   test("a full disk: search still works, the shopper is told, and the next visit saves", async () => {
     const origin = new URL(server.url).origin;
     let cdp;
-    const { page, problems, note, status } = await openDemo(async (blank) => {
+    const { page, problems, note, status } = await openSite(async (blank) => {
       cdp = await browser.context.newCDPSession(blank);
       // Less than the search engine alone: Chromium refuses the cache writes with QuotaExceededError.
       await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: 2_000_000 });
     });
-    const [full] = await waitForEvent(page, "otlens-offline");
+    const [full] = await waitForWidgetEvents(page, "otlens-offline");
     assert.equal(full.saved, false);
     assert.match(await note.textContent(), /^Not saved for offline use: this device's storage is full\./);
     assert.deepEqual(await cachedPaths(page), { "otlens-1": [] }, "nothing half-saved");

@@ -13,13 +13,12 @@ import {
   WWW,
   cosine,
   launchBrowser,
-  missingPrerequisites,
   openPage,
   readManifest,
+  skipUnlessBuilt,
   startServer,
 } from "./helpers.mjs";
 
-const missing = missingPrerequisites();
 const SAME = 0.9999;
 // With int8 activations, the last-bit differences between tract's x86 and wasm-SIMD fp32
 // kernels become whole rounding steps (measured 0.9996-0.9997): why the widget ships int8 weights only.
@@ -41,7 +40,7 @@ function wasmEmbedding(wasm, modelPath) {
   }
 }
 
-describe("embedding parity", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("embedding parity", { skip: skipUnlessBuilt() }, () => {
   let modelPath;
   let native;
 

@@ -5,11 +5,9 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, describe, test } from "node:test";
 
-import { DOG_JPG, WWW, badPhotos, missingPrerequisites, readManifest } from "./helpers.mjs";
+import { DOG_JPG, WWW, badPhotos, readManifest, skipUnlessBuilt } from "./helpers.mjs";
 
-const missing = missingPrerequisites();
-
-describe("the wasm API", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("the wasm API", { skip: skipUnlessBuilt() }, () => {
   let wasm;
   let manifest;
   let modelBytes;

@@ -13,17 +13,15 @@ import {
   badPhotos,
   catalogProduct,
   launchBrowser,
-  missingPrerequisites,
   openPage,
   readManifest,
+  skipUnlessBuilt,
   startServer,
 } from "./helpers.mjs";
 
 const OUTPUT = join(ROOT, "tests/output");
 
-const missing = missingPrerequisites({ demoPhotos: true });
-
-describe("the <ot-lens> widget", { skip: missing.length ? `build first: ${missing.join(", ")}` : false }, () => {
+describe("the <ot-lens> widget", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
   let server;
   let browser;
   let page;
