@@ -113,8 +113,49 @@ const STRINGS = {
   },
 };
 
-// One service worker registration per page, however many widgets ask for it.
+// One service worker registration per page, and one save per catalog, however many widgets show it and
+// however often an engine restarts. A save that failed, or found the shopper offline, is tried again.
 let serviceWorker = null;
+const saves = new Map(); // manifest URL -> Promise of {saved, offline?, storageFull?, message?}
+
+function saveForOffline(manifestUrl) {
+  if (!saves.has(manifestUrl)) {
+    const outcome = askServiceWorkerToSave(manifestUrl).catch((error) => ({
+      saved: false,
+      message: error.message || String(error),
+    }));
+    saves.set(manifestUrl, outcome);
+    outcome.then(({ saved, offline }) => {
+      if (!saved || offline) saves.delete(manifestUrl);
+    });
+  }
+  return saves.get(manifestUrl);
+}
+
+/** Asks otlens-sw.js to keep the widget, this page and a catalog, and resolves with its answer. */
+async function askServiceWorkerToSave(manifestUrl) {
+  if (!("serviceWorker" in navigator)) throw new Error("this browser has no service workers");
+  serviceWorker ??= navigator.serviceWorker.register(new URL("otlens-sw.js", import.meta.url));
+  const registration = await serviceWorker;
+  // Browsers may turn service workers off (private windows, policies, automation).
+  if (!registration) throw new Error("this browser does not allow service workers here");
+  // Waiting for a worker that will never control this page would wait forever.
+  if (!location.href.startsWith(registration.scope)) {
+    const scope = registration.scope;
+    throw new Error(`otlens-sw.js controls only pages under ${scope}; serve it from this page's folder or above`);
+  }
+  const { active } = await navigator.serviceWorker.ready;
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = ({ data }) => resolve(data);
+    const pageUrl = location.href.split("#")[0];
+    // What the page needs to look right offline too: its style sheets, icons and web app manifest.
+    const selector = 'link[rel~="stylesheet"], link[rel~="icon"], link[rel="manifest"]';
+    const links = document.querySelectorAll(selector);
+    const pageFiles = [...links].map((link) => link.href).filter((href) => href.startsWith(location.origin));
+    active.postMessage({ type: "save", manifestUrl, pageUrl, pageFiles }, [channel.port2]);
+  });
+}
 
 // A constructed style sheet, not a <style> element: a page whose Content-Security-Policy allows no
 // inline styles still styles the widget.
@@ -333,8 +374,12 @@ class OtLens extends HTMLElement {
 
   /** The strings of the widget's language: `lang` on it or an ancestor (ko or en), else the browser's. */
   get #text() {
-    const language = this.closest("[lang]")?.lang || navigator.language || "en";
-    return language.toLowerCase().startsWith("ko") ? STRINGS.ko : STRINGS.en;
+    return this.#language().toLowerCase().startsWith("ko") ? STRINGS.ko : STRINGS.en;
+  }
+
+  /** The nearest lang attribute (this element's or an ancestor's), else the browser's language. */
+  #language() {
+    return this.closest("[lang]")?.lang || navigator.language || "en";
   }
 
   #renderText() {
@@ -464,7 +509,7 @@ class OtLens extends HTMLElement {
           this.#queuedPhoto = null;
           this.#searchFromUi(photo);
         }
-        if (this.hasAttribute("offline")) this.#saveForOffline(this.#manifestUrl);
+        if (this.hasAttribute("offline")) this.#showSaved(this.#manifestUrl);
         return;
       case "error": {
         const request = this.#pending.get(data.id);
@@ -483,35 +528,10 @@ class OtLens extends HTMLElement {
     }
   }
 
-  /** Asks the service worker to keep what this widget loaded; the shopper sees whether it worked. */
-  async #saveForOffline(manifestUrl) {
+  /** Saves what this widget loaded for offline use; the shopper sees whether it worked. */
+  async #showSaved(manifestUrl) {
     const note = this.#$(".offline");
-    let outcome;
-    try {
-      if (!("serviceWorker" in navigator)) throw new Error("this browser has no service workers");
-      serviceWorker ??= navigator.serviceWorker.register(new URL("otlens-sw.js", import.meta.url));
-      const registration = await serviceWorker;
-      // Browsers may turn service workers off (private windows, policies, automation).
-      if (!registration) throw new Error("this browser does not allow service workers here");
-      // Waiting for a worker that will never control this page would wait forever.
-      if (!location.href.startsWith(registration.scope)) {
-        const scope = registration.scope;
-        throw new Error(`otlens-sw.js controls only pages under ${scope}; serve it from this page's folder or above`);
-      }
-      const { active } = await navigator.serviceWorker.ready;
-      outcome = await new Promise((resolve) => {
-        const channel = new MessageChannel();
-        channel.port1.onmessage = ({ data }) => resolve(data);
-        const pageUrl = location.href.split("#")[0];
-        // What the page needs to look right offline too: its style sheets, icons and web app manifest.
-        const selector = 'link[rel~="stylesheet"], link[rel~="icon"], link[rel="manifest"]';
-        const links = document.querySelectorAll(selector);
-        const pageFiles = [...links].map((link) => link.href).filter((href) => href.startsWith(location.origin));
-        active.postMessage({ type: "save", manifestUrl, pageUrl, pageFiles }, [channel.port2]);
-      });
-    } catch (error) {
-      outcome = { saved: false, message: error.message || String(error) };
-    }
+    const outcome = await saveForOffline(manifestUrl);
     if (manifestUrl !== this.#manifestUrl) return; // another catalog was loaded meanwhile
     const text = this.#text;
     if (outcome.saved) {
@@ -525,16 +545,16 @@ class OtLens extends HTMLElement {
   }
 
   #showProgress({ label, loaded, total }) {
-    const text = this.#$(".progress-text");
+    const text = this.#text;
+    const line = this.#$(".progress-text");
     const bar = this.#$("progress");
     if (label === "preparing") {
-      text.textContent = this.#text.preparing;
+      line.textContent = text.preparing;
       bar.removeAttribute("value");
       return;
     }
-    const part = this.#text.parts[label] ?? label;
     const amount = total ? `${megabytes(loaded)} / ${megabytes(total)}` : megabytes(loaded);
-    text.textContent = this.#text.downloading(part, amount);
+    line.textContent = text.downloading(text.parts[label] ?? label, amount);
     if (total) {
       bar.max = total;
       bar.value = loaded;
@@ -613,7 +633,7 @@ class OtLens extends HTMLElement {
   }
 
   #locale() {
-    return this.getAttribute("locale") || this.closest("[lang]")?.lang || navigator.language;
+    return this.getAttribute("locale") || this.#language();
   }
 
   #formatPrice(price, currency) {
