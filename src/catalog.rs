@@ -29,12 +29,15 @@ pub struct Product {
     /// Thumbnail path relative to the manifest, written by the index builder.
     #[serde(default)]
     pub thumbnail: String,
+    /// Out of stock. Stored only when true, since most of a shop's products can be bought.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sold_out: bool,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod reading {
     //! Catalog files: CSV with a header row, or JSON Lines, one product per row with the
-    //! fields `id, title, brand, price, currency, category, colour (or color), url, image`.
+    //! fields `id, title, brand, price, currency, category, colour (or color), url, image, in_stock`.
     //! `id`, `title` and `image` are required; other columns are ignored. A bad row is
     //! reported with its line number and skipped, so one typo does not stop a shop's build.
 
@@ -79,7 +82,7 @@ mod reading {
     pub enum CatalogError {
         #[error("cannot read the catalog {path}: {source}")]
         Read { path: PathBuf, source: std::io::Error },
-        #[error("the catalog's header row has no {0} column (columns: id, title, brand, price, currency, category, colour, url, image)")]
+        #[error("the catalog's header row has no {0} column (columns: id, title, brand, price, currency, category, colour, url, image, in_stock)")]
         MissingColumn(&'static str),
         #[error("cannot read the catalog's header row: {0}")]
         BadHeader(String),
@@ -104,8 +107,8 @@ mod reading {
         }
     }
 
-    const FIELDS: [&str; 9] = [
-        "id", "title", "brand", "price", "currency", "category", "colour", "url", "image",
+    const FIELDS: [&str; 10] = [
+        "id", "title", "brand", "price", "currency", "category", "colour", "url", "image", "in_stock",
     ];
     const REQUIRED: [&str; 3] = ["id", "title", "image"];
 
@@ -246,7 +249,8 @@ mod reading {
                 serde_json::Value::Null => continue,
                 serde_json::Value::String(text) => text,
                 serde_json::Value::Number(number) => number.to_string(),
-                _ => return Err(format!("the field {key:?} must be text or a number")),
+                serde_json::Value::Bool(flag) => flag.to_string(),
+                _ => return Err(format!("the field {key:?} must be text, a number or true/false")),
             };
             row.insert(field, text);
         }
@@ -295,6 +299,7 @@ mod reading {
         let image = take("image");
         let price = take("price");
         let currency = take("currency").to_ascii_uppercase();
+        let in_stock = take("in_stock").to_lowercase();
         let product = Product {
             brand: take("brand"),
             category: take("category"),
@@ -333,6 +338,16 @@ mod reading {
                 "product {id:?}: the currency {currency:?} is not a 3-letter ISO 4217 code like KRW"
             ));
         }
+        // An empty cell means the shop does not track stock: the product is shown as buyable.
+        let sold_out = match in_stock.as_str() {
+            "" | "1" | "true" | "yes" | "y" | "in stock" => false,
+            "0" | "false" | "no" | "n" | "out of stock" | "sold out" => true,
+            text => {
+                return Err(format!(
+                    "product {id:?}: in_stock {text:?} is not one of true, false, yes, no, 1, 0"
+                ))
+            }
+        };
         Ok(CatalogEntry {
             line,
             image: base_dir.join(image),
@@ -341,6 +356,7 @@ mod reading {
                 title,
                 price,
                 currency,
+                sold_out,
                 ..product
             },
         })

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use otlens::index::{reseal, Index};
+use otlens::index::{reseal, Filter, Index};
 
 fuzz_target!(|data: &[u8]| {
     let mut bytes = data.to_vec();
@@ -11,7 +11,16 @@ fuzz_target!(|data: &[u8]| {
     reseal(&mut bytes);
     if let Ok(index) = Index::from_bytes(&bytes) {
         let query = vec![1.0 / (index.dims() as f32).sqrt(); index.dims()];
-        let hits = index.search(&query, 5);
+        let hits = index.search(&query, 5, &Filter::ANY);
         assert!(hits.len() <= index.len().min(5));
+        // Facets and filters read the metadata columns a mutation may have made odd.
+        let facets = index.facets();
+        let filter = Filter {
+            categories: facets.categories.iter().take(1).map(|facet| facet.value.clone()).collect(),
+            max_price: facets.price.map(|price| price.max),
+            in_stock: true,
+            ..Filter::ANY
+        };
+        assert!(index.similar(0, 5, &filter).len() <= 5);
     }
 });

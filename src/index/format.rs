@@ -142,13 +142,8 @@ impl Index {
         }
         let mut model_sha256 = [0u8; 32];
         model_sha256.copy_from_slice(&bytes[28..60]);
-        Ok(Index {
-            model_sha256,
-            dims,
-            products,
-            scales,
-            codes: code_bytes.iter().map(|&byte| byte as i8).collect(),
-        })
+        let codes = code_bytes.iter().map(|&byte| byte as i8).collect();
+        Ok(Index::from_parts(model_sha256, dims, products, scales, codes))
     }
 }
 

@@ -2,13 +2,18 @@
 //!
 //! Each product's embedding is L2-normalised and stored as int8 codes plus one f32
 //! scale that brings the codes back to unit length, so a search is an integer dot
-//! product per product (4x smaller than f32 and fast on wasm SIMD).
+//! product per product (4x smaller than f32 and fast on wasm SIMD). A search may carry a
+//! [`Filter`] (category, colour, brand, price range, in stock), tested before a product's
+//! vector is read; "more like this" searches by a product's stored vector.
 
+mod filter;
 mod format;
 mod manifest;
 
+use self::filter::Columns;
 use crate::catalog::Product;
 
+pub use self::filter::{FacetValue, Facets, Filter, PriceRange};
 #[cfg(fuzzing)]
 pub use self::format::reseal;
 pub use self::format::{FORMAT_VERSION, HEADER_LEN, MAGIC};
@@ -65,6 +70,8 @@ pub struct Index {
     scales: Vec<f32>,
     /// `products.len() * dims` codes, one row per product.
     codes: Vec<i8>,
+    /// Derived from `products`; not stored in the file.
+    columns: Columns,
 }
 
 impl Index {
@@ -96,13 +103,24 @@ impl Index {
             }
             scales.push(quantise(embedding, &mut codes));
         }
-        Ok(Index {
+        Ok(Index::from_parts(model_sha256, dims, products, scales, codes))
+    }
+
+    fn from_parts(
+        model_sha256: [u8; 32],
+        dims: usize,
+        products: Vec<Product>,
+        scales: Vec<f32>,
+        codes: Vec<i8>,
+    ) -> Index {
+        Index {
             model_sha256,
             dims,
+            columns: Columns::new(&products),
             products,
             scales,
             codes,
-        })
+        }
     }
 
     /// Lower-case hex sha256 of the model file the embeddings came from.
@@ -129,25 +147,62 @@ impl Index {
         &self.products
     }
 
-    /// The `k` products most similar to `query` (an embedding from the index's model), best first.
+    /// Position of the product with this id.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.products.iter().position(|product| product.id == id)
+    }
+
+    /// What the catalog can be filtered by, with product counts.
+    pub fn facets(&self) -> Facets {
+        self.columns.facets(&self.products)
+    }
+
+    /// The `k` products passing `filter` that are most similar to `query` (an embedding from
+    /// the index's model), best first.
     ///
     /// `k` is clamped to the number of products. A query whose length is not [`Index::dims`]
     /// cannot come from the index's model and finds nothing.
-    pub fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
-        let k = k.min(self.len());
-        if query.len() != self.dims || k == 0 {
+    pub fn search(&self, query: &[f32], k: usize, filter: &Filter) -> Vec<Hit> {
+        if query.len() != self.dims {
             return Vec::new();
         }
         let mut query_codes = Vec::with_capacity(self.dims);
         let query_scale = quantise(query, &mut query_codes);
+        self.nearest(&query_codes, query_scale, k, filter, None)
+    }
+
+    /// "More like this": the `k` products passing `filter` most similar to the product at
+    /// `product` (a position in [`Index::products`]), itself excluded. Uses the stored vector,
+    /// so it needs no photo and no model.
+    pub fn similar(&self, product: usize, k: usize, filter: &Filter) -> Vec<Hit> {
+        if product >= self.len() {
+            return Vec::new();
+        }
+        let codes = &self.codes[product * self.dims..(product + 1) * self.dims];
+        self.nearest(codes, self.scales[product], k, filter, Some(product))
+    }
+
+    fn nearest(
+        &self,
+        query_codes: &[i8],
+        query_scale: f32,
+        k: usize,
+        filter: &Filter,
+        skip: Option<usize>,
+    ) -> Vec<Hit> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let matcher = self.columns.matcher(filter);
         let mut hits: Vec<Hit> = self
             .codes
             .chunks_exact(self.dims)
             .zip(&self.scales)
             .enumerate()
+            .filter(|&(product, _)| Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product)))
             .map(|(product, (codes, scale))| Hit {
                 product,
-                score: dot(&query_codes, codes) as f32 * scale * query_scale,
+                score: dot(query_codes, codes) as f32 * scale * query_scale,
             })
             .collect();
         let best_first = |a: &Hit, b: &Hit| b.score.total_cmp(&a.score).then(a.product.cmp(&b.product));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use image::{Rgb, RgbImage};
-use otlens::index::{Index, Manifest};
+use otlens::index::{Filter, Index, Manifest};
 use otlens::model::{sha256_hex, Embedder};
 use otlens::preprocess::DecodeLimits;
 
@@ -139,7 +139,7 @@ fn build_index_embed_and_serve() {
     for n in 0..PHOTOS {
         let ext = if n % 2 == 0 { "jpg" } else { "png" };
         let own = std::fs::read(work.path().join(format!("photos/p{n}.{ext}"))).unwrap();
-        let hits = index.search(&embedder.embed_photo(&own, &limits).unwrap(), 3);
+        let hits = index.search(&embedder.embed_photo(&own, &limits).unwrap(), 3, &Filter::ANY);
         assert_eq!(index.products()[hits[0].product].id, format!("../id {n}/x"), "{hits:?}");
         assert!(hits[0].score > 0.99, "{hits:?}");
 
@@ -148,7 +148,7 @@ fn build_index_embed_and_serve() {
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 60)
             .encode_image(&smaller)
             .unwrap();
-        let hits = index.search(&embedder.embed_photo(&jpeg, &limits).unwrap(), 3);
+        let hits = index.search(&embedder.embed_photo(&jpeg, &limits).unwrap(), 3, &Filter::ANY);
         assert_eq!(index.products()[hits[0].product].id, format!("../id {n}/x"), "{hits:?}");
     }
 

@@ -33,6 +33,7 @@ fn csv_rows_become_products_with_resolved_photos() {
             colour: "white".into(),
             url: "https://shop.example/a1".into(),
             thumbnail: String::new(),
+            sold_out: false,
         }
     );
     let second = &catalog.entries[1];
@@ -116,7 +117,38 @@ not json
     let problems = lines_and_messages(&catalog.problems);
     assert_eq!(problems.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [4, 5, 6]);
     assert!(problems[0].1.contains("not a JSON object"));
-    assert!(problems[2].1.contains("\"price\" must be text or a number"));
+    assert!(problems[2].1.contains("\"price\" must be text, a number or true/false"));
+}
+
+#[test]
+fn in_stock_accepts_common_spellings_and_defaults_to_in_stock() {
+    let csv = "id,title,image,In_Stock\n\
+               a,A,a.jpg,yes\n\
+               b,B,b.jpg,0\n\
+               c,C,c.jpg,\n\
+               d,D,d.jpg,Sold out\n\
+               e,E,e.jpg,maybe\n";
+    let catalog = parse_catalog(csv.as_bytes(), CatalogFormat::Csv, Path::new(SHOP)).unwrap();
+    let sold_out: Vec<_> = catalog
+        .entries
+        .iter()
+        .map(|e| (e.product.id.as_str(), e.product.sold_out))
+        .collect();
+    assert_eq!(sold_out, [("a", false), ("b", true), ("c", false), ("d", true)]);
+    assert_eq!(
+        lines_and_messages(&catalog.problems),
+        [(
+            6,
+            "product \"e\": in_stock \"maybe\" is not one of true, false, yes, no, 1, 0".to_owned()
+        )]
+    );
+    let jsonl = "{\"id\": \"f\", \"title\": \"F\", \"image\": \"f.jpg\", \"in_stock\": false}\n";
+    let catalog = parse_catalog(jsonl.as_bytes(), CatalogFormat::JsonLines, Path::new(SHOP)).unwrap();
+    assert!(catalog.entries[0].product.sold_out);
+    // Only sold-out products carry the flag in the index's metadata.
+    let json = serde_json::to_string(&catalog.entries[0].product).unwrap();
+    assert!(json.ends_with(",\"sold_out\":true}"), "{json}");
+    assert!(!serde_json::to_string(&Product::default()).unwrap().contains("sold_out"));
 }
 
 #[test]

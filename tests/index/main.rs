@@ -1,7 +1,7 @@
 //! The catalog index file: round trip, search quality, and refusal of damaged files.
 
 use otlens::catalog::Product;
-use otlens::index::{Index, IndexError, FORMAT_VERSION, HEADER_LEN};
+use otlens::index::{Filter, Index, IndexError, FORMAT_VERSION, HEADER_LEN};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -71,7 +71,7 @@ fn search_agrees_with_float_cosine_top_k() {
     let (index, embeddings) = sample_index(count, dims);
     let mut rng = StdRng::seed_from_u64(11);
     for query in random_unit_vectors(&mut rng, 20, dims) {
-        let hits = index.search(&query, k);
+        let hits = index.search(&query, k, &Filter::ANY);
         assert_eq!(hits.len(), k);
         let mut exact: Vec<f32> = embeddings.iter().map(|e| cosine(&query, e)).collect();
         for hit in &hits {
@@ -93,7 +93,7 @@ fn search_agrees_with_float_cosine_top_k() {
 fn each_product_finds_itself_first_with_score_one() {
     let (index, embeddings) = sample_index(500, 128);
     for (product, embedding) in embeddings.iter().enumerate() {
-        let hits = index.search(embedding, 3);
+        let hits = index.search(embedding, 3, &Filter::ANY);
         assert_eq!(hits[0].product, product);
         assert!((hits[0].score - 1.0).abs() < 1e-5, "{:?}", hits[0]);
     }
@@ -103,11 +103,14 @@ fn each_product_finds_itself_first_with_score_one() {
 fn search_scale_of_the_query_does_not_matter_and_k_clamps() {
     let (index, embeddings) = sample_index(30, 32);
     let scaled: Vec<f32> = embeddings[4].iter().map(|v| v * 17.0).collect();
-    assert_eq!(index.search(&scaled, 5), index.search(&embeddings[4], 5));
-    assert_eq!(index.search(&embeddings[4], 1000).len(), 30);
-    assert!(index.search(&embeddings[4], 0).is_empty());
+    assert_eq!(
+        index.search(&scaled, 5, &Filter::ANY),
+        index.search(&embeddings[4], 5, &Filter::ANY)
+    );
+    assert_eq!(index.search(&embeddings[4], 1000, &Filter::ANY).len(), 30);
+    assert!(index.search(&embeddings[4], 0, &Filter::ANY).is_empty());
     assert!(
-        index.search(&[1.0; 31], 5).is_empty(),
+        index.search(&[1.0; 31], 5, &Filter::ANY).is_empty(),
         "a query of the wrong length finds nothing"
     );
 }
@@ -289,3 +292,5 @@ fn errors_read_well() {
     let error: otlens::Error = IndexError::ChecksumMismatch.into();
     assert!(error.to_string().contains("damaged"));
 }
+
+mod filters;
