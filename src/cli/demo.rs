@@ -99,6 +99,7 @@ struct CatalogRow {
     colour: String,
     url: String,
     image: String,
+    in_stock: bool,
 }
 
 fn fmnist(args: &FmnistArgs) -> Result<()> {
@@ -149,13 +150,14 @@ fn fmnist(args: &FmnistArgs) -> Result<()> {
         let id = format!("fmnist-{n:04}");
         catalog.serialize(CatalogRow {
             title: format!("{class} No. {n:04}"),
-            brand: "Fashion-MNIST".into(),
+            brand: demo_brand(n).into(),
             price: demo_price_krw(n),
             currency: "KRW",
             category: (*class).into(),
             colour: "grey".into(),
             url: format!("#product-{id}"),
             image: file,
+            in_stock: demo_in_stock(n),
             id,
         })?;
     }
@@ -249,6 +251,7 @@ fn fpi(args: &FpiArgs) -> Result<()> {
             category: product.article_type,
             colour: product.base_colour,
             image: data.join(&product.image).display().to_string(),
+            in_stock: demo_in_stock(n),
         })?;
         written += 1;
     }
@@ -262,14 +265,29 @@ fn fpi(args: &FpiArgs) -> Result<()> {
     Ok(())
 }
 
-/// A plausible price in won, the same for the same product on every build: 9,000 to 98,900.
-fn demo_price_krw(n: usize) -> u64 {
-    // A multiply-xorshift hash spreads neighbouring products over the whole range without a period.
+/// Invented shop data for demo product `n`, the same on every build. A multiply-xorshift hash
+/// spreads neighbouring products over each range without a period.
+fn demo_hash(n: usize) -> u64 {
     let hash = (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let hash = hash ^ (hash >> 29);
+    hash ^ (hash >> 29)
+}
+
+/// A plausible price in won: 9,000 to 98,900.
+fn demo_price_krw(n: usize) -> u64 {
+    let hash = demo_hash(n);
     let thousands = hash % 90 + 9;
     let ends_in_900 = (hash >> 32).is_multiple_of(3);
     thousands * 1000 + if ends_in_900 { 900 } else { 0 }
+}
+
+/// About one product in ten is sold out, so the demo's in-stock filter has something to hide.
+fn demo_in_stock(n: usize) -> bool {
+    !(demo_hash(n) >> 40).is_multiple_of(10)
+}
+
+/// Invented brands (the Fashion-MNIST images have none).
+fn demo_brand(n: usize) -> &'static str {
+    ["Hanul", "Mono Lab", "Seoul Basics", "Greyline"][(demo_hash(n) >> 48) as usize % 4]
 }
 
 #[cfg(test)]
@@ -283,5 +301,9 @@ mod tests {
         assert_eq!(prices, (0..1000).map(demo_price_krw).collect::<Vec<_>>());
         let distinct: std::collections::HashSet<u64> = prices.iter().copied().collect();
         assert!(distinct.len() > 100, "prices vary between products");
+        let sold_out = (0..1000).filter(|&n| !demo_in_stock(n)).count();
+        assert!((50..150).contains(&sold_out), "{sold_out} of 1000 sold out");
+        let brands: std::collections::HashSet<&str> = (0..1000).map(demo_brand).collect();
+        assert_eq!(brands.len(), 4);
     }
 }
