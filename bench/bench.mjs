@@ -111,7 +111,8 @@ async function benchSearch(photoUrl, { warmup, runs }) {
     fetchBytes(`/catalog/${manifest.index.file}`),
     fetchBytes(photoUrl),
   ]);
-  const lens = new Lens(model, index);
+  const lens = new Lens(index);
+  lens.load_model(model);
   const timings = [];
   timeRuns(() => timings.push(lens.search(photo, 12).timings), warmup, runs);
   const measured = timings.slice(warmup);

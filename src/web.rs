@@ -7,7 +7,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::catalog::Product;
-use crate::index::Index;
+use crate::index::{Filter, Hit, Index};
 use crate::model::{sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits, ImageError};
 use crate::Error;
@@ -87,11 +87,15 @@ impl Model {
     }
 }
 
-/// A catalog index with the model it was built with: photo in, products out.
+/// A catalog index, and the model it was built with once loaded: photo in, products out.
+///
+/// The index loads first, so "more like this" works before (or without) the model.
 #[wasm_bindgen]
 pub struct Lens {
-    embedder: Embedder,
     index: Index,
+    embedder: Option<Embedder>,
+    /// The last searched photo's embedding, so a filter change searches again without the model.
+    query: Option<Vec<f32>>,
 }
 
 #[derive(Serialize)]
@@ -109,30 +113,56 @@ struct Timings {
 
 #[derive(Serialize)]
 struct SearchResponse<'a> {
+    /// For "more like this": the product the results are like.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product: Option<&'a Product>,
     results: Vec<SearchResult<'a>>,
     timings: Timings,
 }
 
+/// A filter as JSON text (`undefined` for none). JSON rather than a JS object, because
+/// serde-wasm-bindgen reads only the fields it knows, and a misspelt field must not pass silently.
+fn parse_filter(filter: Option<String>) -> Result<Filter, JsError> {
+    filter.map_or(Ok(Filter::ANY), |json| {
+        serde_json::from_str(&json).map_err(|e| JsError::new(&format!("the search filter is not valid: {e}")))
+    })
+}
+
 #[wasm_bindgen]
 impl Lens {
-    /// Refuses a model and index that do not belong together, before the (slow) model load.
+    /// Reads a catalog index, refusing a damaged or wrong-version file.
     #[wasm_bindgen(constructor)]
-    pub fn new(model_bytes: &[u8], index_bytes: &[u8]) -> Result<Lens, JsError> {
+    pub fn new(index_bytes: &[u8]) -> Result<Lens, JsError> {
         let index = Index::from_bytes(index_bytes).map_err(|e| js_error(Error::from(e)))?;
+        Ok(Lens {
+            index,
+            embedder: None,
+            query: None,
+        })
+    }
+
+    /// Loads the model, refusing one the index was not built with before the (slow) model load.
+    pub fn load_model(&mut self, model_bytes: &[u8]) -> Result<(), JsError> {
         let model_sha256 = sha256_hex(model_bytes);
-        if index.model_sha256() != model_sha256 {
+        if self.index.model_sha256() != model_sha256 {
             return Err(js_error(Error::ModelMismatch {
-                index: index.model_sha256(),
+                index: self.index.model_sha256(),
                 model: model_sha256,
             }));
         }
-        let embedder = Embedder::from_bytes(model_bytes).map_err(js_error)?;
-        Ok(Lens { embedder, index })
+        self.embedder = Some(Embedder::from_bytes(model_bytes).map_err(js_error)?);
+        Ok(())
+    }
+
+    fn embedder(&self) -> Result<&Embedder, JsError> {
+        self.embedder
+            .as_ref()
+            .ok_or_else(|| JsError::new("the model is not loaded yet"))
     }
 
     /// `{arch, input: {size, mean, std}, dims, sha256}` of the model.
     pub fn info(&self) -> Result<JsValue, JsError> {
-        to_js(self.embedder.info())
+        to_js(self.embedder()?.info())
     }
 
     /// Number of products in the catalog.
@@ -141,25 +171,86 @@ impl Lens {
         self.index.len()
     }
 
+    /// `{categories, colours, brands: [{value, products}], price?: {min, max}, currency, sold_out}`.
+    pub fn facets(&self) -> Result<JsValue, JsError> {
+        to_js(&self.index.facets())
+    }
+
     /// The embedding of a photo file's bytes.
     pub fn embed(&self, photo_bytes: &[u8]) -> Result<Vec<f32>, JsError> {
-        self.embedder
+        self.embedder()?
             .embed_photo(photo_bytes, &DecodeLimits::default())
             .map_err(js_error)
     }
 
     /// `{results: [{product, score}], timings: {decode_ms, embed_ms, search_ms}}`, best first.
-    pub fn search(&self, photo_bytes: &[u8], k: usize) -> Result<JsValue, JsError> {
+    /// `filter` is the JSON of `{categories, colours, brands, min_price, max_price, in_stock}`, each
+    /// optional.
+    pub fn search(&mut self, photo_bytes: &[u8], k: usize, filter: Option<String>) -> Result<JsValue, JsError> {
+        let filter = parse_filter(filter)?;
+        let embedder = self.embedder()?;
         let started = performance_now();
-        let tensor = preprocess::preprocess(photo_bytes, &self.embedder.info().input, &DecodeLimits::default())
+        let tensor = preprocess::preprocess(photo_bytes, &embedder.info().input, &DecodeLimits::default())
             .map_err(|e| js_error(Error::from(e)))?;
         let decoded = performance_now();
-        let embedding = self.embedder.embed_tensor(tensor).map_err(js_error)?;
+        let embedding = embedder.embed_tensor(tensor).map_err(js_error)?;
         let embedded = performance_now();
-        let hits = self.index.search(&embedding, k);
+        let hits = self.index.search(&embedding, k, &filter);
         let searched = performance_now();
+        self.query = Some(embedding);
+        self.respond(
+            None,
+            &hits,
+            Timings {
+                decode_ms: decoded - started,
+                embed_ms: embedded - decoded,
+                search_ms: searched - embedded,
+            },
+        )
+    }
+
+    /// Searches the last photo again with another `k` or filter; no decoding, no model.
+    pub fn refine(&self, k: usize, filter: Option<String>) -> Result<JsValue, JsError> {
+        let filter = parse_filter(filter)?;
+        let query = self
+            .query
+            .as_ref()
+            .ok_or_else(|| JsError::new("there is no photo to search again"))?;
+        let started = performance_now();
+        let hits = self.index.search(query, k, &filter);
+        self.respond_searched(None, &hits, started)
+    }
+
+    /// "More like this": `{product, results, timings}`, the products most like the one with
+    /// `product_id`, itself excluded. Needs no model.
+    pub fn similar(&self, product_id: &str, k: usize, filter: Option<String>) -> Result<JsValue, JsError> {
+        let filter = parse_filter(filter)?;
+        let product = self
+            .index
+            .position(product_id)
+            .ok_or_else(|| JsError::new(&format!("the catalog has no product with id {product_id:?}")))?;
+        let started = performance_now();
+        let hits = self.index.similar(product, k, &filter);
+        self.respond_searched(Some(product), &hits, started)
+    }
+
+    fn respond_searched(&self, like: Option<usize>, hits: &[Hit], started: f64) -> Result<JsValue, JsError> {
+        let search_ms = performance_now() - started;
+        self.respond(
+            like,
+            hits,
+            Timings {
+                decode_ms: 0.0,
+                embed_ms: 0.0,
+                search_ms,
+            },
+        )
+    }
+
+    fn respond(&self, like: Option<usize>, hits: &[Hit], timings: Timings) -> Result<JsValue, JsError> {
         let products = self.index.products();
         to_js(&SearchResponse {
+            product: like.map(|product| &products[product]),
             results: hits
                 .iter()
                 .map(|hit| SearchResult {
@@ -167,11 +258,7 @@ impl Lens {
                     score: hit.score,
                 })
                 .collect(),
-            timings: Timings {
-                decode_ms: decoded - started,
-                embed_ms: embedded - decoded,
-                search_ms: searched - embedded,
-            },
+            timings,
         })
     }
 }

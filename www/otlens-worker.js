@@ -1,11 +1,13 @@
 // otlens search worker: downloads and checks the model and catalog index, then answers
 // searches. Decoding and inference run here so the shop page never freezes.
 //
-// Messages in:  {type: "load", manifestUrl}
-//               {type: "search", id, photo: Blob, k}
+// Messages in:  {type: "load", manifestUrl, withModel}   (without the model only "similar" works)
+//               {type: "search", id, photo: Blob, k, filter}
+//               {type: "refine", id, k, filter}          (the last photo again, e.g. with a new filter)
+//               {type: "similar", id, product, k, filter} (products like the one with this id)
 //               {type: "embed", id, photo: Blob}
 // Messages out: {type: "progress", step, steps, label, loaded, total}
-//               {type: "ready", manifest, model, products}
+//               {type: "ready", manifest, model, products, facets}
 //               {type: "results", id, results, timings}
 //               {type: "embedding", id, embedding}
 //               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
@@ -105,8 +107,8 @@ async function verify(bytes, entry, label) {
   }
 }
 
-async function load(manifestUrl) {
-  const steps = 3;
+async function load(manifestUrl, withModel) {
+  const steps = withModel ? 3 : 2;
   const wasmUrl = new URL("./pkg/otlens_bg.wasm", import.meta.url);
   const wasm = await download(wasmUrl, "search engine", 1, steps);
   try {
@@ -148,14 +150,23 @@ async function load(manifestUrl) {
   if (!manifest.model?.file || !manifest.index?.file) {
     throw new Error("the catalog manifest names no model or index file");
   }
-  const model = await download(new URL(manifest.model.file, manifestUrl), "model", 2, steps, manifest.model.bytes);
-  await verify(model, manifest.model, "model");
-  const index = await download(new URL(manifest.index.file, manifestUrl), "catalog", 3, steps, manifest.index.bytes);
+  // The catalog comes first: it is smaller, and "more like this" needs nothing else.
+  const index = await download(new URL(manifest.index.file, manifestUrl), "catalog", 2, steps, manifest.index.bytes);
   await verify(index, manifest.index, "index");
-
-  post({ type: "progress", step: steps, steps, label: "preparing", loaded: 1, total: 1 });
-  lens = new Lens(model, index);
-  post({ type: "ready", manifest, model: lens.info(), products: lens.len() });
+  lens = new Lens(index);
+  if (withModel) {
+    const model = await download(new URL(manifest.model.file, manifestUrl), "model", 3, steps, manifest.model.bytes);
+    await verify(model, manifest.model, "model");
+    post({ type: "progress", step: steps, steps, label: "preparing", loaded: 1, total: 1 });
+    lens.load_model(model);
+  }
+  post({
+    type: "ready",
+    manifest,
+    model: withModel ? lens.info() : null,
+    products: lens.len(),
+    facets: lens.facets(),
+  });
 }
 
 async function photoBytes(photo) {
@@ -163,21 +174,29 @@ async function photoBytes(photo) {
   return new Uint8Array(await photo.arrayBuffer());
 }
 
+/** Runs one search request and posts its results with the time it took in the worker. */
+async function answer(id, search) {
+  const started = performance.now();
+  const response = await search();
+  response.timings.total_ms = performance.now() - started;
+  post({ type: "results", id, ...response });
+}
+
 async function handle(message) {
+  if (message.type === "load") return load(message.manifestUrl, message.withModel !== false);
+  if (!lens) throw new Error("the search engine is not loaded yet");
+  const { id, k } = message;
+  const filter = message.filter && JSON.stringify(message.filter);
   switch (message.type) {
-    case "load":
-      return load(message.manifestUrl);
-    case "search": {
-      if (!lens) throw new Error("the search engine is not loaded yet");
-      const started = performance.now();
-      const response = lens.search(await photoBytes(message.photo), message.k);
-      response.timings.total_ms = performance.now() - started;
-      return post({ type: "results", id: message.id, ...response });
-    }
+    case "search":
+      return answer(id, async () => lens.search(await photoBytes(message.photo), k, filter));
+    case "refine":
+      return answer(id, async () => lens.refine(k, filter));
+    case "similar":
+      return answer(id, async () => lens.similar(message.product, k, filter));
     case "embed": {
-      if (!lens) throw new Error("the search engine is not loaded yet");
       const embedding = lens.embed(await photoBytes(message.photo));
-      return post({ type: "embedding", id: message.id, embedding }, [embedding.buffer]);
+      return post({ type: "embedding", id, embedding }, [embedding.buffer]);
     }
     default:
       throw new Error(`unknown request ${message.type}`);

@@ -20,7 +20,8 @@ describe("the wasm API", { skip: skipUnlessBuilt() }, () => {
     manifest = readManifest();
     modelBytes = readFileSync(join(WWW, "catalog", manifest.model.file));
     indexBytes = readFileSync(join(WWW, "catalog", manifest.index.file));
-    lens = new wasm.Lens(modelBytes, indexBytes);
+    lens = new wasm.Lens(indexBytes);
+    lens.load_model(modelBytes);
   });
 
   test("Model reports what the manifest says about it", () => {
@@ -66,17 +67,56 @@ describe("the wasm API", { skip: skipUnlessBuilt() }, () => {
     assert.ok(lens.search(readFileSync(DOG_JPG), 3).results.length > 0);
   });
 
+  test("filters narrow a search, and a filter change searches the same photo again", () => {
+    const { categories, price, currency } = lens.facets();
+    assert.ok(categories.length > 1, "the demo has several categories");
+    assert.equal(currency, "KRW");
+    assert.ok(price.min < price.max);
+    const everything = lens.search(readFileSync(DOG_JPG), 30).results;
+    const [second] = categories.slice(1);
+    const filter = { categories: [second.value], max_price: (price.min + price.max) / 2 };
+    const narrowed = lens.refine(30, JSON.stringify(filter)).results;
+    assert.ok(narrowed.length > 0);
+    for (const { product } of narrowed) {
+      assert.equal(product.category, second.value);
+      assert.ok(product.price <= filter.max_price);
+    }
+    // The same photo: a result shown both times has the same score.
+    const before = new Map(everything.map(({ product, score }) => [product.id, score]));
+    for (const { product, score } of narrowed) {
+      if (before.has(product.id)) assert.equal(score, before.get(product.id));
+    }
+    assert.deepEqual(lens.search(readFileSync(DOG_JPG), 30, JSON.stringify(filter)).results, narrowed);
+    assert.throws(() => lens.refine(5, '{"colors": ["red"]}'), /the search filter is not valid: unknown field `colors`/);
+    assert.throws(() => lens.refine(5, '{"min_price": "cheap"}'), /the search filter is not valid/);
+  });
+
+  test("more like this needs only the catalog", () => {
+    const catalogOnly = new wasm.Lens(indexBytes);
+    const id = "fmnist-0000";
+    const { product, results } = catalogOnly.similar(id, 5, '{"in_stock": true}');
+    assert.equal(results.length, 5);
+    assert.ok(results.every((result) => result.product.id !== id), "the product itself is not among them");
+    assert.equal(results[0].product.category, product.category, "the nearest is of the same kind");
+    assert.throws(() => catalogOnly.similar("no-such-id", 5), /the catalog has no product with id "no-such-id"/);
+    assert.throws(() => catalogOnly.search(readFileSync(DOG_JPG), 5), /the model is not loaded yet/);
+    assert.throws(() => catalogOnly.refine(5), /there is no photo to search again/);
+    catalogOnly.free();
+  });
+
   test("a model that is not the index's is refused", () => {
     const otherModel = new Uint8Array([...modelBytes, 0]);
+    const catalogOnly = new wasm.Lens(indexBytes);
     assert.throws(
-      () => new wasm.Lens(otherModel, indexBytes),
+      () => catalogOnly.load_model(otherModel),
       /the index was built with model [0-9a-f]{64}, but the loaded model is [0-9a-f]{64}/,
     );
+    catalogOnly.free();
   });
 
   test("a damaged index is refused with a clear message", () => {
-    assert.throws(() => new wasm.Lens(modelBytes, indexBytes.subarray(0, indexBytes.length - 100)), /incomplete/);
-    assert.throws(() => new wasm.Lens(modelBytes, new TextEncoder().encode("<html>404</html>")), /not an otlens/);
+    assert.throws(() => new wasm.Lens(indexBytes.subarray(0, indexBytes.length - 100)), /incomplete/);
+    assert.throws(() => new wasm.Lens(new TextEncoder().encode("<html>404</html>")), /not an otlens/);
     assert.throws(() => new wasm.Model(new Uint8Array([1, 2, 3])), /model: not a readable ONNX model/);
   });
 
