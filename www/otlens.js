@@ -8,6 +8,10 @@
 //   src          URL of the catalog manifest written by `otlens build-index` / `otlens demo`,
 //                relative to the page.                          Default: "catalog/manifest.json"
 //   max-results  How many products to show per search (1-100).  Default: 12
+//   columns      Number of result columns (1-12).                Default: as many 10rem columns as fit
+//   product      A product id: show the products most like it ("similar items" on a product page) instead
+//                of a photo search. Loads only the catalog, not the model.      Default: absent
+//   theme        "light", "dark", or "auto" (follows the shopper's system setting).  Default: "light"
 //   locale       BCP 47 locale for prices (e.g. "ko-KR").       Default: the nearest lang attribute, else the
 //                                                                browser's language
 //   lang         Language of the widget's text: "ko" (Korean) or anything else (English).
@@ -20,18 +24,24 @@
 //
 // Events (bubbling, composed), on the element:
 //   otlens-ready    detail: {products, model, manifest}   model and catalog loaded and checked (again
-//                                                          after a restart)
-//   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first
+//                                                          after a restart); model is null with `product`
+//   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first; photo is
+//                                                          absent for "more like this"
+//   otlens-select   detail: {product}                     a result was chosen; cancelable: preventDefault()
+//                                                          keeps the link from being followed (for routers)
 //   otlens-error    detail: {message, fatal}              fatal: the widget could not start, or its engine
 //                                                          kept crashing; it shows a Try again button
 //   otlens-offline  detail: {saved, message?}             with `offline`: whether the catalog was saved for
 //                                                          offline use (tried again on each load)
 //
-// Methods: search(blob) -> Promise<{results, timings}> (also shows them), embed(blob) -> Promise<Float32Array>.
-// One search runs at a time. A photo given while one runs waits; a newer photo replaces the waiting one,
-// whose promise rejects with an AbortError. If the engine crashes, the widget restarts it by itself.
+// Methods: search(blob) -> Promise<{results, timings}> (also shows them), similar(productId) -> the same for
+// "more like this", embed(blob) -> Promise<Float32Array>. Property `filter`: {categories, colours, brands,
+// min_price, max_price, in_stock}, each optional; setting it searches again, as the filter controls do.
+// One search runs at a time. One given while one runs waits; a newer one replaces the waiting one, whose
+// promise rejects with an AbortError. If the engine crashes, the widget restarts it by itself.
 // Styling: CSS custom properties --otlens-accent, --otlens-text, --otlens-muted, --otlens-surface,
-// --otlens-radius on the element; ::part(button | drop-zone | status | offline | results | result).
+// --otlens-radius on the element; ::part(button | drop-zone | filters | chip | status | offline | results |
+// result | more).
 //
 // The model, index and wasm are loaded in a Web Worker (otlens-worker.js, next to this file);
 // decoding and inference run there, so the page stays responsive. Serve otlens.js,
@@ -62,6 +72,7 @@ const STRINGS = {
     queued: "Your photo will be searched as soon as visual search has loaded…",
     searching: "Searching…",
     unusablePhoto: (reason) => `This photo can't be used: ${reason}`,
+    searchFailed: (reason) => `The search failed: ${reason}`,
     dropAFile: "Drop a photo file (for example a JPEG from your computer).",
     preparing: "Preparing the model…",
     downloading: (part, amount) => `Downloading ${part}… ${amount} MB`,
@@ -70,6 +81,20 @@ const STRINGS = {
     took: (ms) => ` in ${ms} ms`,
     productPhoto: (title) => (title ? `Photo: ${title}` : "Product photo"),
     similarity: (percent) => `Similarity ${percent}%`,
+    filters: "Filters",
+    category: "Category",
+    colour: "Colour",
+    price: (currency) => (currency ? `Price (${currency})` : "Price"),
+    minPrice: "From",
+    maxPrice: "To",
+    inStock: "In stock only",
+    clearFilters: "Clear filters",
+    noMatches: "No products match these filters.",
+    moreLikeThis: "More like this",
+    moreLike: (title) => `More like this: ${title}`,
+    similarCount: (count, formatted, title) =>
+      `${count === 1 ? "1 result" : `${formatted} results`} like “${title}”`,
+    soldOut: "Sold out",
     saved: "Saved on this device: photo search also works offline.",
     offline: "You are offline: searching the catalog saved on this device.",
     offlineUnsaved:
@@ -95,6 +120,7 @@ const STRINGS = {
     queued: "이미지 검색이 준비되는 대로 사진을 검색합니다…",
     searching: "검색 중…",
     unusablePhoto: (reason) => `이 사진은 사용할 수 없습니다: ${reason}`,
+    searchFailed: (reason) => `검색하지 못했습니다: ${reason}`,
     dropAFile: "사진 파일을 놓아 주세요(예: 컴퓨터의 JPEG 파일).",
     preparing: "모델을 준비하는 중…",
     downloading: (part, amount) => `${part} 내려받는 중… ${amount} MB`,
@@ -103,6 +129,19 @@ const STRINGS = {
     took: (ms) => ` · ${ms} ms`,
     productPhoto: (title) => (title ? `사진: ${title}` : "상품 사진"),
     similarity: (percent) => `유사도 ${percent}%`,
+    filters: "필터",
+    category: "카테고리",
+    colour: "색상",
+    price: (currency) => (currency ? `가격 (${currency})` : "가격"),
+    minPrice: "최저",
+    maxPrice: "최고",
+    inStock: "재고 있는 상품만",
+    clearFilters: "필터 해제",
+    noMatches: "필터에 맞는 상품이 없습니다.",
+    moreLikeThis: "비슷한 상품",
+    moreLike: (title) => `비슷한 상품: ${title}`,
+    similarCount: (count, formatted, title) => `“${title}”와(과) 비슷한 결과 ${formatted}개`,
+    soldOut: "품절",
     saved: "이 기기에 저장됨: 오프라인에서도 사진으로 검색할 수 있습니다.",
     offline: "오프라인 상태입니다: 이 기기에 저장된 카탈로그에서 검색합니다.",
     offlineUnsaved: "오프라인 상태이고 이미지 검색이 이 기기에 저장되어 있지 않습니다. 인터넷에 연결한 뒤 다시 시도해 주세요",
@@ -159,19 +198,37 @@ async function askServiceWorkerToSave(manifestUrl) {
 
 // A constructed style sheet, not a <style> element: a page whose Content-Security-Policy allows no
 // inline styles still styles the widget.
+// theme="dark" (and theme="auto" on a dark system): light text on the page's dark background.
+const DARK_COLOURS = `
+    --accent: var(--otlens-accent, #a8c7fa);
+    --on-accent: #062e6f;
+    --text: var(--otlens-text, #e3e3e3);
+    --muted: var(--otlens-muted, #c4c7c5);
+    --surface: var(--otlens-surface, #1f1f1f);
+    --border: #8e918f;
+    --border-soft: #444746;
+    --image-background: #2d2f31;
+    --error: #f2b8b5;
+    color-scheme: dark;`;
 const STYLES = new CSSStyleSheet();
 STYLES.replaceSync(`
   :host {
     --accent: var(--otlens-accent, #0b57d0);
+    --on-accent: #ffffff;
     --text: var(--otlens-text, #1f1f1f);
     --muted: var(--otlens-muted, #5f6368);
     --surface: var(--otlens-surface, #ffffff);
     --radius: var(--otlens-radius, 12px);
+    --border: #747775;
+    --border-soft: #e3e3e3;
+    --image-background: #f4f4f4;
     --error: #b3261e;
     display: block;
     color: var(--text);
     font: inherit;
   }
+  :host([theme="dark"]) {${DARK_COLOURS} }
+  @media (prefers-color-scheme: dark) { :host([theme="auto"]) {${DARK_COLOURS} } }
   [hidden] { display: none !important; }
   .visually-hidden {
     position: absolute; width: 1px; height: 1px; margin: -1px; padding: 0; border: 0;
@@ -179,20 +236,20 @@ STYLES.replaceSync(`
   }
   .drop {
     display: flex; flex-wrap: wrap; align-items: center; gap: 1rem;
-    padding: 1.25rem; border: 2px dashed #c4c7c5; border-radius: var(--radius);
+    padding: 1.25rem; border: 2px dashed var(--border); border-radius: var(--radius);
     background: var(--surface); transition: border-color .15s, background .15s;
   }
   .drop.over { border-color: var(--accent); background: color-mix(in srgb, var(--accent) 8%, var(--surface)); }
   .button {
     display: inline-flex; align-items: center; gap: .5rem; cursor: pointer;
     padding: .7rem 1.2rem; border-radius: 999px; border: 0;
-    background: var(--accent); color: #fff; font: inherit; font-weight: 600;
+    background: var(--accent); color: var(--on-accent); font: inherit; font-weight: 600;
   }
   .button:hover { filter: brightness(1.1); }
   input:focus-visible + .button, .button:focus-visible { outline: 3px solid var(--accent); outline-offset: 3px; }
   .hint { margin: 0; color: var(--muted); }
   .query { display: flex; align-items: center; gap: .6rem; margin: 0 0 0 auto; color: var(--muted); font-size: .9em; }
-  .query canvas { width: 56px; height: 56px; border-radius: 8px; border: 1px solid #dadce0; }
+  .query canvas { width: 56px; height: 56px; border-radius: 8px; border: 1px solid var(--border-soft); }
   .loading { margin: .75rem 0 0; color: var(--muted); font-size: .9em; }
   .loading progress { display: block; width: 100%; height: .5rem; margin-top: .3rem; accent-color: var(--accent); }
   .status-row { display: flex; align-items: center; gap: .75rem; margin: .75rem 0; }
@@ -201,22 +258,52 @@ STYLES.replaceSync(`
   .timing { margin-left: .5rem; color: var(--muted); font-weight: 400; font-size: .85em; }
   .retry { font: inherit; cursor: pointer; }
   .offline { margin: -.25rem 0 .75rem; color: var(--muted); font-size: .85em; }
+  .filters { display: flex; flex-wrap: wrap; align-items: flex-end; gap: .75rem 1.5rem; margin: 1rem 0 0; }
+  .filters fieldset { border: 0; margin: 0; padding: 0; min-width: 0; }
+  .filters legend { padding: 0; margin-bottom: .35rem; color: var(--muted); font-size: .85em; font-weight: 600; }
+  .chip-list { display: flex; flex-wrap: wrap; gap: .4rem; }
+  .chip, .more {
+    display: inline-flex; align-items: center; gap: .35rem; cursor: pointer; font: inherit; font-size: .9em;
+    padding: .35rem .8rem; border-radius: 999px; border: 1px solid var(--border);
+    background: var(--surface); color: var(--text);
+  }
+  .chip[aria-pressed="true"] { background: var(--accent); border-color: var(--accent); color: var(--on-accent); }
+  .swatch { width: .9em; height: .9em; border-radius: 50%; border: 1px solid var(--border); }
+  .price-inputs { display: flex; gap: .5rem; }
+  .price-inputs label { display: flex; flex-direction: column; gap: .15rem; font-size: .85em; color: var(--muted); }
+  .price-inputs input, .stock input { accent-color: var(--accent); }
+  .price-inputs input {
+    width: 7rem; font: inherit; font-size: 1.1em; padding: .35rem .5rem; border: 1px solid var(--border);
+    border-radius: 8px; background: var(--surface); color: var(--text);
+  }
+  .stock { display: flex; align-items: center; gap: .4rem; padding: .35rem 0; }
+  .clear {
+    font: inherit; cursor: pointer; padding: .35rem 0; border: 0; background: none;
+    color: var(--accent); text-decoration: underline;
+  }
+  .chip:focus-visible, .more:focus-visible, .clear:focus-visible, .filters input:focus-visible {
+    outline: 3px solid var(--accent); outline-offset: 2px;
+  }
   .results {
     list-style: none; margin: 0; padding: 0;
     display: grid; gap: 1rem; grid-template-columns: repeat(auto-fill, minmax(10rem, 1fr));
   }
+  .results.columns { grid-template-columns: repeat(var(--columns), minmax(0, 1fr)); }
+  .results:focus { outline: none; }
   .results[aria-busy="true"] { opacity: .5; }
   .result {
-    display: flex; flex-direction: column; gap: .2rem; height: 100%; box-sizing: border-box;
-    padding: .6rem; border-radius: var(--radius); background: var(--surface);
-    border: 1px solid #e3e3e3; color: inherit; text-decoration: none;
+    display: flex; flex-direction: column; gap: .5rem; height: 100%; box-sizing: border-box;
+    padding: .6rem; border-radius: var(--radius); background: var(--surface); border: 1px solid var(--border-soft);
   }
-  a.result:hover { border-color: var(--accent); }
-  a.result:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+  .result:has(a.link:hover) { border-color: var(--accent); }
+  .link { display: flex; flex-direction: column; gap: .2rem; flex: 1; color: inherit; text-decoration: none; }
+  a.link:focus-visible { outline: 3px solid var(--accent); outline-offset: 4px; border-radius: 4px; }
+  .more { align-self: flex-start; font-size: .85em; padding: .3rem .7rem; }
   .result img {
     width: 100%; aspect-ratio: 1; object-fit: contain; border-radius: calc(var(--radius) - 4px);
-    background: #f4f4f4; margin-bottom: .3rem;
+    background: var(--image-background); margin-bottom: .3rem;
   }
+  .sold-out { color: var(--error); font-size: .85em; font-weight: 600; }
   .title { font-weight: 600; line-height: 1.25; }
   .brand, .meta { color: var(--muted); font-size: .85em; }
   .price { font-weight: 700; }
@@ -241,13 +328,28 @@ TEMPLATE.innerHTML = `
   <label for="progress" class="progress-text"></label>
   <progress id="progress" max="1" value="0"></progress>
 </div>
+<div class="filters" part="filters" role="group" hidden>
+  <fieldset class="categories"><legend></legend><div class="chip-list"></div></fieldset>
+  <fieldset class="colours"><legend></legend><div class="chip-list"></div></fieldset>
+  <fieldset class="prices">
+    <legend></legend>
+    <div class="price-inputs">
+      <label><span class="min-label"></span><input type="number" class="min-price" min="0" step="any"
+        inputmode="decimal"></label>
+      <label><span class="max-label"></span><input type="number" class="max-price" min="0" step="any"
+        inputmode="decimal"></label>
+    </div>
+  </fieldset>
+  <label class="stock"><input type="checkbox" class="in-stock"><span></span></label>
+  <button type="button" class="clear"></button>
+</div>
 <div class="status-row">
   <p class="status" part="status" role="status"
     aria-live="polite"><span class="message"></span><span class="timing"></span></p>
   <button type="button" class="retry" hidden></button>
 </div>
 <p class="offline" part="offline" hidden></p>
-<ul class="results" part="results"></ul>
+<ul class="results" part="results" tabindex="-1"></ul>
 `;
 
 const megabytes = (bytes) => (bytes / 1e6).toFixed(1);
@@ -257,6 +359,23 @@ const sentence = (message) => {
   const trimmed = message.trim();
   return /[.!?]$/.test(trimmed) ? trimmed : `${trimmed}.`;
 };
+
+const MAX_CHIPS = 12; // the most common values; a long tail of chips would bury the results
+const PRICE_DELAY_MS = 400; // a price is searched once the shopper pauses typing
+
+/** A filter in the widget's hands: sets for the chips, numbers or undefined for the prices. */
+function toFilterState(filter = {}) {
+  const price = (value) => (value == null || value === "" || !Number.isFinite(Number(value)) ? undefined : +value);
+  const values = (list) => new Set(Array.isArray(list) ? list.map(String) : []);
+  return {
+    categories: values(filter.categories),
+    colours: values(filter.colours),
+    brands: values(filter.brands),
+    min_price: price(filter.min_price),
+    max_price: price(filter.max_price),
+    in_stock: Boolean(filter.in_stock),
+  };
+}
 
 /** Only http(s) links and images: product data comes from a file the page does not control. */
 function safeUrl(url, base) {
@@ -270,7 +389,7 @@ function safeUrl(url, base) {
 }
 
 class OtLens extends HTMLElement {
-  static observedAttributes = ["src", "label", "lang"];
+  static observedAttributes = ["src", "label", "lang", "product", "columns"];
 
   #root;
   #worker = null;
@@ -285,6 +404,10 @@ class OtLens extends HTMLElement {
   #restarts = []; // times of automatic restarts, for MAX_RESTARTS
   #restarting = false; // the worker being loaded replaces one that crashed
   #previews = 0; // photos shown so far: a slow decode must not replace a newer photo's preview
+  #query = null; // what the results are for, searched again when the filter changes: {photo} or {product, title}
+  #filter = toFilterState();
+  #facets = null; // what the catalog can be filtered by (from the engine)
+  #priceTimer = 0;
   #readyPromise;
   #resolveReady;
   #rejectReady;
@@ -302,6 +425,7 @@ class OtLens extends HTMLElement {
       input.value = "";
     });
     this.#$(".retry").addEventListener("click", () => this.#start());
+    this.#wireFilters();
     this.#wireDropZone(this.#$(".drop"));
     this.addEventListener("paste", (event) => {
       const file = Array.from(event.clipboardData?.files ?? [])[0];
@@ -315,6 +439,7 @@ class OtLens extends HTMLElement {
 
   connectedCallback() {
     this.#renderText(); // the page's language is known only once the element is in it
+    this.#applyColumns();
     if (this.#state === "idle" || this.#state === "disconnected") this.#start();
   }
 
@@ -326,7 +451,12 @@ class OtLens extends HTMLElement {
 
   attributeChangedCallback(name, oldValue, newValue) {
     if (name === "label" || name === "lang") this.#renderText();
-    if (name === "src" && oldValue !== newValue && this.isConnected && this.#state !== "idle") this.#start();
+    if (name === "columns") this.#applyColumns();
+    if (oldValue === newValue || !this.isConnected || this.#state === "idle") return;
+    // With a product, the widget needs no model; without one it does: a mode change reloads.
+    const modeChanged = name === "product" && (oldValue === null || newValue === null);
+    if (name === "src" || modeChanged) return this.#start();
+    if (name === "product" && this.#state === "ready") this.similar(newValue).catch(() => {});
   }
 
   /** Resolves with {products, model, manifest} once the widget can search. */
@@ -342,24 +472,34 @@ class OtLens extends HTMLElement {
   /** Searches with a photo (Blob or File), shows the results and resolves with them. */
   async search(photo) {
     await this.ready;
-    const id = ++this.#latestSearch;
     this.#showPreview(photo);
-    this.#setStatus(this.#text.searching);
-    this.#$(".results").setAttribute("aria-busy", "true");
-    try {
-      const response = await this.#searchLatest(photo);
-      if (id === this.#latestSearch) this.#showResults(response, photo);
-      return { results: response.results, timings: response.timings };
-    } catch (error) {
-      // After a fatal error the status already says that the widget must be reloaded.
-      if (id === this.#latestSearch && this.#state === "ready") {
-        this.#setStatus(this.#text.unusablePhoto(sentence(error.message)), { error: true });
-        // Results of the previous photo under this message would look like answers to this one.
-        this.#$(".results").replaceChildren();
-        this.#$(".results").removeAttribute("aria-busy");
-      }
-      throw error;
-    }
+    return this.#run({ type: "search", photo }, { photo });
+  }
+
+  /** Shows the products most like the one with this id ("more like this") and resolves with them. */
+  async similar(productId) {
+    await this.ready;
+    this.#hidePreview();
+    return this.#run({ type: "similar", product: String(productId) }, { product: String(productId) });
+  }
+
+  /** The filter searches use: {categories, colours, brands, min_price, max_price, in_stock}. */
+  get filter() {
+    const filter = this.#filter;
+    return {
+      categories: [...filter.categories],
+      colours: [...filter.colours],
+      brands: [...filter.brands],
+      min_price: filter.min_price,
+      max_price: filter.max_price,
+      in_stock: filter.in_stock,
+    };
+  }
+
+  set filter(value) {
+    this.#filter = toFilterState(value ?? {});
+    this.#renderFilters();
+    this.#searchAgain();
   }
 
   /** The embedding of a photo, as the search computes it. */
@@ -384,6 +524,7 @@ class OtLens extends HTMLElement {
 
   #renderText() {
     const text = this.#text;
+    this.#renderFilters();
     this.#$(".label").textContent = this.getAttribute("label") || text.choosePhoto;
     this.#$(".hint").textContent = text.dropHint;
     this.#$("figcaption").textContent = text.yourPhoto;
@@ -419,7 +560,9 @@ class OtLens extends HTMLElement {
       if (this.#state === "ready") return this.#restart(event.message || "the search worker stopped");
       this.#fail(event.message || "the search worker could not start (are otlens-worker.js and pkg/ deployed?)");
     };
-    this.#worker.postMessage({ type: "load", manifestUrl: this.#manifestUrl });
+    const productMode = this.hasAttribute("product");
+    this.#$(".drop").hidden = productMode;
+    this.#worker.postMessage({ type: "load", manifestUrl: this.#manifestUrl, withModel: !productMode });
   }
 
   #stop() {
@@ -439,6 +582,7 @@ class OtLens extends HTMLElement {
     if (this.#restarts.length >= MAX_RESTARTS) return this.#fail(message, this.#text.stoppedWorking);
     this.#restarts.push(now);
     this.#emit("otlens-error", { message, fatal: false });
+    this.#query = null; // the new engine has not seen the photo
     this.#$(".results").replaceChildren();
     this.#$(".results").removeAttribute("aria-busy");
     this.#restarting = true;
@@ -460,23 +604,62 @@ class OtLens extends HTMLElement {
     this.#emit("otlens-error", { message, fatal: true });
   }
 
-  /**
-   * Sends a search to the worker, one at a time: a photo given while one runs waits, and a newer photo
-   * replaces it, so rapid uploads never queue up work whose results nobody will see.
-   */
-  #searchLatest(photo) {
-    if (this.#inFlight) {
-      this.#waiting?.reject(new DOMException("a newer photo replaced this search", "AbortError"));
-      return new Promise((resolve, reject) => (this.#waiting = { photo, resolve, reject }));
+  /** Runs a search request, shows its results unless a newer one was started, and resolves with them. */
+  async #run(message, query) {
+    const id = ++this.#latestSearch;
+    this.#query = query;
+    this.#setStatus(this.#text.searching);
+    this.#$(".results").setAttribute("aria-busy", "true");
+    try {
+      const response = await this.#searchLatest(message);
+      if (id === this.#latestSearch) this.#showResults(response, query);
+      return { results: response.results, timings: response.timings };
+    } catch (error) {
+      // After a fatal error the status already says that the widget must be reloaded.
+      if (id === this.#latestSearch && this.#state === "ready") {
+        const reason = sentence(error.message);
+        this.#setStatus(query.photo ? this.#text.unusablePhoto(reason) : this.#text.searchFailed(reason), {
+          error: true,
+        });
+        // Results of the previous search under this message would look like answers to this one.
+        this.#$(".results").replaceChildren();
+        this.#$(".results").removeAttribute("aria-busy");
+        this.#query = null;
+      }
+      throw error;
     }
-    const request = this.#request({ type: "search", photo, k: this.maxResults });
+  }
+
+  /** The filter changed: the shown results are searched again with it (the photo is not decoded again). */
+  #searchAgain() {
+    this.#$(".clear").hidden = !this.#filterIsSet();
+    // A search that has not been sent yet will use the new filter anyway.
+    if (this.#state !== "ready" || !this.#query || (this.#waiting && this.#waiting.message.type !== "refine")) {
+      return;
+    }
+    const query = this.#query;
+    const message = query.photo ? { type: "refine" } : { type: "similar", product: query.product };
+    this.#run(message, query).catch(() => {});
+  }
+
+  /**
+   * Sends a search to the worker, one at a time: one given while another runs waits, and a newer one
+   * replaces it, so rapid uploads never queue up work whose results nobody will see. The filter is read
+   * when the request is sent.
+   */
+  #searchLatest(message) {
+    if (this.#inFlight) {
+      this.#waiting?.reject(new DOMException("a newer search replaced this one", "AbortError"));
+      return new Promise((resolve, reject) => (this.#waiting = { message, resolve, reject }));
+    }
+    const request = this.#request({ ...message, k: this.maxResults, filter: this.filter });
     this.#inFlight = request;
     const next = () => {
       if (this.#inFlight !== request) return; // the worker was stopped meanwhile
       this.#inFlight = null;
       const waiting = this.#waiting;
       this.#waiting = null;
-      if (waiting) this.#searchLatest(waiting.photo).then(waiting.resolve, waiting.reject);
+      if (waiting) this.#searchLatest(waiting.message).then(waiting.resolve, waiting.reject);
     };
     request.then(next, next);
     return request;
@@ -502,8 +685,11 @@ class OtLens extends HTMLElement {
           this.#restarting ? this.#text.restarted : this.#text.ready(data.products.toLocaleString(this.#locale())),
         );
         this.#restarting = false;
+        this.#facets = data.facets;
+        this.#renderFilters();
         this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
         this.#emit("otlens-ready", { products: data.products, model: data.model, manifest: data.manifest });
+        if (this.hasAttribute("product")) this.similar(this.getAttribute("product")).catch(() => {});
         if (this.#queuedPhoto) {
           const photo = this.#queuedPhoto;
           this.#queuedPhoto = null;
@@ -563,6 +749,110 @@ class OtLens extends HTMLElement {
     }
   }
 
+  #wireFilters() {
+    this.#$(".clear").addEventListener("click", () => {
+      this.filter = {};
+      this.#$(".results").focus(); // the button just pressed is hidden now
+    });
+    this.#$(".in-stock").addEventListener("change", (event) => {
+      this.#filter.in_stock = event.target.checked;
+      this.#searchAgain();
+    });
+    for (const [selector, bound] of [
+      [".min-price", "min_price"],
+      [".max-price", "max_price"],
+    ]) {
+      const input = this.#$(selector);
+      input.addEventListener("input", () => {
+        clearTimeout(this.#priceTimer);
+        this.#priceTimer = setTimeout(() => {
+          // An unfinished or invalid number reads as "" and sets no bound.
+          this.#filter[bound] = toFilterState({ [bound]: input.value })[bound];
+          this.#searchAgain();
+        }, PRICE_DELAY_MS);
+      });
+    }
+  }
+
+  #filterIsSet() {
+    const filter = this.#filter;
+    return (
+      filter.categories.size + filter.colours.size + filter.brands.size > 0 ||
+      filter.min_price !== undefined ||
+      filter.max_price !== undefined ||
+      filter.in_stock
+    );
+  }
+
+  /** Chips, price fields and the stock switch for what this catalog can be filtered by. */
+  #renderFilters() {
+    const box = this.#$(".filters");
+    const facets = this.#facets;
+    if (!facets) return;
+    const text = this.#text;
+    box.setAttribute("aria-label", text.filters);
+    const chips = (selector, legend, values, chosen, swatches) => {
+      const fieldset = this.#$(selector);
+      fieldset.querySelector("legend").textContent = legend;
+      fieldset.hidden = values.length < 2;
+      const buttons = values.slice(0, MAX_CHIPS).map(({ value }) => {
+        const chip = document.createElement("button");
+        chip.type = "button";
+        chip.className = "chip";
+        chip.setAttribute("part", "chip");
+        chip.setAttribute("aria-pressed", String(chosen.has(value)));
+        if (swatches && CSS.supports("color", value)) {
+          const swatch = document.createElement("span");
+          swatch.className = "swatch";
+          swatch.style.background = value; // the CSSOM, which a style-src policy does not block
+          chip.append(swatch);
+        }
+        chip.append(value);
+        chip.addEventListener("click", () => {
+          if (chosen.has(value)) chosen.delete(value);
+          else chosen.add(value);
+          chip.setAttribute("aria-pressed", String(chosen.has(value)));
+          this.#searchAgain();
+        });
+        return chip;
+      });
+      fieldset.querySelector(".chip-list").replaceChildren(...buttons);
+    };
+    chips(".categories", text.category, facets.categories, this.#filter.categories, false);
+    chips(".colours", text.colour, facets.colours, this.#filter.colours, true);
+
+    const prices = this.#$(".prices");
+    const range = facets.price;
+    prices.hidden = !range || range.min === range.max;
+    prices.querySelector("legend").textContent = text.price(facets.currency);
+    this.#$(".min-label").textContent = text.minPrice;
+    this.#$(".max-label").textContent = text.maxPrice;
+    const number = new Intl.NumberFormat(this.#locale());
+    for (const [selector, bound, placeholder] of [
+      [".min-price", "min_price", range?.min],
+      [".max-price", "max_price", range?.max],
+    ]) {
+      const input = this.#$(selector);
+      input.placeholder = placeholder === undefined ? "" : number.format(placeholder);
+      input.value = this.#filter[bound] ?? "";
+    }
+    const stock = this.#$(".stock");
+    stock.hidden = !facets.sold_out;
+    stock.querySelector("span").textContent = text.inStock;
+    this.#$(".in-stock").checked = this.#filter.in_stock;
+    this.#$(".clear").textContent = text.clearFilters;
+    this.#$(".clear").hidden = !this.#filterIsSet();
+    box.hidden = [...box.querySelectorAll("fieldset, .stock")].every((part) => part.hidden);
+  }
+
+  #applyColumns() {
+    const list = this.#$(".results");
+    const columns = Number.parseInt(this.getAttribute("columns") ?? "", 10);
+    const fixed = columns >= 1 && columns <= 12;
+    list.classList.toggle("columns", fixed);
+    if (fixed) list.style.setProperty("--columns", String(columns));
+  }
+
   #wireDropZone(zone) {
     let depth = 0; // dragenter/dragleave fire for every child crossed
     zone.addEventListener("dragenter", (event) => {
@@ -590,6 +880,7 @@ class OtLens extends HTMLElement {
 
   /** A photo chosen in the UI: errors are shown in the widget, never thrown at the page. */
   #searchFromUi(photo) {
+    if (this.hasAttribute("product")) return; // similar items only: no photo input, no model
     if (this.#state === "failed") {
       return this.#setStatus(this.#text.unavailable, { error: true });
     }
@@ -599,6 +890,12 @@ class OtLens extends HTMLElement {
       return this.#setStatus(this.#text.queued);
     }
     this.search(photo).catch(() => {});
+  }
+
+  /** Results that come from no photo must not be shown under the last one. */
+  #hidePreview() {
+    this.#previews += 1; // a preview still decoding is not shown either
+    this.#$(".query").hidden = true;
   }
 
   /** The photo, small, on a canvas: a blob: image would need the page's CSP to allow blob: images. */
@@ -650,24 +947,35 @@ class OtLens extends HTMLElement {
     return `${new Intl.NumberFormat(locale).format(price)} ${currency}`.trim();
   }
 
-  #showResults({ results, timings }, photo) {
+  #showResults({ results, timings, product }, query) {
     const list = this.#$(".results");
     list.replaceChildren(...results.map((result) => this.#renderResult(result)));
     list.removeAttribute("aria-busy");
     const text = this.#text;
-    const count = text.resultCount(results.length, results.length.toLocaleString(this.#locale()));
-    this.#setStatus(count, { timing: text.took(Math.round(timings.total_ms ?? timings.embed_ms)) });
-    this.#emit("otlens-results", { results, timings, photo });
+    const formatted = results.length.toLocaleString(this.#locale());
+    const timing = text.took(Math.round(timings.total_ms ?? timings.embed_ms));
+    if (!results.length && this.#filterIsSet()) this.#setStatus(text.noMatches);
+    else if (product) {
+      this.#setStatus(text.similarCount(results.length, formatted, product.title || product.id), { timing });
+    }
+    else this.#setStatus(text.resultCount(results.length, formatted), { timing });
+    this.#emit("otlens-results", query.photo ? { results, timings, photo: query.photo } : { results, timings });
   }
 
   #renderResult({ product, score }) {
     const item = document.createElement("li");
+    item.className = "result";
+    item.setAttribute("part", "result");
     // Product links are the shop's pages (relative to this page); thumbnails sit beside the manifest.
     const href = safeUrl(product.url, document.baseURI);
     const card = document.createElement(href ? "a" : "div");
-    card.className = "result";
-    card.setAttribute("part", "result");
-    if (href) card.href = href;
+    card.className = "link";
+    if (href) {
+      card.href = href;
+      card.addEventListener("click", (event) => {
+        if (!this.#emit("otlens-select", { product }, { cancelable: true })) event.preventDefault();
+      });
+    }
     const thumbnail = safeUrl(product.thumbnail, this.#manifestUrl);
     if (thumbnail) {
       const img = document.createElement("img");
@@ -687,13 +995,26 @@ class OtLens extends HTMLElement {
     add("brand", product.brand);
     add("price", this.#formatPrice(product.price, product.currency));
     add("meta", [product.category, product.colour].filter(Boolean).join(" · "));
+    if (product.sold_out) add("sold-out", this.#text.soldOut);
     add("score", this.#text.similarity(Math.round(Math.max(score, 0) * 100)));
-    item.append(card);
+    const more = document.createElement("button");
+    more.type = "button";
+    more.className = "more";
+    more.setAttribute("part", "more");
+    more.textContent = this.#text.moreLikeThis;
+    more.setAttribute("aria-label", this.#text.moreLike(product.title || product.id));
+    more.addEventListener("click", async () => {
+      const shown = this.similar(product.id);
+      // The pressed button is replaced with the new results: keyboard focus continues at the list.
+      await shown.finally(() => this.#$(".results").focus()).catch(() => {});
+    });
+    item.append(card, more);
     return item;
   }
 
-  #emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true }));
+  /** Dispatches a widget event; false when a cancelable one was cancelled. */
+  #emit(type, detail, { cancelable = false } = {}) {
+    return this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true, cancelable }));
   }
 }
 

@@ -294,6 +294,11 @@ describe("the <ot-lens> widget", { skip: skipUnlessBuilt({ demoPhotos: true }) }
       // Prices follow the language too: won, without decimals.
       assert.match(await korean.locator(".price").first().textContent(), /^₩[\d,]+$/);
       assert.match(await korean.locator(".score").first().textContent(), /^유사도 \d+%$/);
+      const filters = korean.getByRole("group", { name: "필터" });
+      assert.equal(await filters.getByRole("group", { name: "카테고리" }).count(), 1);
+      assert.equal(await filters.getByRole("checkbox", { name: "재고 있는 상품만" }).count(), 1);
+      assert.equal(await filters.getByRole("group", { name: "가격 (KRW)" }).getByLabel("최저").count(), 1);
+      assert.match(await korean.locator(".more").first().getAttribute("aria-label"), /^비슷한 상품: /);
       assert.match(await widget.first().getByRole("status").textContent(), /^\d+ results? in \d+ ms$|ready/);
     } finally {
       await page.evaluate(() => document.querySelector("#korean")?.remove());
