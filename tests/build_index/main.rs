@@ -449,13 +449,13 @@ fn fashion_mnist_demo_catalog() {
     let mut lines = catalog.lines();
     assert_eq!(
         lines.next(),
-        Some("id,title,brand,price,currency,category,colour,url,image")
+        Some("id,title,brand,price,currency,category,colour,url,image,in_stock")
     );
-    // Test image 0 of Fashion-MNIST is an ankle boot.
+    // Test image 0 of Fashion-MNIST is an ankle boot; its brand and stock are invented.
     let first = lines.next().unwrap();
     assert!(
-        first.starts_with("fmnist-0000,Ankle boot No. 0000,Fashion-MNIST,")
-            && first.ends_with(",KRW,Ankle boot,grey,#product-fmnist-0000,images/0000.png"),
+        first.starts_with("fmnist-0000,Ankle boot No. 0000,Greyline,")
+            && first.ends_with(",KRW,Ankle boot,grey,#product-fmnist-0000,images/0000.png,true"),
         "{first}"
     );
     let photo = image::open(work.path().join("w/images/0000.png")).unwrap();
