@@ -363,16 +363,25 @@ const sentence = (message) => {
 const MAX_CHIPS = 12; // the most common values; a long tail of chips would bury the results
 const PRICE_DELAY_MS = 400; // a price is searched once the shopper pauses typing
 
+// The two price fields: their input, the filter's bound, and the end of the catalog's range they show.
+const PRICE_FIELDS = [
+  { input: ".min-price", bound: "min_price", end: "min" },
+  { input: ".max-price", bound: "max_price", end: "max" },
+];
+
+/** A price bound from a field or a filter: a number, or undefined (no bound) for "" and anything invalid. */
+const parsePrice = (value) =>
+  value == null || value === "" || !Number.isFinite(Number(value)) ? undefined : Number(value);
+
 /** A filter in the widget's hands: sets for the chips, numbers or undefined for the prices. */
 function toFilterState(filter = {}) {
-  const price = (value) => (value == null || value === "" || !Number.isFinite(Number(value)) ? undefined : +value);
   const values = (list) => new Set(Array.isArray(list) ? list.map(String) : []);
   return {
     categories: values(filter.categories),
     colours: values(filter.colours),
     brands: values(filter.brands),
-    min_price: price(filter.min_price),
-    max_price: price(filter.max_price),
+    min_price: parsePrice(filter.min_price),
+    max_price: parsePrice(filter.max_price),
     in_stock: Boolean(filter.in_stock),
   };
 }
@@ -758,16 +767,13 @@ class OtLens extends HTMLElement {
       this.#filter.in_stock = event.target.checked;
       this.#searchAgain();
     });
-    for (const [selector, bound] of [
-      [".min-price", "min_price"],
-      [".max-price", "max_price"],
-    ]) {
-      const input = this.#$(selector);
+    for (const field of PRICE_FIELDS) {
+      const input = this.#$(field.input);
       input.addEventListener("input", () => {
         clearTimeout(this.#priceTimer);
         this.#priceTimer = setTimeout(() => {
           // An unfinished or invalid number reads as "" and sets no bound.
-          this.#filter[bound] = toFilterState({ [bound]: input.value })[bound];
+          this.#filter[field.bound] = parsePrice(input.value);
           this.#searchAgain();
         }, PRICE_DELAY_MS);
       });
@@ -828,13 +834,10 @@ class OtLens extends HTMLElement {
     this.#$(".min-label").textContent = text.minPrice;
     this.#$(".max-label").textContent = text.maxPrice;
     const number = new Intl.NumberFormat(this.#locale());
-    for (const [selector, bound, placeholder] of [
-      [".min-price", "min_price", range?.min],
-      [".max-price", "max_price", range?.max],
-    ]) {
-      const input = this.#$(selector);
-      input.placeholder = placeholder === undefined ? "" : number.format(placeholder);
-      input.value = this.#filter[bound] ?? "";
+    for (const field of PRICE_FIELDS) {
+      const input = this.#$(field.input);
+      input.placeholder = range ? number.format(range[field.end]) : "";
+      input.value = this.#filter[field.bound] ?? "";
     }
     const stock = this.#$(".stock");
     stock.hidden = !facets.sold_out;
