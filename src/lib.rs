@@ -6,7 +6,8 @@
 //! - [`catalog`]: product metadata shared by the index and the widget.
 //! - [`index`]: the versioned binary catalog index and top-k search.
 //! - `web` (wasm only): the wasm-bindgen API used by the widget's worker.
-//! - `import`, `cli` (native only): the companion binary's model importer and commands.
+//! - `import`, `train`, `cli` (native only): the companion binary's model importer, training
+//!   and evaluation, and commands.
 
 pub mod catalog;
 pub mod error;
@@ -18,6 +19,8 @@ pub mod preprocess;
 pub mod cli;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod import;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

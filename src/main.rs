@@ -20,6 +20,10 @@ enum Command {
     BuildIndex(cli::build_index::Args),
     /// Build a demo catalog from a public dataset.
     Demo(cli::demo::Args),
+    /// Train a retrieval head on photos of products and write it into the model.
+    Train(cli::train::Args),
+    /// Recall@K and mAP@R of models on a query/gallery split, as a Markdown report.
+    Eval(cli::eval::Args),
     /// Serve a folder over HTTP on 127.0.0.1 (for the demo and the tests).
     Serve(cli::serve::Args),
 }
@@ -41,6 +45,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(args) => cli::embed::run(args),
         Command::BuildIndex(args) => cli::build_index::run(args),
         Command::Demo(args) => cli::demo::run(args),
+        Command::Train(args) => cli::train::run(args),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Serve(args) => cli::serve::run(args),
     }
 }

@@ -253,7 +253,15 @@ pub fn to_tensor(image: &RgbImage, spec: &InputSpec) -> Vec<f32> {
     let (width, height) = image.dimensions();
     let side = width.min(height);
     let square = image::imageops::crop_imm(image, (width - side) / 2, (height - side) / 2, side, side).to_image();
-    let resized = image::imageops::resize(&square, spec.size, spec.size, FilterType::Triangle);
+    normalise(
+        &image::imageops::resize(&square, spec.size, spec.size, FilterType::Triangle),
+        spec,
+    )
+}
+
+/// A photo already `spec.size` pixels square as a normalised NCHW tensor (1x3xSxS).
+pub fn normalise(resized: &RgbImage, spec: &InputSpec) -> Vec<f32> {
+    debug_assert_eq!(resized.dimensions(), (spec.size, spec.size));
     let plane = (spec.size * spec.size) as usize;
     let mut tensor = vec![0f32; 3 * plane];
     for (i, pixel) in resized.pixels().enumerate() {

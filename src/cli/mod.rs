@@ -3,5 +3,7 @@
 pub mod build_index;
 pub mod demo;
 pub mod embed;
+pub mod eval;
 pub mod import;
 pub mod serve;
+pub mod train;

@@ -8,6 +8,7 @@
 mod checkpoint;
 mod efficientnet;
 mod graph;
+pub mod head;
 mod pickle;
 mod quantize;
 mod resnet;
@@ -123,6 +124,11 @@ pub fn build_fp32(
     let input_json = serde_json::to_string(spec).map_err(|e| ImportError::Calibration(e.to_string()))?;
     let metadata = [(META_ARCH, arch.name().to_owned()), (META_INPUT, input_json)];
     Ok(graph.finish(size, &outputs, &metadata))
+}
+
+/// An ONNX model file's bytes as its protobuf.
+pub fn decode(bytes: &[u8]) -> Result<ModelProto, ImportError> {
+    ModelProto::decode(bytes).map_err(|e| ImportError::Corrupt(format!("not an ONNX model: {e}")))
 }
 
 /// The bytes of an ONNX model file.

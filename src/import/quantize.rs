@@ -178,7 +178,7 @@ fn activation_qdq(
 
 /// Per-output-channel symmetric int8 weights (scale = max |w| / 127, zero point 0) and the
 /// DequantizeLinear that restores them. Returns the node and its output name.
-fn weight_qdq(weight: &TensorProto, initializers: &mut Vec<TensorProto>) -> (NodeProto, String) {
+pub(super) fn weight_qdq(weight: &TensorProto, initializers: &mut Vec<TensorProto>) -> (NodeProto, String) {
     let values = f32_values(weight);
     let dims: Vec<usize> = weight.dims.iter().map(|&d| d as usize).collect();
     let channels = dims[0];

@@ -1,0 +1,186 @@
+//! Trained heads written back into an imported model, so the widget, the index builder and
+//! the WebGPU path keep running one ONNX file.
+//!
+//! [`feature_model`] cuts an imported model at its global pooling and pools the last
+//! feature map with GeM (p = 3) instead: the unnormalised "features" output the head is
+//! trained on. [`with_head`] appends the trained projection (int8 weights, per output
+//! channel) and the L2 normalisation as the new "embedding".
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use tract_onnx::pb::{ModelProto, NodeProto, StringStringEntryProto};
+
+use super::graph::{f32_tensor, int, node, value_info, EMBEDDING};
+use super::quantize::weight_qdq;
+use super::ImportError;
+
+/// Name of the pooled, unnormalised output of [`feature_model`].
+pub const FEATURES: &str = "features";
+/// ONNX metadata key describing the trained head, as [`HeadInfo`] JSON.
+pub const META_HEAD: &str = "otlens.head";
+/// GeM exponent: between average (1) and max pooling; 3 is the usual choice for retrieval.
+pub const GEM_P: f32 = 3.0;
+
+/// A linear projection: `weight` is `dims` rows of `channels` values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Head {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub dims: usize,
+    pub channels: usize,
+}
+
+/// What the `otlens.head` metadata records about a trained model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    pub pooling: String,
+    pub dims: usize,
+    /// sha256 of the imported model the head was trained on.
+    pub base_model: String,
+    /// What it was trained on, as `otlens train` saw it (e.g. the split's file name and size).
+    pub trained_on: String,
+}
+
+fn unsupported(why: &str) -> ImportError {
+    ImportError::Unsupported(why.into())
+}
+
+/// The imported `model` cut at its GlobalAveragePool, with GeM pooling giving [`FEATURES`]
+/// (1 x channels, not normalised). Returns the model and the channel count.
+pub fn feature_model(model: &ModelProto) -> Result<(ModelProto, usize), ImportError> {
+    if model.metadata_props.iter().any(|p| p.key == META_HEAD) {
+        return Err(unsupported(
+            "the model already has a trained head; train from the model `otlens import` wrote",
+        ));
+    }
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| unsupported("the ONNX file has no graph"))?;
+    let pool = graph
+        .node
+        .iter()
+        .position(|n| n.op_type == "GlobalAveragePool")
+        .ok_or_else(|| unsupported("the model has no GlobalAveragePool to put a head after"))?;
+    let feature_map = graph.node[pool].input[0].clone();
+    let channels = output_width(model, EMBEDDING)?;
+    let mut nodes: Vec<NodeProto> = graph.node[..pool].to_vec();
+    let mut initializers = vec![
+        f32_tensor("gem.eps", &[], &[1e-6]),
+        f32_tensor("gem.p", &[], &[GEM_P]),
+        f32_tensor("gem.inv_p", &[], &[1.0 / GEM_P]),
+    ];
+    // Max(x, eps) keeps the cube root defined; the map is already >= 0 after ReLU6.
+    nodes.push(node(
+        "Max",
+        "gem.clamp",
+        &[&feature_map, "gem.eps"],
+        &["gem.clamp"],
+        vec![],
+    ));
+    nodes.push(node("Pow", "gem.pow", &["gem.clamp", "gem.p"], &["gem.pow"], vec![]));
+    nodes.push(node(
+        "GlobalAveragePool",
+        "gem.mean",
+        &["gem.pow"],
+        &["gem.mean"],
+        vec![],
+    ));
+    nodes.push(node(
+        "Pow",
+        "gem.root",
+        &["gem.mean", "gem.inv_p"],
+        &["gem.root"],
+        vec![],
+    ));
+    nodes.push(node(
+        "Flatten",
+        FEATURES,
+        &["gem.root"],
+        &[FEATURES],
+        vec![int("axis", 1)],
+    ));
+    let used: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    initializers.extend(
+        graph
+            .initializer
+            .iter()
+            .filter(|t| used.contains(t.name.as_str()))
+            .cloned(),
+    );
+    let mut cut = model.clone();
+    let out = cut.graph.as_mut().expect("checked above");
+    out.node = nodes;
+    out.initializer = initializers;
+    out.output = vec![value_info(FEATURES, Some(&[1, channels]))];
+    Ok((cut, channels))
+}
+
+/// [`feature_model`] of `model` followed by `head` (int8 weights) and L2 normalisation: the
+/// model `otlens train` writes. Its "embedding" is `head.dims` wide.
+pub fn with_head(model: &ModelProto, head: &Head, info: &HeadInfo) -> Result<ModelProto, ImportError> {
+    let (mut trained, channels) = feature_model(model)?;
+    if channels != head.channels || head.weight.len() != head.dims * channels || head.bias.len() != head.dims {
+        return Err(unsupported(&format!(
+            "the head takes {} features and gives {} dims, the model has {channels} features",
+            head.channels, head.dims
+        )));
+    }
+    let graph = trained.graph.as_mut().expect("feature_model returns a graph");
+    let weight = f32_tensor("head.weight", &[head.dims, channels], &head.weight);
+    let (dequantise, weight_name) = weight_qdq(&weight, &mut graph.initializer);
+    graph
+        .initializer
+        .push(f32_tensor("head.bias", &[head.dims], &head.bias));
+    graph.node.push(dequantise);
+    graph.node.push(node(
+        "Gemm",
+        "head",
+        &[FEATURES, &weight_name, "head.bias"],
+        &["head"],
+        vec![int("transB", 1)],
+    ));
+    graph.node.push(node(
+        "LpNormalization",
+        EMBEDDING,
+        &["head"],
+        &[EMBEDDING],
+        vec![int("axis", 1), int("p", 2)],
+    ));
+    graph.output = vec![value_info(EMBEDDING, Some(&[1, head.dims]))];
+    let json = serde_json::to_string(info).map_err(|e| unsupported(&e.to_string()))?;
+    trained.metadata_props.push(StringStringEntryProto {
+        key: META_HEAD.into(),
+        value: json,
+    });
+    trained.producer_name = "otlens train".into();
+    Ok(trained)
+}
+
+fn output_width(model: &ModelProto, name: &str) -> Result<usize, ImportError> {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| unsupported("the ONNX file has no graph"))?;
+    let output = graph
+        .output
+        .iter()
+        .find(|o| o.name == name)
+        .ok_or_else(|| unsupported(&format!("the model has no {name:?} output")))?;
+    let width = match output.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(tensor)) => {
+            tensor
+                .shape
+                .as_ref()
+                .and_then(|s| s.dim.last())
+                .and_then(|d| match d.value {
+                    Some(Value::DimValue(v)) => usize::try_from(v).ok(),
+                    _ => None,
+                })
+        }
+        _ => None,
+    };
+    width.ok_or_else(|| unsupported(&format!("the {name:?} output has no fixed width")))
+}

@@ -1,0 +1,99 @@
+//! Model outputs for every photo of a dataset, one "view" at a time, cached on disk.
+//!
+//! View 0 is the photo as the widget prepares it; views 1.. are augmented
+//! ([`super::augment`]). The backbone is frozen, so a view's features are computed once:
+//! the cache file is named by the model's and the split's sha256 and the view number.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use super::augment::{augmented_view, view_rng};
+use super::dataset::Dataset;
+use crate::model::Embedder;
+use crate::preprocess::{decode, to_tensor, DecodeLimits};
+
+/// Rows of `dims` values, one per photo of the dataset, in its order.
+pub struct Features {
+    pub values: Vec<f32>,
+    pub dims: usize,
+}
+
+impl Features {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dims..(i + 1) * self.dims]
+    }
+
+    /// The rows at `positions`, in that order.
+    pub fn select(&self, positions: &[usize]) -> Features {
+        Features {
+            values: positions.iter().flat_map(|&i| self.row(i).iter().copied()).collect(),
+            dims: self.dims,
+        }
+    }
+}
+
+fn cache_path(cache: &Path, embedder: &Embedder, dataset: &Dataset, view: u32) -> PathBuf {
+    let model = &embedder.info().sha256[..16];
+    cache.join(format!("{model}-{}-view{view}.f32", &dataset.sha256[..16]))
+}
+
+/// The first output of `embedder` for view `view` of every photo in `dataset`, from `cache`
+/// when it is there.
+pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, what: &str) -> Result<Features> {
+    let dims = embedder.info().dims;
+    let path = cache_path(cache, embedder, dataset, view);
+    let expected_len = (dataset.photos.len() * dims * 4) as u64;
+    if fs::metadata(&path).is_ok_and(|m| m.len() == expected_len) {
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let values = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        return Ok(Features { values, dims });
+    }
+    let progress = ProgressBar::new(dataset.photos.len() as u64).with_style(
+        ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
+            .expect("the template is valid"),
+    );
+    progress.set_prefix(format!("{what}, view {view}"));
+    let spec = &embedder.info().input;
+    let limits = DecodeLimits::default();
+    let rows: Vec<Result<Vec<f32>>> = dataset
+        .photos
+        .par_iter()
+        .enumerate()
+        .map(|(i, photo)| {
+            let bytes = fs::read(&photo.path).with_context(|| format!("cannot read {}", photo.path.display()))?;
+            let image = decode(&bytes, &limits).with_context(|| format!("{}", photo.path.display()))?;
+            let input = if view == 0 {
+                to_tensor(&image, spec)
+            } else {
+                augmented_view(&image, spec, &mut view_rng(i, view))
+            };
+            let row = embedder
+                .embed_tensor(input)
+                .with_context(|| format!("{}", photo.path.display()))?;
+            progress.inc(1);
+            Ok(row)
+        })
+        .collect();
+    progress.finish_and_clear();
+    let mut values = Vec::with_capacity(dataset.photos.len() * dims);
+    for row in rows {
+        let row = row?;
+        if row.len() != dims {
+            bail!("the model gave {} values, expected {dims}", row.len());
+        }
+        values.extend(row);
+    }
+    fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let partial = path.with_extension("partial");
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    fs::write(&partial, bytes).with_context(|| format!("cannot write {}", partial.display()))?;
+    fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Features { values, dims })
+}

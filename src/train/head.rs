@@ -1,0 +1,253 @@
+//! The trained head: a linear projection of frozen backbone features to a small,
+//! L2-normalised embedding, learned with the Proxy-Anchor loss (Kim et al., CVPR 2020).
+//!
+//! Proxy-Anchor gives every product a learned proxy vector and pulls each photo towards its
+//! product's proxy and away from the others, weighting hard examples most; it converges
+//! in few epochs and needs no pair mining, which suits features computed once.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{encoding::one_hot, AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::features::Features;
+use crate::import::head::Head;
+
+/// How the head is trained; `Default` gives the documented values.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Embedding width (default 256).
+    pub dims: usize,
+    /// Most epochs to run (default 60).
+    pub epochs: usize,
+    /// Stop after this many epochs without a better held-out Recall@1 (default 8).
+    pub patience: usize,
+    /// Photos per step (default 256).
+    pub batch: usize,
+    /// AdamW learning rate of the projection (default 1e-3); the proxies learn 10x faster.
+    pub learning_rate: f64,
+    /// Proxy-Anchor scale and margin (defaults 32 and 0.1, as in the paper).
+    pub alpha: f64,
+    pub delta: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dims: 256,
+            epochs: 60,
+            patience: 8,
+            batch: 256,
+            learning_rate: 1e-3,
+            alpha: 32.0,
+            delta: 0.1,
+            seed: 1,
+        }
+    }
+}
+
+/// Training examples: each view's features (same photos, same order) and each photo's class.
+pub struct TrainData<'a> {
+    pub views: &'a [Features],
+    pub labels: &'a [u32],
+    pub classes: usize,
+}
+
+/// One epoch's figures, for the training curves.
+#[derive(Clone, Debug)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub loss: f64,
+    pub holdout_recall_at_1: f64,
+}
+
+pub struct Trained {
+    /// The weights of the best epoch.
+    pub head: Head,
+    pub best_epoch: usize,
+    pub log: Vec<EpochLog>,
+    /// Every trainable tensor of the best epoch (projection and proxies), for a checkpoint.
+    pub varmap: VarMap,
+}
+
+/// The projection being trained, and what it embeds.
+pub struct HeadModel {
+    linear: Linear,
+    device: Device,
+}
+
+impl HeadModel {
+    /// The projection of trained weights, to embed with candle what the ONNX model embeds with tract.
+    pub fn from_head(head: &Head) -> Result<HeadModel> {
+        let device = Device::Cpu;
+        let weight = Tensor::from_slice(&head.weight, (head.dims, head.channels), &device)?;
+        let bias = Tensor::from_slice(&head.bias, head.dims, &device)?;
+        Ok(HeadModel {
+            linear: Linear::new(weight, Some(bias)),
+            device,
+        })
+    }
+
+    /// L2-normalised embeddings of `features`' rows.
+    pub fn embed(&self, features: &Features) -> Result<Features> {
+        let rows = features.values.len() / features.dims;
+        let input = Tensor::from_slice(&features.values, (rows, features.dims), &self.device)?;
+        let output = l2_normalise(&self.linear.forward(&input)?)?;
+        let dims = output.dim(1)?;
+        Ok(Features {
+            values: output.flatten_all()?.to_vec1()?,
+            dims,
+        })
+    }
+
+    fn to_head(&self) -> Result<Head> {
+        let weight = self.linear.weight();
+        let (dims, channels) = weight.dims2()?;
+        let bias = self.linear.bias().context("the projection has a bias")?;
+        Ok(Head {
+            weight: weight.flatten_all()?.to_vec1()?,
+            bias: bias.to_vec1()?,
+            dims,
+            channels,
+        })
+    }
+}
+
+fn l2_normalise(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?)
+}
+
+/// Proxy-Anchor loss of a batch: `embeddings` (B x D, any norm), `proxies` (C x D),
+/// `labels` (B, u32 class indices).
+pub fn proxy_anchor_loss(
+    embeddings: &Tensor,
+    proxies: &Tensor,
+    labels: &Tensor,
+    alpha: f64,
+    delta: f64,
+) -> candle_core::Result<Tensor> {
+    let classes = proxies.dim(0)?;
+    let cosine = l2_normalise(embeddings)?.matmul(&l2_normalise(proxies)?.t()?)?;
+    let positive = one_hot(labels.clone(), classes, 1f32, 0f32)?;
+    let negative = positive.affine(-1.0, 1.0)?;
+    // exp(-alpha (s - delta)) over each proxy's positives, exp(alpha (s + delta)) over its negatives.
+    let pulled = (cosine.affine(-alpha, alpha * delta)?.exp()? * &positive)?;
+    let pushed = (cosine.affine(alpha, alpha * delta)?.exp()? * &negative)?;
+    let with_positives = positive.max(0)?.sum_all()?.maximum(1f32)?;
+    let pull = (pulled.sum(0)? + 1.0)?
+        .log()?
+        .sum_all()?
+        .broadcast_div(&with_positives)?;
+    let push = ((pushed.sum(0)? + 1.0)?.log()?.sum_all()? / classes as f64)?;
+    pull + push
+}
+
+/// Trains a head on `data`; after each epoch `holdout` scores the projection (higher is
+/// better) and the best epoch's weights are kept. Stops early after `patience` epochs
+/// without improvement.
+pub fn train(
+    data: &TrainData,
+    config: &TrainConfig,
+    mut holdout: impl FnMut(&HeadModel) -> Result<f64>,
+) -> Result<Trained> {
+    let device = Device::Cpu;
+    let channels = data.views.first().context("no training features")?.dims;
+    let varmap = VarMap::new();
+    let builder = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let linear = candle_nn::linear(channels, config.dims, builder.pp("head"))?;
+    let proxies = builder.get_with_hints(
+        (data.classes, config.dims),
+        "proxies",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let model = HeadModel { linear, device };
+    let proxy_var = find_var(&varmap, "proxies")?;
+    let projection_vars: Vec<Var> = ["head.weight", "head.bias"]
+        .iter()
+        .map(|name| find_var(&varmap, name))
+        .collect::<Result<_>>()?;
+    let params = |lr| ParamsAdamW {
+        lr,
+        weight_decay: 1e-4,
+        ..Default::default()
+    };
+    let mut projection_opt = AdamW::new(projection_vars, params(config.learning_rate))?;
+    let mut proxy_opt = AdamW::new(vec![proxy_var], params(config.learning_rate * 10.0))?;
+
+    let photos = data.labels.len();
+    let mut samples: Vec<(usize, usize)> = (0..data.views.len())
+        .flat_map(|view| (0..photos).map(move |photo| (view, photo)))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let progress = ProgressBar::new(config.epochs as u64).with_style(
+        ProgressStyle::with_template("training {bar:30} epoch {pos}/{len} {msg}").expect("the template is valid"),
+    );
+    let mut log = Vec::new();
+    let mut best: Option<(f64, usize, Head, VarMap)> = None;
+    for epoch in 1..=config.epochs {
+        samples.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        let mut steps = 0;
+        for batch in samples.chunks(config.batch) {
+            let mut inputs = Vec::with_capacity(batch.len() * channels);
+            let mut labels = Vec::with_capacity(batch.len());
+            for &(view, photo) in batch {
+                inputs.extend_from_slice(data.views[view].row(photo));
+                labels.push(data.labels[photo]);
+            }
+            let inputs = Tensor::from_vec(inputs, (batch.len(), channels), &model.device)?;
+            let labels = Tensor::from_vec(labels, batch.len(), &model.device)?;
+            let embeddings = model.linear.forward(&inputs)?;
+            let loss = proxy_anchor_loss(&embeddings, &proxies, &labels, config.alpha, config.delta)?;
+            let grads = loss.backward()?;
+            projection_opt.step(&grads)?;
+            proxy_opt.step(&grads)?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            steps += 1;
+        }
+        let recall = holdout(&model)?;
+        let loss = loss_sum / f64::from(steps.max(1));
+        log.push(EpochLog {
+            epoch,
+            loss,
+            holdout_recall_at_1: recall,
+        });
+        progress.set_message(format!("loss {loss:.3}, held-out Recall@1 {recall:.3}"));
+        progress.inc(1);
+        if best.as_ref().is_none_or(|(r, ..)| recall > *r) {
+            best = Some((recall, epoch, model.to_head()?, snapshot(&varmap)?));
+        } else if best.as_ref().is_some_and(|(_, e, ..)| epoch - e >= config.patience) {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    let (_, best_epoch, head, varmap) = best.context("no epoch ran")?;
+    Ok(Trained {
+        head,
+        best_epoch,
+        log,
+        varmap,
+    })
+}
+
+fn find_var(varmap: &VarMap, name: &str) -> Result<Var> {
+    let data = varmap.data().lock().expect("no other thread holds the varmap");
+    data.get(name).cloned().with_context(|| format!("no variable {name}"))
+}
+
+/// A copy of every variable's current value.
+fn snapshot(varmap: &VarMap) -> Result<VarMap> {
+    let copy = VarMap::new();
+    {
+        let source = varmap.data().lock().expect("no other thread holds the varmap");
+        let mut target = copy.data().lock().expect("just made");
+        for (name, var) in source.iter() {
+            target.insert(name.clone(), Var::from_tensor(&var.as_tensor().copy()?)?);
+        }
+    }
+    Ok(copy)
+}

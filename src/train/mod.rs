@@ -1,0 +1,13 @@
+//! Offline training and evaluation of retrieval models (native only).
+//!
+//! photos + product ids ([`dataset`]) -> frozen-backbone features per augmented view,
+//! cached ([`features`], [`augment`]) -> a projection head trained with a metric-learning
+//! loss ([`head`]) -> written back into the ONNX model (`import::head`) ->
+//! Recall@K and mAP@R ([`metrics`]) with curves ([`plot`]).
+
+pub mod augment;
+pub mod dataset;
+pub mod features;
+pub mod head;
+pub mod metrics;
+pub mod plot;

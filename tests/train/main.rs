@@ -1,0 +1,198 @@
+//! Training and evaluation: metrics on a hand-made ranking, a loss that learns, and a head
+//! that embeds the same in the ONNX model (tract) as in the training library (candle).
+
+use std::path::Path;
+
+use otlens::import::head::{feature_model, with_head, Head, HeadInfo};
+use otlens::import::{decode, encode};
+use otlens::model::{cosine, Embedder};
+use otlens::preprocess::to_tensor;
+use otlens::train::dataset::Dataset;
+use otlens::train::features::Features;
+use otlens::train::head::{proxy_anchor_loss, train, HeadModel, TrainConfig, TrainData};
+use otlens::train::metrics::{evaluate, score_queries, Labelled};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/efficientnet-lite0-int8-weights.onnx"
+);
+
+#[test]
+fn metrics_match_a_ranking_worked_out_by_hand() {
+    // Gallery: A at (1,0) and (-1,0); B at (0,1) and (0.8,0.6).
+    let gallery = [1.0, 0.0, 0.0, 1.0, 0.8, 0.6, -1.0, 0.0];
+    let gallery_labels = [0, 1, 1, 0];
+    // Query 0 (A) ranks A, B, B, A; query 1 (A) ranks B, B, A, A; query 2 (B) ranks B, B, A, A
+    // (the tie at 0 goes to the lower position); query 3's product (C) is not in the gallery.
+    let queries = [1.0, 0.0, 0.6, 0.8, 0.0, 1.0, 0.0, -1.0];
+    let query_labels = [0, 0, 1, 2];
+    let queries = Labelled {
+        vectors: &queries,
+        dims: 2,
+        labels: &query_labels,
+    };
+    let gallery = Labelled {
+        vectors: &gallery,
+        dims: 2,
+        labels: &gallery_labels,
+    };
+    let first_hits: Vec<_> = score_queries(&queries, &gallery).iter().map(|s| s.first_hit).collect();
+    assert_eq!(first_hits, [Some(1), Some(3), Some(1), None]);
+    let figures = evaluate(&queries, &gallery, &[1, 2, 3]);
+    assert_eq!(figures.recall, [(1, 0.5), (2, 0.5), (3, 0.75)]);
+    // AP@R (R = 2): query 0 hits at 1 of 2 -> 1/2; query 1 none in its first 2; query 2 both -> 1.
+    assert!((figures.map_at_r - (0.5 + 0.0 + 1.0 + 0.0) / 4.0).abs() < 1e-12);
+    assert_eq!((figures.queries, figures.gallery), (4, 4));
+}
+
+/// `classes` clusters in `dims` dimensions, `per_class` noisy photos each, in two views.
+fn clustered(rng: &mut StdRng, classes: usize, per_class: usize, dims: usize) -> (Vec<Features>, Vec<u32>) {
+    let centres: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let labels: Vec<u32> = (0..classes * per_class).map(|i| (i / per_class) as u32).collect();
+    let view = |rng: &mut StdRng| Features {
+        values: labels
+            .iter()
+            .flat_map(|&l| {
+                centres[l as usize]
+                    .iter()
+                    .map(|c| c + rng.random_range(-0.9..0.9))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        dims,
+    };
+    let views = vec![view(rng), view(rng)];
+    (views, labels)
+}
+
+#[test]
+fn proxy_anchor_training_lowers_the_loss_and_separates_products() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (views, labels) = clustered(&mut rng, 12, 20, 32);
+    let data = TrainData {
+        views: &views,
+        labels: &labels,
+        classes: 12,
+    };
+    let config = TrainConfig {
+        dims: 16,
+        epochs: 40,
+        patience: 40,
+        batch: 64,
+        learning_rate: 1e-2,
+        ..TrainConfig::default()
+    };
+    let trained = train(&data, &config, |model| {
+        let embedded = model.embed(&views[0])?;
+        let set = Labelled {
+            vectors: &embedded.values,
+            dims: embedded.dims,
+            labels: &labels,
+        };
+        Ok(evaluate(&set, &set, &[2]).recall[0].1)
+    })
+    .unwrap();
+    let first = trained.log.first().unwrap().loss;
+    let last = trained.log.last().unwrap().loss;
+    assert!(last < first / 3.0, "loss {first} -> {last}");
+    // Recall@2 on the training set itself (rank 1 is the photo): its nearest other photo is of its product.
+    let best = trained.log[trained.best_epoch - 1].holdout_recall_at_1;
+    assert!(best > 0.95, "recall {best}");
+    assert_eq!((trained.head.dims, trained.head.channels), (16, 32));
+}
+
+#[test]
+fn proxy_anchor_loss_is_small_when_photos_sit_on_their_proxies() {
+    use candle_core::{Device, Tensor};
+    let proxies = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+    let labels = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+    let loss = |embeddings: &[[f32; 2]; 2]| {
+        let embeddings = Tensor::new(embeddings, &Device::Cpu).unwrap();
+        proxy_anchor_loss(&embeddings, &proxies, &labels, 32.0, 0.1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let right = loss(&[[2.0, 0.0], [0.0, 0.5]]);
+    let swapped = loss(&[[0.0, 1.0], [1.0, 0.0]]);
+    // On the proxy: pull log(1 + e^(-32 * 0.9)) ~ 0, push log(1 + e^(32 * 0.1)) = 3.24 per proxy / 2.
+    assert!((right - (1.0 + 3.2f32.exp()).ln()).abs() < 1e-3, "{right}");
+    assert!(swapped > 30.0, "{swapped}");
+}
+
+fn gradient_photo() -> image::RgbImage {
+    image::RgbImage::from_fn(300, 260, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 200) as u8])
+    })
+}
+
+#[test]
+fn a_head_written_into_onnx_embeds_in_tract_as_in_candle() {
+    let base = decode(&std::fs::read(MODEL).unwrap()).unwrap();
+    let (features_proto, channels) = feature_model(&base).unwrap();
+    assert_eq!(channels, 1280);
+    let mut rng = StdRng::seed_from_u64(3);
+    let dims = 64;
+    let head = Head {
+        weight: (0..dims * channels).map(|_| rng.random_range(-0.05..0.05)).collect(),
+        bias: (0..dims).map(|_| rng.random_range(-0.1..0.1)).collect(),
+        dims,
+        channels,
+    };
+    let info = HeadInfo {
+        pooling: "gem-3".into(),
+        dims,
+        base_model: "test".into(),
+        trained_on: "random weights".into(),
+    };
+    let trained_proto = with_head(&base, &head, &info).unwrap();
+    let extractor = Embedder::from_bytes(&encode(&features_proto)).unwrap();
+    let trained = Embedder::from_bytes(&encode(&trained_proto)).unwrap();
+    assert_eq!(trained.info().dims, dims);
+    assert_eq!(trained.info().input, extractor.info().input);
+
+    let input = to_tensor(&gradient_photo(), &trained.info().input);
+    let features = extractor.embed_tensor(input.clone()).unwrap();
+    assert!(
+        features.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "GeM of ReLU6 maps is >= 0"
+    );
+    let in_candle = HeadModel::from_head(&head)
+        .unwrap()
+        .embed(&Features {
+            values: features,
+            dims: channels,
+        })
+        .unwrap();
+    let in_tract = trained.embed_tensor(input).unwrap();
+    let similarity = cosine(&in_candle.values, &in_tract);
+    // The ONNX head has int8 weights (per output channel); candle's are f32.
+    assert!(similarity > 0.999, "cosine {similarity}");
+    let norm: f32 = in_tract.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+
+    let error = feature_model(&trained_proto).unwrap_err().to_string();
+    assert!(error.contains("already has a trained head"), "{error}");
+}
+
+#[test]
+fn a_split_with_a_bad_role_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("split.csv");
+    std::fs::write(&csv, "path,item_id,role\na.jpg,1,query\nb.jpg,1,probe\n").unwrap();
+    let error = Dataset::read(&csv).err().unwrap().to_string();
+    assert!(error.contains("line 3") && error.contains("probe"), "{error}");
+    std::fs::write(
+        &csv,
+        "path,item_id,role,category\na.jpg,x,query,Dresses\nb.jpg,y,,\nc.jpg,x,gallery,\n",
+    )
+    .unwrap();
+    let dataset = Dataset::read(&csv).unwrap();
+    assert_eq!(dataset.items, ["x", "y"]);
+    assert_eq!(dataset.photos[2].item, 0);
+    assert_eq!(dataset.photos[0].path, Path::new(dir.path()).join("a.jpg"));
+}
