@@ -15,7 +15,7 @@ use super::eval::evaluate_split;
 use crate::import::head::{feature_model, with_head, HeadInfo};
 use crate::import::{decode, encode};
 use crate::model::Embedder;
-use crate::train::dataset::Dataset;
+use crate::train::dataset::{Dataset, Role};
 use crate::train::features::{extract, Features};
 use crate::train::head::{train, TrainConfig, TrainData};
 use crate::train::plot::training_curves;
@@ -81,11 +81,29 @@ pub fn run(args: Args) -> Result<()> {
             class_of[item]
         })
         .collect();
-    let holdout = Dataset {
+    let mut holdout = Dataset {
         photos: holdout_photos.iter().map(|&i| dataset.photos[i].clone()).collect(),
         items: dataset.items.clone(),
         sha256: String::new(),
     };
+    if holdout.with_role(Role::Query).is_empty() {
+        // No roles in the CSV: each held-out product's photos alternate gallery, query, as In-shop's do.
+        let mut seen = vec![0usize; dataset.items.len()];
+        for photo in &mut holdout.photos {
+            seen[photo.item as usize] += 1;
+            photo.role = if seen[photo.item as usize] % 2 == 0 {
+                Role::Query
+            } else {
+                Role::Gallery
+            };
+        }
+    }
+    if holdout.with_role(Role::Query).is_empty() {
+        bail!(
+            "no held-out product has two photos; every {}th product is held out to choose the best epoch",
+            args.holdout_every
+        );
+    }
     println!(
         "{}: {} photos of {} products for training, {} photos held out",
         args.train.display(),
