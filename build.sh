@@ -2,7 +2,8 @@
 # otlens build entry point. On a fresh Debian machine:
 #   ./build.sh serve   install what is missing, build, build the demo catalog, serve it on 127.0.0.1
 #   ./build.sh test    install what is missing, build once, run every test
-# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench, fuzz [photo|index] [SECONDS].
+# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench, fuzz [photo|index] [SECONDS],
+#   retrieval [INSHOP_DIR] (train on DeepFashion In-shop, report Recall@K on its val split).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -176,6 +177,22 @@ fuzz() {
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}"
 }
 
+# retrieval [DIR]: trains a head on DeepFashion In-shop's train.csv (DIR, default ../shared/data/inshop)
+# and reports the untrained and trained models on val.csv. The data may not be shipped, so the
+# trained model and the report stay in target/retrieval/.
+retrieval() {
+  local data=${1:-../shared/data/inshop} out=target/retrieval
+  if [ ! -f "$data/train.csv" ] || [ ! -f "$data/val.csv" ]; then
+    log "skipped: no DeepFashion In-shop split at $data (train.csv and val.csv; see README, Training)"
+    return 0
+  fi
+  log "building the companion binary"
+  cargo build --release --locked
+  mkdir -p "$out"
+  "$OTLENS" train --model "$MODEL" --train "$data/train.csv" --out "$out/inshop.onnx"
+  "$OTLENS" eval --model "$MODEL" --model "$out/inshop.onnx" --split "$data/val.csv" --report "$out/report.md"
+}
+
 command=${1:-help}
 shift || true
 case "$command" in
@@ -186,5 +203,6 @@ case "$command" in
   test) test_all ;;
   bench) bench ;;
   fuzz) fuzz "$@" ;;
+  retrieval) retrieval "$@" ;;
   *) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; [ "$command" = help ] ;;
 esac
