@@ -42,8 +42,9 @@ pub struct HeadInfo {
     pub trained_on: String,
 }
 
+/// A model the head cannot go on: an ONNX file, so not a checkpoint error.
 fn unsupported(why: &str) -> ImportError {
-    ImportError::Unsupported(why.into())
+    ImportError::Model(crate::Error::Model(why.into()))
 }
 
 /// The imported `model` cut at its GlobalAveragePool, with GeM pooling giving [`FEATURES`]
