@@ -16,7 +16,7 @@ use crate::import::head::{feature_model, with_head, HeadInfo};
 use crate::import::{decode, encode};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
-use crate::train::features::{extract, Features};
+use crate::train::features::extract;
 use crate::train::head::{train, TrainConfig, TrainData};
 use crate::train::plot::training_curves;
 
@@ -112,13 +112,16 @@ pub fn run(args: Args) -> Result<()> {
         holdout.photos.len()
     );
 
-    let mut views = Vec::new();
-    for view in 0..args.views {
-        views.push(extract(&extractor, &dataset, view, &args.cache, "features")?);
+    // Each view is split as soon as it is read, so only one whole view is in memory at a time.
+    // View 0 (the photo as the widget sees it) also scores the held-out products.
+    let clean = extract(&extractor, &dataset, 0, &args.cache, "features")?;
+    let holdout_features = clean.select(&holdout_photos);
+    let mut train_views = vec![clean.select(&train_photos)];
+    drop(clean);
+    for view in 1..args.views {
+        train_views.push(extract(&extractor, &dataset, view, &args.cache, "features")?.select(&train_photos));
     }
     let extracted = started.elapsed().as_secs_f64();
-    let holdout_features = views[0].select(&holdout_photos);
-    let train_views: Vec<Features> = views.iter().map(|v| v.select(&train_photos)).collect();
     let config = TrainConfig {
         dims: args.dims,
         epochs: args.epochs,

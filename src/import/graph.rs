@@ -145,17 +145,27 @@ impl GraphBuilder {
     pub fn embedding_head(&mut self, features: &str, classifier: Option<Classifier>) {
         self.node("GlobalAveragePool", "pool", &[features], vec![]);
         let pooled = self.node("Flatten", "pool.flat", &["pool"], vec![int("axis", 1)]);
-        self.node(
-            "LpNormalization",
-            EMBEDDING,
-            &[&pooled],
-            vec![int("axis", 1), int("p", 2)],
-        );
+        self.normalised_embedding(&pooled);
         if let Some((name, shape, weight, bias)) = classifier {
             let weight = self.initializer(f32_tensor(&format!("{name}.weight"), shape, weight));
             let bias = self.initializer(f32_tensor(&format!("{name}.bias"), &shape[..1], bias));
             self.node("Gemm", LOGITS, &[&pooled, &weight, &bias], vec![int("transB", 1)]);
         }
+    }
+
+    /// `input` (1 x width) L2-normalised as the "embedding" output.
+    pub fn normalised_embedding(&mut self, input: &str) -> String {
+        self.node(
+            "LpNormalization",
+            EMBEDDING,
+            &[input],
+            vec![int("axis", 1), int("p", 2)],
+        )
+    }
+
+    /// The nodes and initializers added so far, to splice into an existing graph.
+    pub fn into_parts(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        (self.nodes, self.initializers)
     }
 
     /// The model: input 1x3xSxS, outputs `outputs` (name, width), metadata as given.

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb::{ModelProto, NodeProto, StringStringEntryProto};
 
-use super::graph::{f32_tensor, int, node, value_info, EMBEDDING};
-use super::quantize::weight_qdq;
+use super::graph::{f32_tensor, int, value_info, GraphBuilder, EMBEDDING};
+use super::quantize::{graph_of, weight_qdq};
 use super::ImportError;
 
 /// Name of the pooled, unnormalised output of [`feature_model`].
@@ -55,53 +55,26 @@ pub fn feature_model(model: &ModelProto) -> Result<(ModelProto, usize), ImportEr
             "the model already has a trained head; train from the model `otlens import` wrote",
         ));
     }
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| unsupported("the ONNX file has no graph"))?;
+    let graph = graph_of(model)?;
     let pool = graph
         .node
         .iter()
         .position(|n| n.op_type == "GlobalAveragePool")
         .ok_or_else(|| unsupported("the model has no GlobalAveragePool to put a head after"))?;
-    let feature_map = graph.node[pool].input[0].clone();
+    let feature_map = &graph.node[pool].input[0];
     let channels = output_width(model, EMBEDDING)?;
-    let mut nodes: Vec<NodeProto> = graph.node[..pool].to_vec();
-    let mut initializers = vec![
-        f32_tensor("gem.eps", &[], &[1e-6]),
-        f32_tensor("gem.p", &[], &[GEM_P]),
-        f32_tensor("gem.inv_p", &[], &[1.0 / GEM_P]),
-    ];
+    let mut gem = GraphBuilder::default();
+    let eps = gem.initializer(f32_tensor("gem.eps", &[], &[1e-6]));
+    let p = gem.initializer(f32_tensor("gem.p", &[], &[GEM_P]));
+    let inv_p = gem.initializer(f32_tensor("gem.inv_p", &[], &[1.0 / GEM_P]));
     // Max(x, eps) keeps the cube root defined; the map is already >= 0 after ReLU6.
-    nodes.push(node(
-        "Max",
-        "gem.clamp",
-        &[&feature_map, "gem.eps"],
-        &["gem.clamp"],
-        vec![],
-    ));
-    nodes.push(node("Pow", "gem.pow", &["gem.clamp", "gem.p"], &["gem.pow"], vec![]));
-    nodes.push(node(
-        "GlobalAveragePool",
-        "gem.mean",
-        &["gem.pow"],
-        &["gem.mean"],
-        vec![],
-    ));
-    nodes.push(node(
-        "Pow",
-        "gem.root",
-        &["gem.mean", "gem.inv_p"],
-        &["gem.root"],
-        vec![],
-    ));
-    nodes.push(node(
-        "Flatten",
-        FEATURES,
-        &["gem.root"],
-        &[FEATURES],
-        vec![int("axis", 1)],
-    ));
+    let x = gem.node("Max", "gem.clamp", &[feature_map, &eps], vec![]);
+    let x = gem.node("Pow", "gem.pow", &[&x, &p], vec![]);
+    let x = gem.node("GlobalAveragePool", "gem.mean", &[&x], vec![]);
+    let x = gem.node("Pow", "gem.root", &[&x, &inv_p], vec![]);
+    gem.node("Flatten", FEATURES, &[&x], vec![int("axis", 1)]);
+    let (gem_nodes, mut initializers) = gem.into_parts();
+    let nodes: Vec<NodeProto> = graph.node[..pool].iter().cloned().chain(gem_nodes).collect();
     let used: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     initializers.extend(
         graph
@@ -131,24 +104,14 @@ pub fn with_head(model: &ModelProto, head: &Head, info: &HeadInfo) -> Result<Mod
     let graph = trained.graph.as_mut().expect("feature_model returns a graph");
     let weight = f32_tensor("head.weight", &[head.dims, channels], &head.weight);
     let (dequantise, weight_name) = weight_qdq(&weight, &mut graph.initializer);
-    graph
-        .initializer
-        .push(f32_tensor("head.bias", &[head.dims], &head.bias));
     graph.node.push(dequantise);
-    graph.node.push(node(
-        "Gemm",
-        "head",
-        &[FEATURES, &weight_name, "head.bias"],
-        &["head"],
-        vec![int("transB", 1)],
-    ));
-    graph.node.push(node(
-        "LpNormalization",
-        EMBEDDING,
-        &["head"],
-        &[EMBEDDING],
-        vec![int("axis", 1), int("p", 2)],
-    ));
+    let mut projection = GraphBuilder::default();
+    let bias = projection.initializer(f32_tensor("head.bias", &[head.dims], &head.bias));
+    let x = projection.node("Gemm", "head", &[FEATURES, &weight_name, &bias], vec![int("transB", 1)]);
+    projection.normalised_embedding(&x);
+    let (nodes, initializers) = projection.into_parts();
+    graph.node.extend(nodes);
+    graph.initializer.extend(initializers);
     graph.output = vec![value_info(EMBEDDING, Some(&[1, head.dims]))];
     let json = serde_json::to_string(info).map_err(|e| unsupported(&e.to_string()))?;
     trained.metadata_props.push(StringStringEntryProto {
@@ -161,11 +124,7 @@ pub fn with_head(model: &ModelProto, head: &Head, info: &HeadInfo) -> Result<Mod
 
 fn output_width(model: &ModelProto, name: &str) -> Result<usize, ImportError> {
     use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| unsupported("the ONNX file has no graph"))?;
-    let output = graph
+    let output = graph_of(model)?
         .output
         .iter()
         .find(|o| o.name == name)

@@ -37,7 +37,7 @@ fn no_graph() -> ImportError {
     crate::Error::Model("the ONNX file has no graph".into()).into()
 }
 
-fn graph_of(model: &ModelProto) -> Result<&tract_onnx::pb::GraphProto, ImportError> {
+pub(super) fn graph_of(model: &ModelProto) -> Result<&tract_onnx::pb::GraphProto, ImportError> {
     model.graph.as_ref().ok_or_else(no_graph)
 }
 
