@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
-use crate::train::features::{extract, Features};
+use crate::train::features::{extract, Features, Rows};
 use crate::train::metrics::{score_queries, summarise, Labelled, Retrieval};
 use crate::train::plot::recall_curves;
 

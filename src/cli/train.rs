@@ -4,6 +4,9 @@
 //! Every `holdout_every`-th product is held out of training: its photos pick the best epoch
 //! (early stopping), so the split the figures are reported on (`otlens eval`) never steers
 //! training.
+//!
+//! With `--tune-last-conv`, the backbone's last convolution is then fine-tuned with the head
+//! (stage 2, `train::tune`), from feature maps cached one layer earlier.
 
 use std::fs;
 use std::path::PathBuf;
@@ -12,13 +15,17 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::eval::evaluate_split;
-use crate::import::head::{feature_model, with_head, HeadInfo};
+use candle_nn::VarMap;
+use tract_onnx::pb::ModelProto;
+
+use crate::import::head::{feature_map_model, feature_model, with_head, with_last_conv, Head, HeadInfo};
 use crate::import::{decode, encode};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
-use crate::train::features::extract;
-use crate::train::head::{train, TrainConfig, TrainData};
+use crate::train::features::{extract, Features, Rows};
+use crate::train::head::{train, EpochLog, TrainConfig, TrainData};
 use crate::train::plot::training_curves;
+use crate::train::tune::{tune, FeatureMaps, TuneData, TunedModel};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,6 +54,15 @@ pub struct Args {
     pub patience: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub learning_rate: f64,
+    /// Then fine-tune the backbone's last 1x1 convolution with the head (stage 2).
+    #[arg(long)]
+    pub tune_last_conv: bool,
+    /// Most epochs of stage 2.
+    #[arg(long, default_value_t = 10)]
+    pub tune_epochs: usize,
+    /// Learning rate of stage 2 (the convolution and the head; proxies learn 10x faster).
+    #[arg(long, default_value_t = 1e-4)]
+    pub tune_learning_rate: f64,
     /// Where backbone features are cached between runs.
     #[arg(long, default_value = ".cache/features")]
     pub cache: PathBuf,
@@ -60,8 +76,6 @@ pub fn run(args: Args) -> Result<()> {
     let base_bytes =
         fs::read(&args.model).with_context(|| format!("cannot read the model {}", args.model.display()))?;
     let base = decode(&base_bytes)?;
-    let (features_proto, _) = feature_model(&base)?;
-    let extractor = Embedder::from_bytes(&encode(&features_proto)).context("cannot load the feature model")?;
     let dataset = Dataset::read(&args.train)?;
 
     let held_out = |item: u32| item % args.holdout_every == args.holdout_every - 1;
@@ -112,15 +126,28 @@ pub fn run(args: Args) -> Result<()> {
         holdout.photos.len()
     );
 
-    // Each view is split as soon as it is read, so only one whole view is in memory at a time.
-    // View 0 (the photo as the widget sees it) also scores the held-out products.
-    let clean = extract(&extractor, &dataset, 0, &args.cache, "features")?;
-    let holdout_features = clean.select(&holdout_photos);
-    let mut train_views = vec![clean.select(&train_photos)];
-    drop(clean);
-    for view in 1..args.views {
-        train_views.push(extract(&extractor, &dataset, view, &args.cache, "features")?.select(&train_photos));
-    }
+    let (features, stage2_maps) = if args.tune_last_conv {
+        let (maps_proto, last_conv) = feature_map_model(&base)?;
+        let extractor = Embedder::from_bytes(&encode(&maps_proto)).context("cannot load the feature-map model")?;
+        let maps = split_views(args.views, &train_photos, &holdout_photos, |view| {
+            let maps = extract(&extractor, &dataset, view, &args.cache, "feature maps")?;
+            FeatureMaps::from_channel_major(maps, last_conv.inputs)
+        })?;
+        // Stage 1 trains on the GeM features the untouched convolution gives.
+        let frozen = TunedModel::new(&last_conv, None)?;
+        let features = Split {
+            train: maps.train.iter().map(|m| frozen.embed(m)).collect::<Result<_>>()?,
+            holdout: frozen.embed(&maps.holdout)?,
+        };
+        (features, Some((maps, last_conv)))
+    } else {
+        let (features_proto, _) = feature_model(&base)?;
+        let extractor = Embedder::from_bytes(&encode(&features_proto)).context("cannot load the feature model")?;
+        let features = split_views(args.views, &train_photos, &holdout_photos, |view| {
+            extract(&extractor, &dataset, view, &args.cache, "features")
+        })?;
+        (features, None)
+    };
     let extracted = started.elapsed().as_secs_f64();
     let config = TrainConfig {
         dims: args.dims,
@@ -129,17 +156,70 @@ pub fn run(args: Args) -> Result<()> {
         learning_rate: args.learning_rate,
         ..TrainConfig::default()
     };
-    let untrained = evaluate_split("untrained", &holdout, &holdout_features)?.overall;
+    let holdout_recall = |embedded: &Features| -> Result<f64> {
+        let report = evaluate_split("holdout", &holdout, embedded)?;
+        Ok(report.overall.recall_at(1).unwrap_or(0.0))
+    };
+    let untrained = holdout_recall(&features.holdout)?;
     let data = TrainData {
-        views: &train_views,
+        views: &features.train,
         labels: &labels,
         classes: classes as usize,
     };
-    let trained = train(&data, &config, |model| {
-        let embedded = model.embed(&holdout_features)?;
-        let report = evaluate_split("holdout", &holdout, &embedded)?;
-        Ok(report.overall.recall_at(1).unwrap_or(0.0))
-    })?;
+    let stage1 = train(&data, &config, |model| holdout_recall(&model.embed(&features.holdout)?))?;
+    let stage1_recall = stage1.log[stage1.best_epoch - 1].holdout_recall_at_1;
+    println!(
+        "held-out Recall@1: {untrained:.3} untrained (GeM features) -> {stage1_recall:.3} with the head, \
+         epoch {} of {}",
+        stage1.best_epoch,
+        stage1.log.len()
+    );
+    drop(features);
+
+    let mut result = Outcome {
+        base: base.clone(),
+        head: stage1.head.clone(),
+        log: stage1.log.clone(),
+        best_epoch: stage1.best_epoch,
+        varmap: stage1.varmap.clone(),
+        tuned: Vec::new(),
+    };
+    if let Some((maps, last_conv)) = stage2_maps {
+        let data = TuneData {
+            views: &maps.train,
+            labels: &labels,
+        };
+        let config = TrainConfig {
+            epochs: args.tune_epochs,
+            patience: args.patience.min(3),
+            learning_rate: args.tune_learning_rate,
+            ..config
+        };
+        let tuned = tune(&data, &last_conv, &stage1, &config, |model| {
+            holdout_recall(&model.embed(&maps.holdout)?)
+        })?;
+        let tuned_recall = tuned.log[tuned.best_epoch - 1].holdout_recall_at_1;
+        let offset = stage1.log.len();
+        result.log.extend(tuned.log.iter().map(|l| EpochLog {
+            epoch: l.epoch + offset,
+            ..l.clone()
+        }));
+        if tuned_recall > stage1_recall {
+            println!(
+                "stage 2 ({} tuned): held-out Recall@1 {tuned_recall:.3}, epoch {} of {}",
+                last_conv.name,
+                tuned.best_epoch,
+                tuned.log.len()
+            );
+            result.base = with_last_conv(&base, &tuned.conv)?;
+            result.head = tuned.head;
+            result.best_epoch = offset + tuned.best_epoch;
+            result.varmap = tuned.varmap;
+            result.tuned = vec![last_conv.name.clone()];
+        } else {
+            println!("stage 2 did not beat stage 1 on the held-out products ({tuned_recall:.3}); keeping stage 1");
+        }
+    }
     let trained_seconds = started.elapsed().as_secs_f64() - extracted;
 
     let info = HeadInfo {
@@ -155,24 +235,17 @@ pub fn run(args: Args) -> Result<()> {
             classes,
             args.views
         ),
+        tuned: result.tuned,
     };
-    let model = encode(&with_head(&base, &trained.head, &info)?);
+    let model = encode(&with_head(&result.base, &result.head, &info)?);
     fs::write(&args.out, &model).with_context(|| format!("cannot write {}", args.out.display()))?;
     let curves = args.out.with_extension("curves.svg");
-    training_curves(&trained.log, trained.best_epoch, &curves)?;
+    training_curves(&result.log, result.best_epoch, &curves)?;
     let checkpoint = args.out.with_extension("head.safetensors");
-    trained
+    result
         .varmap
         .save(&checkpoint)
         .with_context(|| format!("cannot write {}", checkpoint.display()))?;
-    let best = &trained.log[trained.best_epoch - 1];
-    println!(
-        "held-out Recall@1: {:.3} untrained (GeM features) -> {:.3} at epoch {} of {}",
-        untrained.recall_at(1).unwrap_or(0.0),
-        best.holdout_recall_at_1,
-        trained.best_epoch,
-        trained.log.len()
-    );
     println!(
         "features {extracted:.0} s, training {trained_seconds:.0} s; wrote {} ({} bytes), {}, {}",
         args.out.display(),
@@ -181,4 +254,39 @@ pub fn run(args: Args) -> Result<()> {
         checkpoint.display()
     );
     Ok(())
+}
+
+/// The model and head to write, and how training went.
+struct Outcome {
+    base: ModelProto,
+    head: Head,
+    log: Vec<EpochLog>,
+    best_epoch: usize,
+    varmap: VarMap,
+    tuned: Vec<String>,
+}
+
+/// Each view's rows for the training photos, and view 0's for the held-out ones.
+struct Split<T> {
+    train: Vec<T>,
+    holdout: T,
+}
+
+/// Reads `views` views with `read` and splits each as soon as it is read, so only one whole
+/// view is in memory at a time. View 0 (the photo as the widget sees it) also scores the
+/// held-out products.
+fn split_views<T: Rows>(
+    views: u32,
+    train_photos: &[usize],
+    holdout_photos: &[usize],
+    mut read: impl FnMut(u32) -> Result<T>,
+) -> Result<Split<T>> {
+    let clean = read(0)?;
+    let holdout = clean.select(holdout_photos);
+    let mut train = vec![clean.select(train_photos)];
+    drop(clean);
+    for view in 1..views {
+        train.push(read(view)?.select(train_photos));
+    }
+    Ok(Split { train, holdout })
 }

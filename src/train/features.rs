@@ -26,9 +26,16 @@ impl Features {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.values[i * self.dims..(i + 1) * self.dims]
     }
+}
 
+/// Per-photo rows that can be subset, such as one training split of a view.
+pub trait Rows {
     /// The rows at `positions`, in that order.
-    pub fn select(&self, positions: &[usize]) -> Features {
+    fn select(&self, positions: &[usize]) -> Self;
+}
+
+impl Rows for Features {
+    fn select(&self, positions: &[usize]) -> Features {
         Features {
             values: positions.iter().flat_map(|&i| self.row(i).iter().copied()).collect(),
             dims: self.dims,

@@ -117,7 +117,7 @@ impl HeadModel {
     }
 }
 
-fn l2_normalise(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn l2_normalise(x: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?)
 }
 
@@ -178,21 +178,11 @@ pub fn train(
     let mut projection_opt = AdamW::new(projection_vars, params(config.learning_rate))?;
     let mut proxy_opt = AdamW::new(vec![proxy_var], params(config.learning_rate * 10.0))?;
 
-    let photos = data.labels.len();
-    let mut samples: Vec<(usize, usize)> = (0..data.views.len())
-        .flat_map(|view| (0..photos).map(move |photo| (view, photo)))
-        .collect();
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let progress = ProgressBar::new(config.epochs as u64).with_style(
-        ProgressStyle::with_template("training {bar:30} epoch {pos}/{len} {msg}").expect("the template is valid"),
-    );
-    let mut log = Vec::new();
-    let mut best: Option<(f64, usize, Head, VarMap)> = None;
-    for epoch in 1..=config.epochs {
-        samples.shuffle(&mut rng);
-        let mut loss_sum = 0.0;
-        let mut steps = 0;
-        for batch in samples.chunks(config.batch) {
+    let (best_epoch, log, (head, varmap)) = fit(
+        data.views.len(),
+        data.labels.len(),
+        config,
+        |batch| {
             let mut inputs = Vec::with_capacity(batch.len() * channels);
             let mut labels = Vec::with_capacity(batch.len());
             for &(view, photo) in batch {
@@ -206,10 +196,49 @@ pub fn train(
             let grads = loss.backward()?;
             projection_opt.step(&grads)?;
             proxy_opt.step(&grads)?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            Ok(f64::from(loss.to_scalar::<f32>()?))
+        },
+        || holdout(&model),
+        || Ok((model.to_head()?, snapshot(&varmap)?)),
+    )?;
+    Ok(Trained {
+        head,
+        best_epoch,
+        log,
+        varmap,
+    })
+}
+
+/// The epoch loop shared by the training stages: shuffles every (view, photo) pair, runs
+/// `step` on each batch (it returns the batch's loss), scores the model with `score` after
+/// each epoch and `keep`s the best epoch's state. Stops after `config.patience` epochs
+/// without a better score. Returns the best epoch, the log and the kept state.
+pub(super) fn fit<S>(
+    views: usize,
+    photos: usize,
+    config: &TrainConfig,
+    mut step: impl FnMut(&[(usize, usize)]) -> Result<f64>,
+    mut score: impl FnMut() -> Result<f64>,
+    mut keep: impl FnMut() -> Result<S>,
+) -> Result<(usize, Vec<EpochLog>, S)> {
+    let mut samples: Vec<(usize, usize)> = (0..views)
+        .flat_map(|view| (0..photos).map(move |photo| (view, photo)))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let progress = ProgressBar::new(config.epochs as u64).with_style(
+        ProgressStyle::with_template("training {bar:30} epoch {pos}/{len} {msg}").expect("the template is valid"),
+    );
+    let mut log = Vec::new();
+    let mut best: Option<(f64, usize, S)> = None;
+    for epoch in 1..=config.epochs {
+        samples.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        let mut steps = 0;
+        for batch in samples.chunks(config.batch) {
+            loss_sum += step(batch)?;
             steps += 1;
         }
-        let recall = holdout(&model)?;
+        let recall = score()?;
         let loss = loss_sum / f64::from(steps.max(1));
         log.push(EpochLog {
             epoch,
@@ -219,28 +248,23 @@ pub fn train(
         progress.set_message(format!("loss {loss:.3}, held-out Recall@1 {recall:.3}"));
         progress.inc(1);
         if best.as_ref().is_none_or(|(r, ..)| recall > *r) {
-            best = Some((recall, epoch, model.to_head()?, snapshot(&varmap)?));
-        } else if best.as_ref().is_some_and(|(_, e, ..)| epoch - e >= config.patience) {
+            best = Some((recall, epoch, keep()?));
+        } else if best.as_ref().is_some_and(|(_, e, _)| epoch - e >= config.patience) {
             break;
         }
     }
     progress.finish_and_clear();
-    let (_, best_epoch, head, varmap) = best.context("no epoch ran")?;
-    Ok(Trained {
-        head,
-        best_epoch,
-        log,
-        varmap,
-    })
+    let (_, best_epoch, state) = best.context("no epoch ran")?;
+    Ok((best_epoch, log, state))
 }
 
-fn find_var(varmap: &VarMap, name: &str) -> Result<Var> {
+pub(super) fn find_var(varmap: &VarMap, name: &str) -> Result<Var> {
     let data = varmap.data().lock().expect("no other thread holds the varmap");
     data.get(name).cloned().with_context(|| format!("no variable {name}"))
 }
 
 /// A copy of every variable's current value.
-fn snapshot(varmap: &VarMap) -> Result<VarMap> {
+pub(super) fn snapshot(varmap: &VarMap) -> Result<VarMap> {
     let copy = VarMap::new();
     {
         let source = varmap.data().lock().expect("no other thread holds the varmap");

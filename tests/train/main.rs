@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use otlens::import::head::{feature_model, with_head, Head, HeadInfo};
+use otlens::import::head::{feature_map_model, feature_model, with_head, with_last_conv, Head, HeadInfo};
 use otlens::import::{decode, encode};
 use otlens::model::{cosine, Embedder};
 use otlens::preprocess::to_tensor;
@@ -11,6 +11,7 @@ use otlens::train::dataset::Dataset;
 use otlens::train::features::Features;
 use otlens::train::head::{proxy_anchor_loss, train, HeadModel, TrainConfig, TrainData};
 use otlens::train::metrics::{evaluate, score_queries, Labelled};
+use otlens::train::tune::{FeatureMaps, TunedModel};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -137,17 +138,13 @@ fn a_head_written_into_onnx_embeds_in_tract_as_in_candle() {
     assert_eq!(channels, 1280);
     let mut rng = StdRng::seed_from_u64(3);
     let dims = 64;
-    let head = Head {
-        weight: (0..dims * channels).map(|_| rng.random_range(-0.05..0.05)).collect(),
-        bias: (0..dims).map(|_| rng.random_range(-0.1..0.1)).collect(),
-        dims,
-        channels,
-    };
+    let head = random_head(&mut rng, dims, channels);
     let info = HeadInfo {
         pooling: "gem-3".into(),
         dims,
         base_model: "test".into(),
         trained_on: "random weights".into(),
+        tuned: Vec::new(),
     };
     let trained_proto = with_head(&base, &head, &info).unwrap();
     let extractor = Embedder::from_bytes(&encode(&features_proto)).unwrap();
@@ -177,6 +174,74 @@ fn a_head_written_into_onnx_embeds_in_tract_as_in_candle() {
 
     let error = feature_model(&trained_proto).unwrap_err().to_string();
     assert!(error.contains("already has a trained head"), "{error}");
+}
+
+fn random_head(rng: &mut StdRng, dims: usize, channels: usize) -> Head {
+    Head {
+        weight: (0..dims * channels).map(|_| rng.random_range(-0.05..0.05)).collect(),
+        bias: (0..dims).map(|_| rng.random_range(-0.1..0.1)).collect(),
+        dims,
+        channels,
+    }
+}
+
+#[test]
+fn a_tuned_last_convolution_runs_in_tract_as_in_candle() {
+    let base = decode(&std::fs::read(MODEL).unwrap()).unwrap();
+    let (maps_proto, conv) = feature_map_model(&base).unwrap();
+    assert_eq!(
+        (conv.name.as_str(), conv.inputs, conv.outputs),
+        ("_conv_head", 320, 1280)
+    );
+    assert_eq!(conv.ceiling, Some(6.0), "EfficientNet-Lite's activation is ReLU6");
+    let maps_model = Embedder::from_bytes(&encode(&maps_proto)).unwrap();
+    let (features_proto, _) = feature_model(&base).unwrap();
+    let features_model = Embedder::from_bytes(&encode(&features_proto)).unwrap();
+    let input = to_tensor(&gradient_photo(), &maps_model.info().input);
+    let maps = Features {
+        values: maps_model.embed_tensor(input.clone()).unwrap(),
+        dims: maps_model.info().dims,
+    };
+    assert_eq!(maps.dims, 320 * 7 * 7);
+    let maps = FeatureMaps::from_channel_major(maps, conv.inputs).unwrap();
+
+    // The convolution as imported: candle's GeM features are tract's.
+    let frozen = TunedModel::new(&conv, None).unwrap().embed(&maps).unwrap();
+    let similarity = cosine(&frozen.values, &features_model.embed_tensor(input.clone()).unwrap());
+    assert!(similarity > 0.9999, "cosine {similarity}");
+
+    // A changed convolution and a head, written into ONNX: tract embeds as candle does.
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut tuned = conv.clone();
+    for w in &mut tuned.weight {
+        *w += rng.random_range(-0.02..0.02);
+    }
+    let head = random_head(&mut rng, 64, conv.outputs);
+    let info = HeadInfo {
+        pooling: "gem-3".into(),
+        dims: 64,
+        base_model: "test".into(),
+        trained_on: "random weights".into(),
+        tuned: vec![conv.name.clone()],
+    };
+    let trained_proto = with_head(&with_last_conv(&base, &tuned).unwrap(), &head, &info).unwrap();
+    let in_tract = Embedder::from_bytes(&encode(&trained_proto))
+        .unwrap()
+        .embed_tensor(input)
+        .unwrap();
+    let in_candle = TunedModel::new(&tuned, Some(&head)).unwrap().embed(&maps).unwrap();
+    let untuned = TunedModel::new(&conv, Some(&head)).unwrap().embed(&maps).unwrap();
+    let similarity = cosine(&in_candle.values, &in_tract);
+    assert!(similarity > 0.999, "cosine {similarity}");
+    assert!(
+        cosine(&untuned.values, &in_tract) < similarity,
+        "the tuned weights, not the imported ones, are in the model"
+    );
+
+    let mut wrong = tuned.clone();
+    wrong.inputs = 64;
+    let error = with_last_conv(&base, &wrong).unwrap_err().to_string();
+    assert!(error.contains("does not fit"), "{error}");
 }
 
 #[test]
