@@ -245,7 +245,12 @@ pub(super) fn fit<S>(
             loss,
             holdout_recall_at_1: recall,
         });
-        progress.set_message(format!("loss {loss:.3}, held-out Recall@1 {recall:.3}"));
+        let figures = format!("loss {loss:.3}, held-out Recall@1 {recall:.3}");
+        if progress.is_hidden() {
+            // Not a terminal (a CI log, a redirected run): a line per epoch instead of the bar.
+            eprintln!("epoch {epoch}/{}: {figures}", config.epochs);
+        }
+        progress.set_message(figures);
         progress.inc(1);
         if best.as_ref().is_none_or(|(r, ..)| recall > *r) {
             best = Some((recall, epoch, keep()?));
