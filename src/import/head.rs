@@ -126,7 +126,8 @@ pub fn with_last_conv(model: &ModelProto, tuned: &LastConv) -> Result<ModelProto
         )));
     }
     let weight_source = producer(graph, &graph.node[conv_at].input[1]);
-    let mut initializers = graph.initializer.clone();
+    // Only the new tensors: `with_nodes` keeps the model's own ones that are still used.
+    let mut initializers = Vec::new();
     let weight = f32_tensor(
         &format!("{}.tuned.weight", tuned.name),
         &[tuned.outputs, tuned.inputs, 1, 1],

@@ -159,45 +159,27 @@ pub fn train(
     let varmap = VarMap::new();
     let builder = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let linear = candle_nn::linear(channels, config.dims, builder.pp("head"))?;
-    let proxies = builder.get_with_hints(
+    // Registers the proxies in the varmap, where `find_var` picks them up below.
+    builder.get_with_hints(
         (data.classes, config.dims),
         "proxies",
         candle_nn::init::DEFAULT_KAIMING_NORMAL,
     )?;
     let model = HeadModel { linear, device };
-    let proxy_var = find_var(&varmap, "proxies")?;
-    let projection_vars: Vec<Var> = ["head.weight", "head.bias"]
-        .iter()
-        .map(|name| find_var(&varmap, name))
-        .collect::<Result<_>>()?;
-    let params = |lr| ParamsAdamW {
-        lr,
-        weight_decay: 1e-4,
-        ..Default::default()
+    let trainable = Trainable {
+        model: ["head.weight", "head.bias"]
+            .iter()
+            .map(|name| find_var(&varmap, name))
+            .collect::<Result<_>>()?,
+        proxies: find_var(&varmap, "proxies")?,
     };
-    let mut projection_opt = AdamW::new(projection_vars, params(config.learning_rate))?;
-    let mut proxy_opt = AdamW::new(vec![proxy_var], params(config.learning_rate * 10.0))?;
-
+    let views: Vec<&Features> = data.views.iter().collect();
     let (best_epoch, log, (head, varmap)) = fit(
-        data.views.len(),
-        data.labels.len(),
+        &views,
+        data.labels,
         config,
-        |batch| {
-            let mut inputs = Vec::with_capacity(batch.len() * channels);
-            let mut labels = Vec::with_capacity(batch.len());
-            for &(view, photo) in batch {
-                inputs.extend_from_slice(data.views[view].row(photo));
-                labels.push(data.labels[photo]);
-            }
-            let inputs = Tensor::from_vec(inputs, (batch.len(), channels), &model.device)?;
-            let labels = Tensor::from_vec(labels, batch.len(), &model.device)?;
-            let embeddings = model.linear.forward(&inputs)?;
-            let loss = proxy_anchor_loss(&embeddings, &proxies, &labels, config.alpha, config.delta)?;
-            let grads = loss.backward()?;
-            projection_opt.step(&grads)?;
-            proxy_opt.step(&grads)?;
-            Ok(f64::from(loss.to_scalar::<f32>()?))
-        },
+        trainable,
+        |inputs| model.linear.forward(inputs),
         || holdout(&model),
         || Ok((model.to_head()?, snapshot(&varmap)?)),
     )?;
@@ -209,19 +191,53 @@ pub fn train(
     })
 }
 
-/// The epoch loop shared by the training stages: shuffles every (view, photo) pair, runs
-/// `step` on each batch (it returns the batch's loss), scores the model with `score` after
-/// each epoch and `keep`s the best epoch's state. Stops after `config.patience` epochs
-/// without a better score. Returns the best epoch, the log and the kept state.
+/// The variables a training stage moves: the model's, and the proxies (which learn 10x faster).
+pub(super) struct Trainable {
+    pub model: Vec<Var>,
+    pub proxies: Var,
+}
+
+/// The epoch loop shared by the training stages: shuffles every (view, photo) pair of
+/// `views`, and for each batch `forward`s its rows (batch x row width) and steps AdamW on the
+/// Proxy-Anchor loss against `labels`. Scores the model with `score` after each epoch and
+/// `keep`s the best epoch's state; stops after `config.patience` epochs without a better
+/// score. Returns the best epoch, the log and the kept state.
 pub(super) fn fit<S>(
-    views: usize,
-    photos: usize,
+    views: &[&Features],
+    labels: &[u32],
     config: &TrainConfig,
-    mut step: impl FnMut(&[(usize, usize)]) -> Result<f64>,
+    trainable: Trainable,
+    forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
     mut score: impl FnMut() -> Result<f64>,
     mut keep: impl FnMut() -> Result<S>,
 ) -> Result<(usize, Vec<EpochLog>, S)> {
-    let mut samples: Vec<(usize, usize)> = (0..views)
+    let params = |lr| ParamsAdamW {
+        lr,
+        weight_decay: 1e-4,
+        ..Default::default()
+    };
+    let proxies = trainable.proxies.as_tensor().clone();
+    let mut model_opt = AdamW::new(trainable.model, params(config.learning_rate))?;
+    let mut proxy_opt = AdamW::new(vec![trainable.proxies], params(config.learning_rate * 10.0))?;
+    let width = views.first().context("no training views")?.dims;
+    let device = proxies.device().clone();
+    let mut step = |batch: &[(usize, usize)]| -> Result<f64> {
+        let mut inputs = Vec::with_capacity(batch.len() * width);
+        let mut batch_labels = Vec::with_capacity(batch.len());
+        for &(view, photo) in batch {
+            inputs.extend_from_slice(views[view].row(photo));
+            batch_labels.push(labels[photo]);
+        }
+        let inputs = Tensor::from_vec(inputs, (batch.len(), width), &device)?;
+        let batch_labels = Tensor::from_vec(batch_labels, batch.len(), &device)?;
+        let loss = proxy_anchor_loss(&forward(&inputs)?, &proxies, &batch_labels, config.alpha, config.delta)?;
+        let grads = loss.backward()?;
+        model_opt.step(&grads)?;
+        proxy_opt.step(&grads)?;
+        Ok(f64::from(loss.to_scalar::<f32>()?))
+    };
+    let photos = labels.len();
+    let mut samples: Vec<(usize, usize)> = (0..views.len())
         .flat_map(|view| (0..photos).map(move |photo| (view, photo)))
         .collect();
     let mut rng = StdRng::seed_from_u64(config.seed);

@@ -8,10 +8,10 @@
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{Linear, Module, VarMap};
 
 use super::features::{Features, Rows};
-use super::head::{find_var, fit, l2_normalise, proxy_anchor_loss, snapshot, EpochLog, TrainConfig, Trained};
+use super::head::{find_var, fit, l2_normalise, snapshot, EpochLog, TrainConfig, Trainable, Trained};
 use crate::import::head::{Head, LastConv, GEM_P};
 
 /// Rows handled at once when embedding for scoring, to bound memory.
@@ -208,42 +208,19 @@ pub fn tune(
         }
         vars.insert("proxies".into(), proxies.clone());
     }
-    let params = |lr| ParamsAdamW {
-        lr,
-        weight_decay: 1e-4,
-        ..Default::default()
-    };
-    let backbone_and_head = trainable.iter().map(|(_, var)| var.clone()).collect();
-    let mut model_opt = AdamW::new(backbone_and_head, params(config.learning_rate))?;
-    let mut proxy_opt = AdamW::new(vec![proxies.clone()], params(config.learning_rate * 10.0))?;
     let first = data.views.first().context("no training feature maps")?;
-    let row = first.maps.dims;
     let (positions, channels) = (first.positions(), first.channels);
+    let views: Vec<&Features> = data.views.iter().map(|v| &v.maps).collect();
+    let trainable = Trainable {
+        model: trainable.iter().map(|(_, var)| var.clone()).collect(),
+        proxies,
+    };
     let (best_epoch, log, (conv, head, varmap)) = fit(
-        data.views.len(),
-        data.labels.len(),
+        &views,
+        data.labels,
         config,
-        |batch| {
-            let mut inputs = Vec::with_capacity(batch.len() * row);
-            let mut labels = Vec::with_capacity(batch.len());
-            for &(view, photo) in batch {
-                inputs.extend_from_slice(data.views[view].maps.row(photo));
-                labels.push(data.labels[photo]);
-            }
-            let inputs = Tensor::from_vec(inputs, (batch.len(), positions, channels), &model.device)?;
-            let labels = Tensor::from_vec(labels, batch.len(), &model.device)?;
-            let loss = proxy_anchor_loss(
-                &model.forward(&inputs)?,
-                proxies.as_tensor(),
-                &labels,
-                config.alpha,
-                config.delta,
-            )?;
-            let grads = loss.backward()?;
-            model_opt.step(&grads)?;
-            proxy_opt.step(&grads)?;
-            Ok(f64::from(loss.to_scalar::<f32>()?))
-        },
+        trainable,
+        |rows| model.forward(&rows.reshape((rows.dim(0)?, positions, channels))?),
         || holdout(&model),
         || {
             let (conv, head) = model.to_parts(conv)?;
