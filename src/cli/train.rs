@@ -68,10 +68,32 @@ pub struct Args {
     pub cache: PathBuf,
 }
 
+/// candle allocates a fresh tensor for every op, 64 MB and more for a batch of feature maps,
+/// and frees it soon after. By default glibc maps blocks that large afresh and returns freed
+/// heap to the kernel, so each op page-faulted and zeroed its memory again: on In-shop's maps
+/// that was over half of stage 2's time. Serving every block from the heap and never trimming
+/// it (both documented in mallopt(3)) makes freed tensors reused; training is one process.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator parameters, and is valid at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 pub fn run(args: Args) -> Result<()> {
     if args.views == 0 || args.holdout_every < 2 {
         bail!("--views must be at least 1 and --holdout-every at least 2");
     }
+    if let Some(folder) = args.out.parent().filter(|f| !f.as_os_str().is_empty()) {
+        // Now, not after an hour of training.
+        fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    keep_freed_memory();
     let started = Instant::now();
     let base_bytes =
         fs::read(&args.model).with_context(|| format!("cannot read the model {}", args.model.display()))?;
