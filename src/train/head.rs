@@ -5,13 +5,15 @@
 //! product's proxy and away from the others, weighting hard examples most; it converges
 //! in few epochs and needs no pair mining, which suits features computed once.
 
-use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::{encoding::one_hot, AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use anyhow::{anyhow, Context, Result};
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::{encoding::one_hot, AdamW, Linear, Module, Optimizer, ParamsAdamW, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::distr::{Distribution, Uniform};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand_distr::Normal;
 
 use super::features::Features;
 use crate::import::head::Head;
@@ -157,14 +159,34 @@ pub fn train(
     let device = Device::Cpu;
     let channels = data.views.first().context("no training features")?.dims;
     let varmap = VarMap::new();
-    let builder = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let linear = candle_nn::linear(channels, config.dims, builder.pp("head"))?;
-    // Registers the proxies in the varmap, where `find_var` picks them up below.
-    builder.get_with_hints(
-        (data.classes, config.dims),
-        "proxies",
-        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    // candle's CPU generator cannot be seeded, so the initial values come from the run's seed
+    // (a stream apart from the shuffle's), spread as candle would: Kaiming-normal weights and
+    // proxies, a uniform bias. The same seed and data then give the same model.
+    let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(1));
+    let kaiming = |fan_in: usize| Normal::new(0.0, (2.0 / fan_in as f32).sqrt());
+    let bound = 1.0 / (channels as f32).sqrt();
+    let weight = seeded_var(
+        &varmap,
+        "head.weight",
+        &[config.dims, channels],
+        kaiming(channels)?,
+        &mut rng,
     )?;
+    let bias = seeded_var(
+        &varmap,
+        "head.bias",
+        &[config.dims],
+        Uniform::new(-bound, bound)?,
+        &mut rng,
+    )?;
+    seeded_var(
+        &varmap,
+        "proxies",
+        &[data.classes, config.dims],
+        kaiming(config.dims)?,
+        &mut rng,
+    )?;
+    let linear = Linear::new(weight, Some(bias));
     let model = HeadModel { linear, device };
     let trainable = Trainable {
         model: ["head.weight", "head.bias"]
@@ -189,6 +211,25 @@ pub fn train(
         log,
         varmap,
     })
+}
+
+/// A variable of `shape` drawn from `distribution`, registered in `varmap` as `name`.
+fn seeded_var(
+    varmap: &VarMap,
+    name: &str,
+    shape: &[usize],
+    distribution: impl Distribution<f32>,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
+    let values: Vec<f32> = distribution.sample_iter(rng).take(shape.iter().product()).collect();
+    let var = Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu)?)?;
+    let tensor = var.as_tensor().clone();
+    varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow!("the training variables' lock is poisoned"))?
+        .insert(name.into(), var);
+    Ok(tensor)
 }
 
 /// The variables a training stage moves: the model's, and the proxies (which learn 10x faster).

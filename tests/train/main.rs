@@ -107,6 +107,30 @@ fn proxy_anchor_training_lowers_the_loss_and_separates_products() {
 }
 
 #[test]
+fn the_same_seed_trains_the_same_head() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (views, labels) = clustered(&mut rng, 6, 10, 16);
+    let data = TrainData {
+        views: &views,
+        labels: &labels,
+        classes: 6,
+    };
+    let head = |seed| {
+        let config = TrainConfig {
+            dims: 8,
+            epochs: 3,
+            batch: 16,
+            seed,
+            ..TrainConfig::default()
+        };
+        let trained = train(&data, &config, |_| Ok(0.0)).unwrap();
+        (trained.head.weight, trained.head.bias)
+    };
+    assert_eq!(head(1), head(1));
+    assert_ne!(head(1), head(2));
+}
+
+#[test]
 fn proxy_anchor_loss_is_small_when_photos_sit_on_their_proxies() {
     use candle_core::{Device, Tensor};
     let proxies = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
