@@ -179,21 +179,18 @@ pub fn train(
         Uniform::new(-bound, bound)?,
         &mut rng,
     )?;
-    seeded_var(
+    let proxies = seeded_var(
         &varmap,
         "proxies",
         &[data.classes, config.dims],
         kaiming(config.dims)?,
         &mut rng,
     )?;
-    let linear = Linear::new(weight, Some(bias));
+    let linear = Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone()));
     let model = HeadModel { linear, device };
     let trainable = Trainable {
-        model: ["head.weight", "head.bias"]
-            .iter()
-            .map(|name| find_var(&varmap, name))
-            .collect::<Result<_>>()?,
-        proxies: find_var(&varmap, "proxies")?,
+        model: vec![weight, bias],
+        proxies,
     };
     let views: Vec<&Features> = data.views.iter().collect();
     let (best_epoch, log, (head, varmap)) = fit(
@@ -213,23 +210,23 @@ pub fn train(
     })
 }
 
-/// A variable of `shape` drawn from `distribution`, registered in `varmap` as `name`.
+/// A variable of `shape` drawn from `distribution`, also registered in `varmap` as `name` (for
+/// the checkpoint).
 fn seeded_var(
     varmap: &VarMap,
     name: &str,
     shape: &[usize],
     distribution: impl Distribution<f32>,
     rng: &mut StdRng,
-) -> Result<Tensor> {
+) -> Result<Var> {
     let values: Vec<f32> = distribution.sample_iter(rng).take(shape.iter().product()).collect();
-    let var = Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu)?)?;
-    let tensor = var.as_tensor().clone();
+    let var = Var::from_vec(values, shape, &Device::Cpu)?;
     varmap
         .data()
         .lock()
         .map_err(|_| anyhow!("the training variables' lock is poisoned"))?
-        .insert(name.into(), var);
-    Ok(tensor)
+        .insert(name.into(), var.clone());
+    Ok(var)
 }
 
 /// The variables a training stage moves: the model's, and the proxies (which learn 10x faster).
