@@ -3,6 +3,7 @@
 //! Layers, bottom up (each compiles for wasm and native unless marked):
 //! - [`preprocess`]: photo bytes -> bounded decode -> upright RGB -> model input tensor.
 //! - [`model`]: ONNX embedding model execution (tract).
+//! - [`colour`]: the garment's colour in a photo (background suppressed) and its name.
 //! - [`catalog`]: product metadata shared by the index and the widget.
 //! - [`index`]: the versioned binary catalog index and top-k search.
 //! - `web` (wasm only): the wasm-bindgen API used by the widget's worker.
@@ -10,6 +11,7 @@
 //!   and evaluation, and commands.
 
 pub mod catalog;
+pub mod colour;
 pub mod error;
 pub mod index;
 pub mod model;
