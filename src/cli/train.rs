@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::eval::evaluate_split;
+use super::eval::{evaluate_split, Match};
 use candle_nn::VarMap;
 use tract_onnx::pb::ModelProto;
 
@@ -179,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
         ..TrainConfig::default()
     };
     let holdout_recall = |embedded: &Features| -> Result<f64> {
-        let report = evaluate_split("holdout", &holdout, embedded)?;
+        let report = evaluate_split("holdout", &holdout, embedded, Match::Product)?;
         Ok(report.overall.recall_at(1).unwrap_or(0.0))
     };
     let untrained = holdout_recall(&features.holdout)?;

@@ -2,12 +2,14 @@
 //! columns `path` (relative to the CSV's folder), `item_id` (the product: photos sharing
 //! it show the same garment), and optionally `role` (`query` or `gallery`), `category`
 //! and `colour`. DeepFashion In-shop's `train.csv` and `val.csv` are in this form.
+//! A set without queries (a catalog) can have some held out with [`Dataset::hold_out_queries`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -33,15 +35,19 @@ pub struct Dataset {
     pub sha256: String,
 }
 
+/// Fashion Product Images' `products.csv` names its columns `image`, `product_id`,
+/// `articleType` and `baseColour`; it is read as it is.
 #[derive(Deserialize)]
 struct Row {
+    #[serde(alias = "image")]
     path: String,
+    #[serde(alias = "product_id")]
     item_id: String,
     #[serde(default)]
     role: String,
-    #[serde(default)]
+    #[serde(default, alias = "articleType")]
     category: String,
-    #[serde(default, alias = "color")]
+    #[serde(default, alias = "color", alias = "baseColour")]
     colour: String,
 }
 
@@ -88,6 +94,24 @@ impl Dataset {
             items,
             sha256: crate::model::sha256_hex(&bytes),
         })
+    }
+
+    /// Makes every photo of one product in `every` a query, the product chosen by a hash of
+    /// its id so the split is the same on every run. For sets with no `role` column.
+    pub fn hold_out_queries(&mut self, every: u32) {
+        let held_out: Vec<bool> = self
+            .items
+            .iter()
+            .map(|id| {
+                let digest = Sha256::digest(id.as_bytes());
+                u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]) % every == 0
+            })
+            .collect();
+        for photo in &mut self.photos {
+            if held_out[photo.item as usize] {
+                photo.role = Role::Query;
+            }
+        }
     }
 
     /// Positions of the photos with `role`.

@@ -1,13 +1,15 @@
-//! Training and evaluation: metrics on a hand-made ranking, a loss that learns, and a head
-//! that embeds the same in the ONNX model (tract) as in the training library (candle).
+//! Training and evaluation: metrics on a hand-made ranking, a loss that learns, a head
+//! that embeds the same in the ONNX model (tract) as in the training library (candle), and
+//! a catalog scored by category and colour name.
 
 use std::path::Path;
 
+use otlens::cli::eval::{colour_split, evaluate_colour, evaluate_split, Match};
 use otlens::import::head::{feature_map_model, feature_model, with_head, with_last_conv, Head, HeadInfo};
 use otlens::import::{decode, encode};
 use otlens::model::{cosine, Embedder};
 use otlens::preprocess::to_tensor;
-use otlens::train::dataset::Dataset;
+use otlens::train::dataset::{Dataset, Role};
 use otlens::train::features::Features;
 use otlens::train::head::{proxy_anchor_loss, train, HeadModel, TrainConfig, TrainData};
 use otlens::train::metrics::{evaluate, score_queries, Labelled};
@@ -284,4 +286,54 @@ fn a_split_with_a_bad_role_is_refused_with_its_line() {
     assert_eq!(dataset.items, ["x", "y"]);
     assert_eq!(dataset.photos[2].item, 0);
     assert_eq!(dataset.photos[0].path, Path::new(dir.path()).join("a.jpg"));
+}
+
+/// A `colour` garment on a white studio backdrop, as in a catalog photo.
+fn catalog_photo(colour: [u8; 3]) -> image::RgbImage {
+    image::RgbImage::from_fn(60, 80, |x, y| {
+        let garment = (12..48).contains(&x) && (10..70).contains(&y);
+        image::Rgb(if garment { colour } else { [250, 250, 250] })
+    })
+}
+
+#[test]
+fn a_catalog_is_scored_by_category_and_colour_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // Fashion Product Images' own column names.
+    let mut csv = String::from("product_id,title,articleType,baseColour,image\n");
+    let kinds = [("Tshirts", "Red", [200, 30, 40]), ("Jeans", "Navy Blue", [25, 35, 80])];
+    for id in 0..40u8 {
+        let (category, colour, rgb) = kinds[usize::from(id % 2)];
+        let shade = rgb.map(|c: u8| c.saturating_add(id / 2));
+        catalog_photo(shade).save(dir.path().join(format!("{id}.png"))).unwrap();
+        csv.push_str(&format!("{id},Product {id},{category},{colour},{id}.png\n"));
+    }
+    let path = dir.path().join("products.csv");
+    std::fs::write(&path, csv).unwrap();
+    let mut dataset = Dataset::read(&path).unwrap();
+    assert_eq!(dataset.with_role(Role::Query), Vec::<usize>::new());
+    dataset.hold_out_queries(5);
+    let queries = dataset.with_role(Role::Query);
+    assert!((3..=15).contains(&queries.len()), "about one in five: {queries:?}");
+    let mut again = Dataset::read(&path).unwrap();
+    again.hold_out_queries(5);
+    assert_eq!(again.with_role(Role::Query), queries, "the same products every run");
+
+    let split = colour_split(&dataset).unwrap().expect("the catalog has colour labels");
+    let report = evaluate_colour(&dataset, &split, "colour", None);
+    assert_eq!((report.queries, report.references), (queries.len(), 40 - queries.len()));
+    assert_eq!(report.accuracy, 1.0, "{:?}", report.by_colour);
+
+    // Embeddings that know the category only: class-level retrieval is perfect,
+    // instance retrieval finds nothing (each product has one photo).
+    let embeddings = Features {
+        values: (0..40)
+            .flat_map(|id| if id % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
+            .collect(),
+        dims: 2,
+    };
+    let by_category = evaluate_split("toy", &dataset, &embeddings, Match::Category).unwrap();
+    assert_eq!(by_category.overall.recall_at(1), Some(1.0));
+    let by_product = evaluate_split("toy", &dataset, &embeddings, Match::Product).unwrap();
+    assert_eq!(by_product.overall.recall_at(20), Some(0.0));
 }
