@@ -216,9 +216,9 @@ pub fn evaluate_colour(
     embeddings: Option<&Features>,
 ) -> ColourReport {
     let shape = |q: usize, r: usize| -> f32 {
+        // Embedding rows are L2-normalised, so their dot product is the cosine.
         embeddings.map_or(0.0, |e| {
-            let row = |i: usize| &e.values[i * e.dims..(i + 1) * e.dims];
-            NAMING_SHAPE_WEIGHT * colour_similarity(row(q), row(r))
+            NAMING_SHAPE_WEIGHT * e.row(q).iter().zip(e.row(r)).map(|(x, y)| x * y).sum::<f32>()
         })
     };
     let named: Vec<Option<u32>> = split
