@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::colour::{colour_similarity, describe, vote_colour_name, HISTOGRAM_LEN, NAME_VOTERS, NAMING_SHAPE_WEIGHT};
 use crate::model::Embedder;
-use crate::preprocess::{decode, DecodeLimits};
+use crate::preprocess::DecodeLimits;
 use crate::train::dataset::{Dataset, Role};
 use crate::train::features::{extract, Features, Rows};
 use crate::train::metrics::{score_queries, summarise, Labelled, Retrieval};
@@ -171,9 +171,7 @@ pub fn colour_split(dataset: &Dataset) -> Result<Option<ColourSplit>> {
         let rows: Vec<Result<Vec<f32>>> = positions
             .par_iter()
             .map(|&i| {
-                let path = &dataset.photos[i].path;
-                let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-                let image = decode(&bytes, &limits).with_context(|| format!("{}", path.display()))?;
+                let image = dataset.photos[i].decode(&limits)?;
                 progress.inc(1);
                 Ok(describe(&image).histogram)
             })

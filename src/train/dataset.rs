@@ -8,8 +8,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use image::RgbImage;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::preprocess::{decode, DecodeLimits};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -25,6 +28,14 @@ pub struct Photo {
     pub role: Role,
     pub category: String,
     pub colour: String,
+}
+
+impl Photo {
+    /// The photo's pixels, decoded within `limits`; errors name the file.
+    pub fn decode(&self, limits: &DecodeLimits) -> Result<RgbImage> {
+        let bytes = std::fs::read(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        decode(&bytes, limits).with_context(|| format!("{}", self.path.display()))
+    }
 }
 
 pub struct Dataset {

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::augment::{augmented_view, view_rng};
 use super::dataset::Dataset;
 use crate::model::Embedder;
-use crate::preprocess::{decode, to_tensor, DecodeLimits};
+use crate::preprocess::{to_tensor, DecodeLimits};
 
 /// Rows of `dims` values, one per photo of the dataset, in its order.
 pub struct Features {
@@ -74,8 +74,7 @@ pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, 
         .par_iter()
         .enumerate()
         .map(|(i, photo)| {
-            let bytes = fs::read(&photo.path).with_context(|| format!("cannot read {}", photo.path.display()))?;
-            let image = decode(&bytes, &limits).with_context(|| format!("{}", photo.path.display()))?;
+            let image = photo.decode(&limits)?;
             let input = if view == 0 {
                 to_tensor(&image, spec)
             } else {
