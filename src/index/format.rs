@@ -5,7 +5,7 @@
 //!      0     8  magic "OTLENSIX"
 //!      8     4  format version (1)
 //!     12     4  header length (124; sections start at or after it)
-//!     16     4  vector codec (1 = int8 codes + f32 scale per vector)
+//!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
 //!     24     4  product count
 //!     28    32  sha256 of the model file the embeddings came from
@@ -14,21 +14,25 @@
 //!     92    32  sha256 of every byte after the header
 //! ```
 //!
-//! Metadata: the products as a JSON array. Vectors: `count` f32 scales, then
-//! `count * dims` i8 codes, row by row.
+//! Metadata: the products as a JSON array. Vectors, by codec:
+//! - int8: `count` f32 scales, then `count * dims` i8 codes, row by row;
+//! - product quantisation: u32 `subspaces`, then `subspaces * 256 * (dims / subspaces)` f32
+//!   centroids, subspace by subspace, then `count * subspaces` u8 codes, row by row;
+//! - binary: `dims` f32 (the catalog mean), `count * ceil(dims / 64)` u64 sign words, then
+//!   the int8 layout.
 //!
 //! Reading checks every size against the buffer before allocating, so a hostile or
 //! damaged file costs at most a copy of itself.
 
 use sha2::{Digest, Sha256};
 
+use super::codec::Vectors;
 use super::{Index, IndexError};
 use crate::catalog::Product;
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
 pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 124;
-const CODEC_INT8: u32 = 1;
 const HEADER_LEN_AT: usize = 12;
 const CHECKSUM_AT: usize = 92;
 
@@ -36,13 +40,15 @@ impl Index {
     /// The index file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let metadata = serde_json::to_vec(&self.products).expect("products are plain data and always serialise");
-        let vectors_len = self.scales.len() * 4 + self.codes.len();
+        let mut vectors = Vec::new();
+        self.vectors.write(&mut vectors);
+        let vectors_len = vectors.len();
         let mut bytes = Vec::with_capacity(HEADER_LEN + metadata.len() + vectors_len);
         bytes.extend_from_slice(&MAGIC);
         for field in [
             FORMAT_VERSION,
             HEADER_LEN as u32,
-            CODEC_INT8,
+            self.codec().id(),
             self.dims as u32,
             self.products.len() as u32,
         ] {
@@ -56,10 +62,7 @@ impl Index {
         }
         bytes.resize(HEADER_LEN, 0);
         bytes.extend_from_slice(&metadata);
-        for scale in &self.scales {
-            bytes.extend_from_slice(&scale.to_le_bytes());
-        }
-        bytes.extend(self.codes.iter().map(|&code| code as u8));
+        bytes.extend_from_slice(&vectors);
         seal(&mut bytes, HEADER_LEN);
         bytes
     }
@@ -110,20 +113,12 @@ impl Index {
         }
 
         let codec = read_u32(bytes, 16);
-        if codec != CODEC_INT8 {
-            return Err(corrupt(format!("unknown vector codec {codec}")));
-        }
         let dims = read_u32(bytes, 20) as usize;
         let count = read_u32(bytes, 24) as usize;
         if dims == 0 || count == 0 {
             return Err(corrupt(format!("{count} products of {dims} dimensions")));
         }
-        if Some(vectors.len()) != (count as u64).checked_mul(4 + dims as u64) {
-            return Err(corrupt(format!(
-                "the vectors section has {} bytes, which does not fit {count} products of {dims} dimensions",
-                vectors.len()
-            )));
-        }
+        let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims)?;
         let products: Vec<Product> = serde_json::from_slice(metadata.slice(bytes))
             .map_err(|e| corrupt(format!("unreadable product metadata: {e}")))?;
         if products.len() != count {
@@ -132,18 +127,9 @@ impl Index {
                 products.len()
             )));
         }
-        let (scale_bytes, code_bytes) = vectors.slice(bytes).split_at(count * 4);
-        let scales: Vec<f32> = scale_bytes
-            .chunks_exact(4)
-            .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
-            .collect();
-        if let Some(product) = scales.iter().position(|scale| !(scale.is_finite() && *scale >= 0.0)) {
-            return Err(corrupt(format!("product {product} has an invalid scale")));
-        }
         let mut model_sha256 = [0u8; 32];
         model_sha256.copy_from_slice(&bytes[28..60]);
-        let codes = code_bytes.iter().map(|&byte| byte as i8).collect();
-        Ok(Index::from_parts(model_sha256, dims, products, scales, codes))
+        Ok(Index::from_parts(model_sha256, dims, products, vectors))
     }
 }
 
@@ -164,10 +150,6 @@ impl Section {
             return Err(corrupt(format!("the {name} section overlaps the header")));
         }
         Ok(Section { start, end })
-    }
-
-    fn len(&self) -> u64 {
-        self.end - self.start
     }
 
     /// Only called once the file is known to be at least `end` bytes long.

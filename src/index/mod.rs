@@ -1,18 +1,22 @@
 //! The catalog index: a versioned binary file and top-k search over it.
 //!
-//! Each product's embedding is L2-normalised and stored as int8 codes plus one f32
-//! scale that brings the codes back to unit length, so a search is an integer dot
-//! product per product (4x smaller than f32 and fast on wasm SIMD). A search may carry a
+//! Each product's embedding is L2-normalised and stored with the [`Codec`] chosen at build
+//! time: int8 codes (the default; 4x smaller than f32, an integer dot product per product),
+//! product quantisation (a few bytes per product) or sign bits with int8 rescoring. The
+//! top `k` are kept in a bounded heap while scanning. A search may carry a
 //! [`Filter`] (category, colour, brand, price range, in stock), tested before a product's
 //! vector is read; "more like this" searches by a product's stored vector.
 
+mod codec;
 mod filter;
 mod format;
 mod manifest;
 
+use self::codec::Vectors;
 use self::filter::Columns;
 use crate::catalog::Product;
 
+pub use self::codec::{Codec, PQ_CENTROIDS};
 pub use self::filter::{FacetValue, Facets, Filter, PriceRange};
 #[cfg(fuzzing)]
 pub use self::format::reseal;
@@ -49,6 +53,10 @@ pub enum IndexError {
     Empty,
     #[error("the embeddings are empty (0 dimensions)")]
     NoDimensions,
+    #[error("the catalog index stores its vectors with codec {0}, which this version of otlens does not know; rebuild the index with the same otlens release as the widget")]
+    UnknownCodec(u32),
+    #[error("product quantisation needs a subspace count that divides the {dims} dimensions, not {subspaces}")]
+    BadSubspaces { subspaces: usize, dims: usize },
     #[error("the model sha256 must be 64 hex digits, not {0:?}")]
     BadModelHash(String),
 }
@@ -66,17 +74,28 @@ pub struct Index {
     model_sha256: [u8; 32],
     dims: usize,
     products: Vec<Product>,
-    /// Per product: multiplying its codes by this gives a unit-length vector.
-    scales: Vec<f32>,
-    /// `products.len() * dims` codes, one row per product.
-    codes: Vec<i8>,
+    vectors: Vectors,
     /// Derived from `products`; not stored in the file.
     columns: Columns,
 }
 
 impl Index {
-    /// Quantises `embeddings` (one per product, same order) for the model with the given sha256.
+    /// Stores `embeddings` (one per product, same order) for the model with the given sha256
+    /// with the int8 codec.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn build(model_sha256_hex: &str, products: Vec<Product>, embeddings: &[Vec<f32>]) -> Result<Index, IndexError> {
+        Index::build_with(Codec::Int8, model_sha256_hex, products, embeddings)
+    }
+
+    /// Stores `embeddings` (one per product, same order) for the model with the given sha256
+    /// with `codec`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn build_with(
+        codec: Codec,
+        model_sha256_hex: &str,
+        products: Vec<Product>,
+        embeddings: &[Vec<f32>],
+    ) -> Result<Index, IndexError> {
         let model_sha256 = parse_sha256(model_sha256_hex)?;
         if products.len() != embeddings.len() {
             return Err(IndexError::CountMismatch {
@@ -88,8 +107,7 @@ impl Index {
         if dims == 0 {
             return Err(IndexError::NoDimensions);
         }
-        let mut scales = Vec::with_capacity(embeddings.len());
-        let mut codes = Vec::with_capacity(embeddings.len() * dims);
+        let mut unit = Vec::with_capacity(embeddings.len());
         for (product, embedding) in embeddings.iter().enumerate() {
             if embedding.len() != dims {
                 return Err(IndexError::DimsMismatch {
@@ -101,26 +119,25 @@ impl Index {
             if embedding.iter().any(|value| !value.is_finite()) {
                 return Err(IndexError::NotFinite { product });
             }
-            scales.push(quantise(embedding, &mut codes));
+            unit.push(unit_length(embedding));
         }
-        Ok(Index::from_parts(model_sha256, dims, products, scales, codes))
+        let vectors = Vectors::encode(codec, &unit, dims)?;
+        Ok(Index::from_parts(model_sha256, dims, products, vectors))
     }
 
-    fn from_parts(
-        model_sha256: [u8; 32],
-        dims: usize,
-        products: Vec<Product>,
-        scales: Vec<f32>,
-        codes: Vec<i8>,
-    ) -> Index {
+    fn from_parts(model_sha256: [u8; 32], dims: usize, products: Vec<Product>, vectors: Vectors) -> Index {
         Index {
             model_sha256,
             dims,
             columns: Columns::new(&products),
             products,
-            scales,
-            codes,
+            vectors,
         }
+    }
+
+    /// How the vectors are stored.
+    pub fn codec(&self) -> Codec {
+        self.vectors.codec()
     }
 
     /// Lower-case hex sha256 of the model file the embeddings came from.
@@ -166,9 +183,7 @@ impl Index {
         if query.len() != self.dims {
             return Vec::new();
         }
-        let mut query_codes = Vec::with_capacity(self.dims);
-        let query_scale = quantise(query, &mut query_codes);
-        self.nearest(&query_codes, query_scale, k, filter, None)
+        self.nearest(&unit_length(query), k, filter, None)
     }
 
     /// "More like this": the `k` products passing `filter` most similar to the product at
@@ -178,71 +193,34 @@ impl Index {
         if product >= self.len() {
             return Vec::new();
         }
-        let codes = &self.codes[product * self.dims..(product + 1) * self.dims];
-        self.nearest(codes, self.scales[product], k, filter, Some(product))
+        let stored = unit_length(&self.vectors.reconstruct(product));
+        self.nearest(&stored, k, filter, Some(product))
     }
 
-    fn nearest(
-        &self,
-        query_codes: &[i8],
-        query_scale: f32,
-        k: usize,
-        filter: &Filter,
-        skip: Option<usize>,
-    ) -> Vec<Hit> {
+    fn nearest(&self, query: &[f32], k: usize, filter: &Filter, skip: Option<usize>) -> Vec<Hit> {
         if k == 0 {
             return Vec::new();
         }
         let matcher = self.columns.matcher(filter);
-        let mut hits: Vec<Hit> = self
-            .codes
-            .chunks_exact(self.dims)
-            .zip(&self.scales)
-            .enumerate()
-            .filter(|&(product, _)| Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product)))
-            .map(|(product, (codes, scale))| Hit {
-                product,
-                score: dot(query_codes, codes) as f32 * scale * query_scale,
-            })
-            .collect();
-        let best_first = |a: &Hit, b: &Hit| b.score.total_cmp(&a.score).then(a.product.cmp(&b.product));
-        if k < hits.len() {
-            hits.select_nth_unstable_by(k - 1, best_first);
-            hits.truncate(k);
-        }
-        hits.sort_unstable_by(best_first);
-        hits
+        self.vectors.nearest(query, k.min(self.len()), |product| {
+            Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product))
+        })
     }
 }
 
-/// Appends the int8 codes of `vector` to `codes` and returns the scale that makes them unit length.
-///
-/// Codes use the full -127..=127 range of the vector's largest component; the scale is
-/// the inverse norm of the codes themselves, so a quantised vector compared with its own
-/// codes scores exactly 1. A zero (or non-finite) vector gets zero codes and scale 0.
-fn quantise(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
-    let largest = vector.iter().fold(0f32, |largest, value| largest.max(value.abs()));
-    if !(largest.is_finite() && largest > 0.0) {
-        codes.extend(std::iter::repeat_n(0, vector.len()));
-        return 0.0;
-    }
-    let step = largest / 127.0;
-    let start = codes.len();
-    // The clamp keeps rounding noise from producing -128, whose square would break symmetry.
-    codes.extend(
-        vector
-            .iter()
-            .map(|value| (value / step).round().clamp(-127.0, 127.0) as i8),
-    );
-    let norm_squared = dot(&codes[start..], &codes[start..]);
-    1.0 / (norm_squared as f32).sqrt()
+/// `vector` scaled to length 1; a zero vector stays zero (and then matches nothing better
+/// than anything else).
+fn unit_length(vector: &[f32]) -> Vec<f32> {
+    let norm = vector.iter().map(|value| value * value).sum::<f32>().sqrt();
+    let scale = if norm > 0.0 && norm.is_finite() {
+        1.0 / norm
+    } else {
+        0.0
+    };
+    vector.iter().map(|value| value * scale).collect()
 }
 
-/// Integer dot product; written as a plain fold so that LLVM vectorises it (SSE/AVX, wasm SIMD).
-fn dot(a: &[i8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
-}
-
+#[cfg(not(target_arch = "wasm32"))]
 fn parse_sha256(hex: &str) -> Result<[u8; 32], IndexError> {
     let bad = || IndexError::BadModelHash(hex.to_owned());
     if hex.len() != 64 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
@@ -259,22 +237,6 @@ fn parse_sha256(hex: &str) -> Result<[u8; 32], IndexError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantised_vector_matches_itself_exactly() {
-        let mut codes = Vec::new();
-        let scale = quantise(&[0.3, -0.5, 0.1, 0.8], &mut codes);
-        assert_eq!(codes[3], 127);
-        let norm = codes.iter().map(|&c| (f32::from(c) * scale).powi(2)).sum::<f32>();
-        assert!((norm - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn zero_vector_gets_zero_scale() {
-        let mut codes = Vec::new();
-        assert_eq!(quantise(&[0.0; 4], &mut codes), 0.0);
-        assert_eq!(codes, [0; 4]);
-    }
 
     #[test]
     fn model_hash_must_be_64_hex_digits() {

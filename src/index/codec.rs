@@ -1,0 +1,726 @@
+//! How an index stores its vectors. The codec is chosen when the index is built and
+//! recorded in the file; every codec stores unit-length vectors, so scores approximate
+//! cosine similarity.
+//!
+//! | codec | bytes per product | search |
+//! |---|---|---|
+//! | int8 | dims + 4 | integer dot product with every product |
+//! | pq | subspaces (e.g. 32) + shared codebooks | table lookups (asymmetric distance) |
+//! | binary | dims / 8 + dims + 4 | Hamming distance picks candidates, int8 rescores them |
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use super::{Hit, IndexError};
+
+/// Centroids per product-quantisation subspace: one byte per code.
+pub const PQ_CENTROIDS: usize = 256;
+/// Candidates the binary codec's Hamming pass hands to int8 rescoring, per result asked for.
+const RESCORED_PER_RESULT: usize = 30;
+/// Lower bound on rescored candidates, so that small `k` still sees enough of the ranking.
+const MIN_RESCORED: usize = 300;
+
+/// How an index stores its vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// int8 codes and one f32 scale per product: dims + 4 bytes, cosine to within ~1e-3.
+    Int8,
+    /// Product quantisation: the vector is cut into `subspaces` equal parts, each stored as
+    /// the number of the nearest of 256 centroids trained on the catalog; a query scores a
+    /// product with one table lookup per subspace. `subspaces` bytes per product.
+    ProductQuantised { subspaces: usize },
+    /// Sign bits of the vector minus the catalog mean choose candidates by Hamming
+    /// distance; their int8 codes rescore them. Faster than int8 at scale, not smaller.
+    Binary,
+}
+
+impl Codec {
+    pub(super) fn id(self) -> u32 {
+        match self {
+            Codec::Int8 => 1,
+            Codec::ProductQuantised { .. } => 2,
+            Codec::Binary => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Codec::Int8 => write!(f, "int8"),
+            Codec::ProductQuantised { subspaces } => write!(f, "pq{subspaces}"),
+            Codec::Binary => write!(f, "binary"),
+        }
+    }
+}
+
+/// The stored vectors of an index, in one of the [`Codec`]s.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Vectors {
+    Int8(Int8Rows),
+    ProductQuantised(PqRows),
+    Binary { signs: SignRows, rows: Int8Rows },
+}
+
+impl Vectors {
+    pub(super) fn codec(&self) -> Codec {
+        match self {
+            Vectors::Int8(_) => Codec::Int8,
+            Vectors::ProductQuantised(pq) => Codec::ProductQuantised {
+                subspaces: pq.subspaces,
+            },
+            Vectors::Binary { .. } => Codec::Binary,
+        }
+    }
+
+    /// The best `k` products passing `keep`, for a unit-length `query`, best first.
+    pub(super) fn nearest(&self, query: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Hit> {
+        match self {
+            Vectors::Int8(rows) => rows.nearest(query, k, keep),
+            Vectors::ProductQuantised(pq) => pq.nearest(query, k, keep),
+            Vectors::Binary { signs, rows } => {
+                let candidates = signs.nearest(query, (k * RESCORED_PER_RESULT).max(MIN_RESCORED), keep);
+                rows.rescore(query, k, candidates.iter().map(|hit| hit.product))
+            }
+        }
+    }
+
+    /// The vector stored for `product`, as the codec reproduces it.
+    pub(super) fn reconstruct(&self, product: usize) -> Vec<f32> {
+        match self {
+            Vectors::Int8(rows) | Vectors::Binary { rows, .. } => rows.reconstruct(product),
+            Vectors::ProductQuantised(pq) => pq.reconstruct(product),
+        }
+    }
+
+    pub(super) fn write(&self, bytes: &mut Vec<u8>) {
+        match self {
+            Vectors::Int8(rows) => rows.write(bytes),
+            Vectors::ProductQuantised(pq) => pq.write(bytes),
+            Vectors::Binary { signs, rows } => {
+                signs.write(bytes);
+                rows.write(bytes);
+            }
+        }
+    }
+
+    /// Reads the vectors section of a file whose header gave `codec`, `count` and `dims`.
+    pub(super) fn read(codec: u32, section: &[u8], count: usize, dims: usize) -> Result<Vectors, IndexError> {
+        let mut reader = Reader { bytes: section };
+        let vectors = match codec {
+            1 => Vectors::Int8(Int8Rows::read(&mut reader, count, dims)?),
+            2 => Vectors::ProductQuantised(PqRows::read(&mut reader, count, dims)?),
+            3 => Vectors::Binary {
+                signs: SignRows::read(&mut reader, count, dims)?,
+                rows: Int8Rows::read(&mut reader, count, dims)?,
+            },
+            _ => return Err(IndexError::UnknownCodec(codec)),
+        };
+        if !reader.bytes.is_empty() {
+            return Err(corrupt(format!(
+                "the vectors section has {} bytes more than {count} products of {dims} dimensions need",
+                reader.bytes.len()
+            )));
+        }
+        Ok(vectors)
+    }
+}
+
+/// int8 codes plus, per product, the scale that brings them back to unit length.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Int8Rows {
+    dims: usize,
+    scales: Vec<f32>,
+    codes: Vec<i8>,
+}
+
+impl Int8Rows {
+    fn row(&self, product: usize) -> &[i8] {
+        &self.codes[product * self.dims..(product + 1) * self.dims]
+    }
+
+    fn nearest(&self, query: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Hit> {
+        let mut query_codes = Vec::with_capacity(self.dims);
+        let query_scale = quantise(query, &mut query_codes);
+        let mut best = TopK::new(k);
+        for (product, (codes, scale)) in self.codes.chunks_exact(self.dims).zip(&self.scales).enumerate() {
+            if keep(product) {
+                best.push(product, dot(&query_codes, codes) as f32 * scale * query_scale);
+            }
+        }
+        best.into_best_first()
+    }
+
+    /// Exact int8 scores of `candidates` only.
+    fn rescore(&self, query: &[f32], k: usize, candidates: impl Iterator<Item = usize>) -> Vec<Hit> {
+        let mut query_codes = Vec::with_capacity(self.dims);
+        let query_scale = quantise(query, &mut query_codes);
+        let mut best = TopK::new(k);
+        for product in candidates {
+            best.push(
+                product,
+                dot(&query_codes, self.row(product)) as f32 * self.scales[product] * query_scale,
+            );
+        }
+        best.into_best_first()
+    }
+
+    fn reconstruct(&self, product: usize) -> Vec<f32> {
+        let scale = self.scales[product];
+        self.row(product).iter().map(|&code| f32::from(code) * scale).collect()
+    }
+
+    fn write(&self, bytes: &mut Vec<u8>) {
+        for scale in &self.scales {
+            bytes.extend_from_slice(&scale.to_le_bytes());
+        }
+        bytes.extend(self.codes.iter().map(|&code| code as u8));
+    }
+
+    fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<Int8Rows, IndexError> {
+        let scales = reader.f32s(count, "int8 scales")?;
+        if let Some(product) = scales.iter().position(|scale| !(scale.is_finite() && *scale >= 0.0)) {
+            return Err(corrupt(format!("product {product} has an invalid scale")));
+        }
+        let codes = reader
+            .take(count.saturating_mul(dims), "int8 codes")?
+            .iter()
+            .map(|&byte| byte as i8)
+            .collect();
+        Ok(Int8Rows { dims, scales, codes })
+    }
+}
+
+/// Product-quantisation codes: one centroid number per subspace and product, of the vector
+/// turned by a rotation that spreads the catalog's variance evenly over the subspaces.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct PqRows {
+    subspaces: usize,
+    sub_dims: usize,
+    /// `dims x dims`, row-major and orthonormal, so it keeps dot products.
+    rotation: Vec<f32>,
+    /// `subspaces * PQ_CENTROIDS` centroids of `sub_dims` values, subspace by subspace.
+    codebooks: Vec<f32>,
+    /// `subspaces` codes per product, row by row.
+    codes: Vec<u8>,
+}
+
+impl PqRows {
+    fn centroid(&self, subspace: usize, code: u8) -> &[f32] {
+        let at = (subspace * PQ_CENTROIDS + code as usize) * self.sub_dims;
+        &self.codebooks[at..at + self.sub_dims]
+    }
+
+    fn rotate(&self, vector: &[f32]) -> Vec<f32> {
+        self.rotation
+            .chunks_exact(vector.len())
+            .map(|row| dot_f32(row, vector))
+            .collect()
+    }
+
+    fn nearest(&self, query: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Hit> {
+        let query = self.rotate(query);
+        // The query's dot product with every centroid, so that a product costs one lookup per subspace.
+        let table: Vec<f32> = (0..self.subspaces)
+            .flat_map(|subspace| {
+                let part = &query[subspace * self.sub_dims..(subspace + 1) * self.sub_dims];
+                (0..PQ_CENTROIDS).map(move |code| dot_f32(part, self.centroid(subspace, code as u8)))
+            })
+            .collect();
+        let mut best = TopK::new(k);
+        for (product, codes) in self.codes.chunks_exact(self.subspaces).enumerate() {
+            if keep(product) {
+                let score = codes
+                    .iter()
+                    .zip(table.chunks_exact(PQ_CENTROIDS))
+                    .map(|(&code, row)| row[code as usize])
+                    .sum();
+                best.push(product, score);
+            }
+        }
+        best.into_best_first()
+    }
+
+    fn reconstruct(&self, product: usize) -> Vec<f32> {
+        let codes = &self.codes[product * self.subspaces..(product + 1) * self.subspaces];
+        let rotated: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .flat_map(|(subspace, &code)| self.centroid(subspace, code).iter().copied())
+            .collect();
+        // The inverse of an orthonormal rotation is its transpose.
+        let mut vector = vec![0f32; rotated.len()];
+        for (row, &value) in self.rotation.chunks_exact(rotated.len()).zip(&rotated) {
+            vector.iter_mut().zip(row).for_each(|(out, r)| *out += r * value);
+        }
+        vector
+    }
+
+    fn write(&self, bytes: &mut Vec<u8>) {
+        bytes.extend_from_slice(&(self.subspaces as u32).to_le_bytes());
+        for value in self.rotation.iter().chain(&self.codebooks) {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        bytes.extend_from_slice(&self.codes);
+    }
+
+    fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<PqRows, IndexError> {
+        let subspaces = reader.u32("the subspace count")? as usize;
+        if subspaces == 0 || !dims.is_multiple_of(subspaces) {
+            return Err(corrupt(format!(
+                "{subspaces} quantisation subspaces do not divide {dims} dimensions"
+            )));
+        }
+        let sub_dims = dims / subspaces;
+        let rotation = reader.f32s(dims.saturating_mul(dims), "rotation")?;
+        let codebooks = reader.f32s(dims.saturating_mul(PQ_CENTROIDS), "codebooks")?;
+        if rotation.iter().chain(&codebooks).any(|value| !value.is_finite()) {
+            return Err(corrupt(
+                "the quantiser holds a value that is not a finite number".into(),
+            ));
+        }
+        let codes = reader
+            .take(count.saturating_mul(subspaces), "quantisation codes")?
+            .to_vec();
+        Ok(PqRows {
+            subspaces,
+            sub_dims,
+            rotation,
+            codebooks,
+            codes,
+        })
+    }
+}
+
+/// One bit per dimension: whether the product's vector lies above the catalog mean there.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SignRows {
+    centre: Vec<f32>,
+    words_per_row: usize,
+    bits: Vec<u64>,
+}
+
+impl SignRows {
+    fn signs(centre: &[f32], vector: &[f32], bits: &mut Vec<u64>) {
+        for (values, centres) in vector.chunks(64).zip(centre.chunks(64)) {
+            let word = values
+                .iter()
+                .zip(centres)
+                .enumerate()
+                .filter(|(_, (value, centre))| value > centre)
+                .fold(0u64, |word, (bit, _)| word | 1 << bit);
+            bits.push(word);
+        }
+    }
+
+    /// Candidates ranked by how many signs they share with the query (score = -Hamming distance).
+    fn nearest(&self, query: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Hit> {
+        let mut query_bits = Vec::with_capacity(self.words_per_row);
+        SignRows::signs(&self.centre, query, &mut query_bits);
+        let mut best = TopK::new(k);
+        for (product, words) in self.bits.chunks_exact(self.words_per_row).enumerate() {
+            if keep(product) {
+                let distance: u32 = words.iter().zip(&query_bits).map(|(a, b)| (a ^ b).count_ones()).sum();
+                best.push(product, -(distance as f32));
+            }
+        }
+        best.into_best_first()
+    }
+
+    fn write(&self, bytes: &mut Vec<u8>) {
+        for value in &self.centre {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        for word in &self.bits {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+
+    fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<SignRows, IndexError> {
+        let centre = reader.f32s(dims, "the catalog mean")?;
+        if centre.iter().any(|value| !value.is_finite()) {
+            return Err(corrupt(
+                "the catalog mean holds a value that is not a finite number".into(),
+            ));
+        }
+        let words_per_row = dims.div_ceil(64);
+        let bits = reader
+            .take(count.saturating_mul(words_per_row).saturating_mul(8), "sign bits")?
+            .chunks_exact(8)
+            .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("chunks of 8 bytes")))
+            .collect();
+        Ok(SignRows {
+            centre,
+            words_per_row,
+            bits,
+        })
+    }
+}
+
+/// Encoding, done by the companion binary when it builds an index.
+#[cfg(not(target_arch = "wasm32"))]
+mod encode {
+    use rayon::prelude::*;
+
+    use super::*;
+
+    /// Vectors sampled to train the quantiser's codebooks: enough for 256 centroids per
+    /// subspace, few enough to train a 44k catalog in seconds.
+    const PQ_TRAINING_SAMPLE: usize = 20_000;
+    const PQ_ITERATIONS: usize = 12;
+
+    impl Vectors {
+        /// Encodes unit-length `vectors` (one per product, each `dims` long) with `codec`.
+        pub(in crate::index) fn encode(codec: Codec, vectors: &[Vec<f32>], dims: usize) -> Result<Vectors, IndexError> {
+            Ok(match codec {
+                Codec::Int8 => Vectors::Int8(Int8Rows::encode(vectors, dims)),
+                Codec::ProductQuantised { subspaces } => {
+                    if subspaces == 0 || !dims.is_multiple_of(subspaces) {
+                        return Err(IndexError::BadSubspaces { subspaces, dims });
+                    }
+                    Vectors::ProductQuantised(PqRows::encode(vectors, dims, subspaces))
+                }
+                Codec::Binary => Vectors::Binary {
+                    signs: SignRows::encode(vectors, dims),
+                    rows: Int8Rows::encode(vectors, dims),
+                },
+            })
+        }
+    }
+
+    impl Int8Rows {
+        fn encode(vectors: &[Vec<f32>], dims: usize) -> Int8Rows {
+            let mut codes = Vec::with_capacity(vectors.len() * dims);
+            let scales = vectors.iter().map(|vector| quantise(vector, &mut codes)).collect();
+            Int8Rows { dims, scales, codes }
+        }
+    }
+
+    impl SignRows {
+        fn encode(vectors: &[Vec<f32>], dims: usize) -> SignRows {
+            let mut centre = vec![0f32; dims];
+            for vector in vectors {
+                centre.iter_mut().zip(vector).for_each(|(sum, value)| *sum += value);
+            }
+            centre.iter_mut().for_each(|sum| *sum /= vectors.len() as f32);
+            let words_per_row = dims.div_ceil(64);
+            let mut bits = Vec::with_capacity(vectors.len() * words_per_row);
+            for vector in vectors {
+                SignRows::signs(&centre, vector, &mut bits);
+            }
+            SignRows {
+                centre,
+                words_per_row,
+                bits,
+            }
+        }
+    }
+
+    impl PqRows {
+        fn encode(vectors: &[Vec<f32>], dims: usize, subspaces: usize) -> PqRows {
+            let sub_dims = dims / subspaces;
+            // An even stride over the catalog: deterministic, and covers every part of it.
+            let stride = vectors.len().div_ceil(PQ_TRAINING_SAMPLE).max(1);
+            let sample: Vec<&[f32]> = vectors.iter().step_by(stride).map(Vec::as_slice).collect();
+            let rotation = balanced_rotation(&sample, dims, subspaces);
+            let mut pq = PqRows {
+                subspaces,
+                sub_dims,
+                rotation,
+                codebooks: Vec::new(),
+                codes: Vec::new(),
+            };
+            let rotated_sample: Vec<Vec<f32>> = sample.par_iter().map(|vector| pq.rotate(vector)).collect();
+            pq.codebooks = (0..subspaces)
+                .into_par_iter()
+                .flat_map_iter(|subspace| {
+                    let parts: Vec<&[f32]> = rotated_sample
+                        .iter()
+                        .map(|vector| &vector[subspace * sub_dims..(subspace + 1) * sub_dims])
+                        .collect();
+                    k_means(&parts, sub_dims)
+                })
+                .collect();
+            pq.codes = vectors
+                .par_iter()
+                .flat_map_iter(|vector| {
+                    let pq = &pq;
+                    let rotated = pq.rotate(vector);
+                    (0..subspaces)
+                        .map(move |subspace| {
+                            let part = &rotated[subspace * sub_dims..(subspace + 1) * sub_dims];
+                            pq.closest(subspace, part) as u8
+                        })
+                        .collect::<Vec<u8>>()
+                })
+                .collect();
+            pq
+        }
+
+        fn closest(&self, subspace: usize, part: &[f32]) -> usize {
+            let start = subspace * PQ_CENTROIDS * self.sub_dims;
+            let codebook = &self.codebooks[start..start + PQ_CENTROIDS * self.sub_dims];
+            closest(codebook.chunks_exact(self.sub_dims), part)
+        }
+    }
+
+    /// Position of the centroid nearest to `point` (squared Euclidean distance).
+    fn closest<'a>(centroids: impl Iterator<Item = &'a [f32]>, point: &[f32]) -> usize {
+        centroids
+            .map(|centroid| squared_distance(centroid, point))
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |(position, _)| position)
+    }
+
+    /// The sample's principal axes, dealt out to the subspaces so that each gets a similar
+    /// product of variances ("eigenvalue allocation", Ge et al., Optimized Product
+    /// Quantization, 2013): without it the first subspaces hold most of the variance and
+    /// their 256 centroids cannot cover it.
+    fn balanced_rotation(sample: &[&[f32]], dims: usize, subspaces: usize) -> Vec<f32> {
+        let count = sample.len() as f64;
+        let mut mean = vec![0f64; dims];
+        for vector in sample {
+            mean.iter_mut()
+                .zip(vector.iter())
+                .for_each(|(m, &v)| *m += f64::from(v) / count);
+        }
+        let centred =
+            nalgebra::DMatrix::from_fn(sample.len(), dims, |row, col| f64::from(sample[row][col]) - mean[col]);
+        let covariance = centred.tr_mul(&centred) / count;
+        let eigen = covariance.symmetric_eigen();
+        let mut axes: Vec<usize> = (0..dims).collect();
+        axes.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+        // Logs of variances relative to a floor, so that all are positive and an empty
+        // subspace is always the least loaded.
+        let floor = eigen.eigenvalues[axes[0]].max(f64::MIN_POSITIVE) * 1e-9;
+        let sub_dims = dims / subspaces;
+        let mut buckets: Vec<(f64, Vec<usize>)> = vec![(0.0, Vec::with_capacity(sub_dims)); subspaces];
+        for axis in axes {
+            let log_variance = (eigen.eigenvalues[axis].max(floor) / floor).ln();
+            let (score, members) = buckets
+                .iter_mut()
+                .filter(|(_, members)| members.len() < sub_dims)
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .expect("the buckets hold exactly dims axes");
+            *score += log_variance;
+            members.push(axis);
+        }
+        buckets
+            .iter()
+            .flat_map(|(_, members)| members)
+            .flat_map(|&axis| {
+                eigen
+                    .eigenvectors
+                    .column(axis)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Eight running sums, so that the compiler can vectorise a float sum it may not reorder.
+    fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+        let mut lanes = [0f32; 8];
+        let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = a_chunks
+            .remainder()
+            .iter()
+            .zip(b_chunks.remainder())
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum();
+        for (x, y) in a_chunks.zip(b_chunks) {
+            for lane in 0..8 {
+                lanes[lane] += (x[lane] - y[lane]) * (x[lane] - y[lane]);
+            }
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+
+    /// Lloyd's k-means with `PQ_CENTROIDS` centroids, started from points spread evenly over
+    /// the sample. A catalog smaller than that repeats its points; a centroid left without
+    /// points keeps its place.
+    fn k_means(points: &[&[f32]], dims: usize) -> Vec<f32> {
+        let mut centroids: Vec<f32> = (0..PQ_CENTROIDS)
+            .flat_map(|i| points[i * points.len() / PQ_CENTROIDS].iter().copied())
+            .collect();
+        for _ in 0..PQ_ITERATIONS {
+            let mut sums = vec![0f32; PQ_CENTROIDS * dims];
+            let mut counts = vec![0usize; PQ_CENTROIDS];
+            for point in points {
+                let nearest = closest(centroids.chunks_exact(dims), point);
+                counts[nearest] += 1;
+                sums[nearest * dims..(nearest + 1) * dims]
+                    .iter_mut()
+                    .zip(point.iter())
+                    .for_each(|(sum, value)| *sum += value);
+            }
+            for ((centroid, sum), &count) in centroids
+                .chunks_exact_mut(dims)
+                .zip(sums.chunks_exact(dims))
+                .zip(&counts)
+            {
+                if count > 0 {
+                    centroid.iter_mut().zip(sum).for_each(|(c, s)| *c = s / count as f32);
+                }
+            }
+        }
+        centroids
+    }
+}
+
+/// Keeps the best `k` hits pushed into it: O(k) memory however many products are scanned.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Ranked>,
+}
+
+/// A hit ordered so that a better hit is smaller: the heap's top is the worst one kept.
+/// Ties go to the earlier product, so results do not depend on the scan order.
+struct Ranked(Hit);
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Ranked) -> Ordering {
+        other
+            .0
+            .score
+            .total_cmp(&self.0.score)
+            .then(self.0.product.cmp(&other.0.product))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Ranked) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Ranked) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16)),
+        }
+    }
+
+    fn push(&mut self, product: usize, score: f32) {
+        let hit = Ranked(Hit { product, score });
+        if self.heap.len() < self.k {
+            self.heap.push(hit);
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            if hit < *worst {
+                *worst = hit;
+            }
+        }
+    }
+
+    fn into_best_first(self) -> Vec<Hit> {
+        self.heap.into_sorted_vec().into_iter().map(|ranked| ranked.0).collect()
+    }
+}
+
+/// Appends the int8 codes of `vector` to `codes` and returns the scale that makes them unit length.
+///
+/// Codes use the full -127..=127 range of the vector's largest component; the scale is
+/// the inverse norm of the codes themselves, so a quantised vector compared with its own
+/// codes scores exactly 1. A zero (or non-finite) vector gets zero codes and scale 0.
+pub(super) fn quantise(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
+    let largest = vector.iter().fold(0f32, |largest, value| largest.max(value.abs()));
+    if !(largest.is_finite() && largest > 0.0) {
+        codes.extend(std::iter::repeat_n(0, vector.len()));
+        return 0.0;
+    }
+    let step = largest / 127.0;
+    let start = codes.len();
+    // The clamp keeps rounding noise from producing -128, whose square would break symmetry.
+    codes.extend(
+        vector
+            .iter()
+            .map(|value| (value / step).round().clamp(-127.0, 127.0) as i8),
+    );
+    let norm_squared = dot(&codes[start..], &codes[start..]);
+    1.0 / (norm_squared as f32).sqrt()
+}
+
+/// Integer dot product; written as a plain fold so that LLVM vectorises it (SSE/AVX, wasm SIMD).
+fn dot(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn corrupt(message: String) -> IndexError {
+    IndexError::Corrupt(message)
+}
+
+/// Reads a section front to back, each read checked against what is left.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], IndexError> {
+        if len > self.bytes.len() {
+            return Err(corrupt(format!("the vectors section is too short for its {what}")));
+        }
+        let (taken, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, IndexError> {
+        let bytes = self.take(4, what)?;
+        Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+    }
+
+    fn f32s(&mut self, count: usize, what: &str) -> Result<Vec<f32>, IndexError> {
+        Ok(self
+            .take(count.saturating_mul(4), what)?
+            .chunks_exact(4)
+            .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("chunks of 4 bytes")))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantised_vector_matches_itself_exactly() {
+        let mut codes = Vec::new();
+        let scale = quantise(&[0.3, -0.5, 0.1, 0.8], &mut codes);
+        assert_eq!(codes[3], 127);
+        let norm = codes.iter().map(|&c| (f32::from(c) * scale).powi(2)).sum::<f32>();
+        assert!((norm - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn zero_vector_gets_zero_scale() {
+        let mut codes = Vec::new();
+        assert_eq!(quantise(&[0.0; 4], &mut codes), 0.0);
+        assert_eq!(codes, [0; 4]);
+    }
+
+    #[test]
+    fn top_k_keeps_the_best_and_breaks_ties_by_position() {
+        let mut best = TopK::new(3);
+        for (product, score) in [0.1, 0.9, 0.5, 0.9, -1.0, 0.7].into_iter().enumerate() {
+            best.push(product, score);
+        }
+        let kept: Vec<usize> = best.into_best_first().iter().map(|hit| hit.product).collect();
+        assert_eq!(kept, [1, 3, 5]);
+        assert!(TopK::new(0).into_best_first().is_empty());
+    }
+}

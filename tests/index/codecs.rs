@@ -1,0 +1,161 @@
+//! Every codec: round trip, size, and how much of the exact float ranking it keeps.
+
+use otlens::index::{Codec, Filter, Index, IndexError, HEADER_LEN, PQ_CENTROIDS};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{cosine, products, random_unit_vectors, MODEL_SHA256};
+
+const CODECS: [Codec; 3] = [Codec::Int8, Codec::ProductQuantised { subspaces: 16 }, Codec::Binary];
+
+/// Photos of `groups` garments, several each: a shared direction plus noise, like a catalog's
+/// embeddings, where exact top-10 lists are mostly one garment's photos.
+fn catalog_like(count: usize, dims: usize, groups: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centres = random_unit_vectors(&mut rng, groups, dims);
+    (0..count)
+        .map(|n| {
+            let vector: Vec<f32> = centres[n % groups]
+                .iter()
+                .map(|value| value + rng.random_range(-0.12..0.12))
+                .collect();
+            let norm = cosine(&vector, &vector).sqrt();
+            vector.into_iter().map(|value| value / norm).collect()
+        })
+        .collect()
+}
+
+/// Share of the exact float top 10 that `index` returns in its top 10, over `queries`.
+fn recall_at_10(index: &Index, embeddings: &[Vec<f32>], queries: &[Vec<f32>]) -> f32 {
+    let found: usize = queries
+        .iter()
+        .map(|query| {
+            let mut exact: Vec<(usize, f32)> = embeddings.iter().map(|e| cosine(query, e)).enumerate().collect();
+            exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let hits = index.search(query, 10, &Filter::ANY);
+            exact[..10]
+                .iter()
+                .filter(|(product, _)| hits.iter().any(|hit| hit.product == *product))
+                .count()
+        })
+        .sum();
+    found as f32 / (queries.len() * 10) as f32
+}
+
+#[test]
+fn every_codec_round_trips_and_says_which_it_is() {
+    let embeddings = catalog_like(300, 64, 30, 1);
+    for codec in CODECS {
+        let index = Index::build_with(codec, MODEL_SHA256, products(300), &embeddings).unwrap();
+        assert_eq!(index.codec(), codec);
+        let bytes = index.to_bytes();
+        let read = Index::from_bytes(&bytes).unwrap();
+        assert_eq!(read, index, "{codec}");
+        assert_eq!(read.to_bytes(), bytes, "{codec}: writing is deterministic");
+    }
+}
+
+#[test]
+fn bytes_per_product_are_what_each_codec_promises() {
+    let (count, dims) = (400, 128);
+    let embeddings = catalog_like(count, dims, 40, 2);
+    let metadata = serde_json::to_vec(&products(count)).unwrap().len();
+    let vectors_len = |codec| {
+        Index::build_with(codec, MODEL_SHA256, products(count), &embeddings)
+            .unwrap()
+            .to_bytes()
+            .len()
+            - HEADER_LEN
+            - metadata
+    };
+    assert_eq!(vectors_len(Codec::Int8), count * (dims + 4));
+    let codebooks = PQ_CENTROIDS * dims * 4;
+    assert_eq!(
+        vectors_len(Codec::ProductQuantised { subspaces: 16 }),
+        4 + dims * dims * 4 + codebooks + count * 16
+    );
+    assert_eq!(vectors_len(Codec::Binary), dims * 4 + count * (dims / 8 + dims + 4));
+}
+
+#[test]
+fn every_codec_keeps_most_of_the_exact_top_10() {
+    let (count, dims) = (3000, 64);
+    // New photos of the catalog's garments.
+    let mut embeddings = catalog_like(count + 60, dims, 100, 3);
+    let queries = embeddings.split_off(count);
+    for (codec, at_least) in [(CODECS[0], 0.95), (CODECS[1], 0.6), (CODECS[2], 0.95)] {
+        let index = Index::build_with(codec, MODEL_SHA256, products(count), &embeddings).unwrap();
+        let recall = recall_at_10(&index, &embeddings, &queries);
+        eprintln!("{codec}: recall@10 {recall:.3}");
+        assert!(recall >= at_least, "{codec}: recall@10 {recall:.3} < {at_least}");
+    }
+}
+
+#[test]
+fn more_like_this_and_filters_work_with_every_codec() {
+    let embeddings = catalog_like(500, 64, 50, 4);
+    let shop = products(500);
+    let priced = Filter {
+        max_price: Some(1e9),
+        ..Filter::ANY
+    };
+    for codec in CODECS {
+        let index = Index::build_with(codec, MODEL_SHA256, shop.clone(), &embeddings).unwrap();
+        let similar = index.similar(7, 5, &Filter::ANY);
+        assert_eq!(similar.len(), 5);
+        assert!(similar.iter().all(|hit| hit.product != 7));
+        assert!(
+            similar.iter().filter(|hit| hit.product % 50 == 7).count() >= 4,
+            "{codec}: photos of the same garment come first: {similar:?}"
+        );
+        // Only even products have a price (see `products`).
+        let hits = index.search(&embeddings[3], 20, &priced);
+        assert_eq!(hits.len(), 20, "{codec}");
+        assert!(hits.iter().all(|hit| hit.product % 2 == 0), "{codec}");
+    }
+}
+
+#[test]
+fn a_subspace_count_must_divide_the_dimensions() {
+    let embeddings = catalog_like(10, 64, 2, 5);
+    assert_eq!(
+        Index::build_with(
+            Codec::ProductQuantised { subspaces: 24 },
+            MODEL_SHA256,
+            products(10),
+            &embeddings
+        ),
+        Err(IndexError::BadSubspaces {
+            subspaces: 24,
+            dims: 64
+        })
+    );
+}
+
+#[test]
+fn an_unknown_codec_is_refused_by_number() {
+    let (index, _) = super::sample_index(4, 8);
+    let result = Index::from_bytes(&super::with_header_field(&index.to_bytes(), 16, &9u32.to_le_bytes()));
+    assert_eq!(result, Err(IndexError::UnknownCodec(9)));
+    assert!(IndexError::UnknownCodec(9).to_string().contains("rebuild"));
+}
+
+#[test]
+fn a_damaged_quantiser_is_refused() {
+    let embeddings = catalog_like(20, 16, 4, 6);
+    let index = Index::build_with(
+        Codec::ProductQuantised { subspaces: 4 },
+        MODEL_SHA256,
+        products(20),
+        &embeddings,
+    )
+    .unwrap();
+    let bytes = index.to_bytes();
+    let vectors_at = u64::from_le_bytes(bytes[76..84].try_into().unwrap()) as usize;
+    for subspaces in [0u32, 3, u32::MAX] {
+        let result = Index::from_bytes(&super::with_header_field(&bytes, vectors_at, &subspaces.to_le_bytes()));
+        assert!(matches!(result, Err(IndexError::Corrupt(_))), "{subspaces}: {result:?}");
+    }
+    let nan = super::with_header_field(&bytes, vectors_at + 4, &f32::NAN.to_le_bytes());
+    assert!(matches!(Index::from_bytes(&nan), Err(IndexError::Corrupt(_))));
+}
