@@ -24,6 +24,8 @@ enum Command {
     Train(cli::train::Args),
     /// Recall@K and mAP@R of models on a query/gallery split, as a Markdown report.
     Eval(cli::eval::Args),
+    /// Recall@10, bytes per product and speed of each index codec on a split's embeddings.
+    BenchIndex(cli::bench_index::Args),
     /// Serve a folder over HTTP on 127.0.0.1 (for the demo and the tests).
     Serve(cli::serve::Args),
 }
@@ -47,6 +49,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => cli::demo::run(args),
         Command::Train(args) => cli::train::run(args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::BenchIndex(args) => cli::bench_index::run(args),
         Command::Serve(args) => cli::serve::run(args),
     }
 }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{read_catalog, CatalogEntry};
-use crate::index::{FileEntry, Index, Manifest, MANIFEST_FORMAT};
+use crate::index::{Codec, FileEntry, Index, Manifest, MANIFEST_FORMAT};
 use crate::model::{sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits};
 
@@ -42,10 +42,39 @@ pub struct Args {
     /// is still written for the good rows).
     #[arg(long)]
     pub strict: bool,
+    /// How the index stores vectors: int8 (dims + 4 bytes per product, the most exact),
+    /// binary (sign bits pick candidates for int8 rescoring: ~8x faster on large catalogs,
+    /// ~12 % larger), or pq (product quantisation: --pq-subspaces bytes per product plus a
+    /// shared rotation and codebooks; small, but it loses part of the exact ranking; see
+    /// `otlens bench-index`).
+    #[arg(long, value_enum, default_value_t = CodecName::Int8)]
+    pub codec: CodecName,
+    /// Bytes per product of the pq codec; must divide the embedding's dimensions.
+    #[arg(long, default_value_t = 32)]
+    pub pq_subspaces: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CodecName {
+    Int8,
+    Binary,
+    Pq,
+}
+
+impl Args {
+    fn codec(&self) -> Codec {
+        match self.codec {
+            CodecName::Int8 => Codec::Int8,
+            CodecName::Binary => Codec::Binary,
+            CodecName::Pq => Codec::ProductQuantised {
+                subspaces: self.pq_subspaces,
+            },
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let built = build_catalog(&args.catalog, &args.model, &args.out)?;
+    let built = build_catalog(&args.catalog, &args.model, &args.out, args.codec())?;
     if args.strict && built.reported > 0 {
         bail!(
             "{} rows were reported above (--strict); the catalog was written for the other {} products",
@@ -62,19 +91,20 @@ pub struct Built {
     pub reported: usize,
 }
 
-/// Reads the catalog file, reports the rows it skips, and writes the catalog folder `out`.
-pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path) -> Result<Built> {
+/// Reads the catalog file, reports the rows it skips, and writes the catalog folder `out`
+/// with its vectors stored by `codec`.
+pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path, codec: Codec) -> Result<Built> {
     let catalog = read_catalog(catalog_path)?;
     for problem in &catalog.problems {
         eprintln!("{}: skipped {problem}", catalog_path.display());
     }
-    let mut built = build(model_path, catalog.entries, out)?;
+    let mut built = build(model_path, catalog.entries, out, codec)?;
     built.reported += catalog.problems.len();
     Ok(built)
 }
 
 /// Embeds `entries` with the model at `model_path` and writes the catalog folder `out`.
-fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Built> {
+fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec) -> Result<Built> {
     if entries.is_empty() {
         bail!("the catalog has no usable products");
     }
@@ -89,7 +119,7 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Bu
     if staging.exists() {
         fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
     }
-    let built = stage(&embedder, &model_bytes, entries, &staging).and_then(|built| {
+    let built = stage(&embedder, &model_bytes, entries, &staging, codec).and_then(|built| {
         commit(&staging, out, &built.manifest)?;
         eprintln!(
             "wrote {} products to {}",
@@ -106,7 +136,13 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path) -> Result<Bu
 }
 
 /// Writes thumbnails, index, model copy and manifest into `staging`.
-fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, staging: &Path) -> Result<Built> {
+fn stage(
+    embedder: &Embedder,
+    model_bytes: &[u8],
+    entries: Vec<CatalogEntry>,
+    staging: &Path,
+    codec: Codec,
+) -> Result<Built> {
     let staged_thumbs = staging.join(THUMBS_DIR);
     fs::create_dir_all(&staged_thumbs).with_context(|| format!("cannot create {}", staged_thumbs.display()))?;
     let started = Instant::now();
@@ -176,7 +212,7 @@ fn stage(embedder: &Embedder, model_bytes: &[u8], entries: Vec<CatalogEntry>, st
     );
 
     let info = embedder.info();
-    let index = Index::build(&info.sha256, products, &embeddings)?;
+    let index = Index::build_with(codec, &info.sha256, products, &embeddings)?;
     let index_bytes = index.to_bytes();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,

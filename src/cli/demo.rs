@@ -11,6 +11,7 @@ use image::{imageops::FilterType, GrayImage};
 use serde::{Deserialize, Serialize};
 
 use super::build_index;
+use crate::index::Codec;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -164,7 +165,7 @@ fn fmnist(args: &FmnistArgs) -> Result<()> {
     catalog.flush()?;
     drop(catalog);
     eprintln!("wrote {count} Fashion-MNIST products to {}", catalog_path.display());
-    build_index::build_catalog(&catalog_path, &args.model, &args.out)?;
+    build_index::build_catalog(&catalog_path, &args.model, &args.out, Codec::Int8)?;
     Ok(())
 }
 
@@ -261,7 +262,7 @@ fn fpi(args: &FpiArgs) -> Result<()> {
         "wrote {written} Fashion Product Images products to {}",
         catalog_path.display()
     );
-    build_index::build_catalog(&catalog_path, &args.model, &args.out)?;
+    build_index::build_catalog(&catalog_path, &args.model, &args.out, Codec::Int8)?;
     Ok(())
 }
 

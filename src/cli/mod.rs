@@ -1,5 +1,6 @@
 //! The companion binary's commands, one module each (native only).
 
+pub mod bench_index;
 pub mod build_index;
 pub mod demo;
 pub mod embed;

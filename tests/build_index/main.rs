@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use image::{Rgb, RgbImage};
-use otlens::index::{Filter, Index, Manifest};
+use otlens::index::{Codec, Filter, Index, Manifest};
 use otlens::model::{sha256_hex, Embedder};
 use otlens::preprocess::DecodeLimits;
 
@@ -173,6 +173,45 @@ fn build_index_embed_and_serve() {
     check_serve(&out, &manifest);
     check_failed_rebuild_keeps_the_previous_catalog(model, work.path(), &out, &manifest);
     check_strict_reports_bad_rows_and_shared_photos(model, work.path());
+    check_codecs(model, &catalog, work.path());
+}
+
+fn check_codecs(model: &str, catalog: &Path, dir: &Path) {
+    for (flags, codec) in [
+        (&["--codec", "binary"][..], Codec::Binary),
+        (
+            &["--codec", "pq", "--pq-subspaces", "64"][..],
+            Codec::ProductQuantised { subspaces: 64 },
+        ),
+    ] {
+        let out = dir.join(format!("codec-{codec}"));
+        let mut args = vec!["build-index", "--model", model, "--catalog", catalog.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(flags);
+        let output = otlens(&args);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let manifest = read_manifest(&out);
+        let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
+        assert_eq!(index.codec(), codec);
+        assert_eq!(index.len(), PHOTOS);
+    }
+    let out = dir.join("codec-bad");
+    let output = otlens(&[
+        "build-index",
+        "--model",
+        model,
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--codec",
+        "pq",
+        "--pq-subspaces",
+        "48",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("divides the 1280 dimensions, not 48"), "{stderr}");
 }
 
 fn check_embed_command(model: &str, dir: &Path, embedder: &Embedder) {

@@ -1,0 +1,129 @@
+//! `otlens bench-index`: what each index codec keeps of exact float search on a real
+//! catalog's embeddings, what it costs per product, and how fast it searches (as a ratio
+//! to int8, measured in the same run).
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+
+use crate::catalog::Product;
+use crate::index::{Codec, Filter, Index};
+use crate::model::Embedder;
+use crate::train::dataset::{Dataset, Role};
+use crate::train::features::{extract, Rows};
+
+const K: usize = 10;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// ONNX embedding model whose embeddings are indexed.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Split CSV (e.g. Fashion Product Images' products.csv): the gallery photos are indexed,
+    /// the query photos search it. A split without queries holds out one product in 5.
+    #[arg(long)]
+    pub split: PathBuf,
+    /// Query photos searched, spread evenly over the split's queries.
+    #[arg(long, default_value_t = 1000)]
+    pub queries: usize,
+    /// Product-quantisation sizes to compare (bytes per product; must divide the dimensions).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,40,64")]
+    pub pq_subspaces: Vec<usize>,
+    /// Where embeddings are cached between runs (shared with `otlens eval`).
+    #[arg(long, default_value = ".cache/features")]
+    pub cache: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut dataset = Dataset::read(&args.split)?;
+    if dataset.with_role(Role::Query).is_empty() {
+        dataset.hold_out_queries(5);
+    }
+    let bytes = fs::read(&args.model).with_context(|| format!("cannot read the model {}", args.model.display()))?;
+    let embedder = Embedder::from_bytes(&bytes).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let embeddings = extract(&embedder, &dataset, 0, &args.cache, "embeddings")?;
+    let dims = embeddings.dims;
+    let gallery = embeddings.select(&dataset.with_role(Role::Gallery));
+    let all_queries = dataset.with_role(Role::Query);
+    let step = all_queries.len().div_ceil(args.queries.max(1)).max(1);
+    let queries = embeddings.select(&all_queries.into_iter().step_by(step).collect::<Vec<_>>());
+    let gallery_rows: Vec<Vec<f32>> = gallery.values.chunks_exact(dims).map(unit_length).collect();
+    let query_rows: Vec<Vec<f32>> = queries.values.chunks_exact(dims).map(unit_length).collect();
+    println!(
+        "{} gallery photos, {} queries, {dims} dimensions; recall@{K} against exact f32 cosine search",
+        gallery_rows.len(),
+        query_rows.len()
+    );
+
+    let exact: Vec<Vec<usize>> = query_rows
+        .par_iter()
+        .map(|query| exact_top_k(query, &gallery_rows))
+        .collect();
+    let products: Vec<Product> = (0..gallery_rows.len())
+        .map(|n| Product {
+            id: n.to_string(),
+            ..Product::default()
+        })
+        .collect();
+    let sha256 = &embedder.info().sha256;
+    let codecs = [Codec::Int8, Codec::Binary].into_iter().chain(
+        args.pq_subspaces
+            .iter()
+            .map(|&subspaces| Codec::ProductQuantised { subspaces }),
+    );
+    println!("| codec | vector bytes per product | recall@{K} | search time vs int8 | build |");
+    println!("|---|---|---|---|---|");
+    let mut int8_time = None;
+    for codec in codecs {
+        let started = Instant::now();
+        let index = Index::build_with(codec, sha256, products.clone(), &gallery_rows)?;
+        let build = started.elapsed();
+        let file = index.to_bytes().len();
+        let metadata = serde_json::to_vec(index.products())?.len();
+        let vector_bytes = (file - crate::index::HEADER_LEN - metadata) as f64 / gallery_rows.len() as f64;
+        // One thread, as in a browser worker.
+        let started = Instant::now();
+        let found: usize = query_rows
+            .iter()
+            .zip(&exact)
+            .map(|(query, exact)| {
+                let hits = index.search(query, K, &Filter::ANY);
+                exact
+                    .iter()
+                    .filter(|&&p| hits.iter().any(|hit| hit.product == p))
+                    .count()
+            })
+            .sum();
+        let search = started.elapsed();
+        let ratio = search.as_secs_f64() / int8_time.get_or_insert(search).as_secs_f64();
+        println!(
+            "| {codec} | {vector_bytes:.1} | {:.3} | {ratio:.2} ({:.2} ms) | {:.1} s |",
+            found as f64 / (query_rows.len() * K) as f64,
+            per_query_ms(search, query_rows.len()),
+            build.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn per_query_ms(total: Duration, queries: usize) -> f64 {
+    total.as_secs_f64() * 1000.0 / queries as f64
+}
+
+fn unit_length(vector: &[f32]) -> Vec<f32> {
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    vector.iter().map(|v| v / norm).collect()
+}
+
+fn exact_top_k(query: &[f32], gallery: &[Vec<f32>]) -> Vec<usize> {
+    let mut scored: Vec<(usize, f32)> = gallery
+        .iter()
+        .map(|row| row.iter().zip(query).map(|(a, b)| a * b).sum())
+        .enumerate()
+        .collect();
+    scored.select_nth_unstable_by(K - 1, |a, b| b.1.total_cmp(&a.1));
+    scored[..K].iter().map(|&(product, _)| product).collect()
+}
