@@ -134,6 +134,13 @@ bench() {
     models+=(.cache/bench-models/$model-{fp32,int8,int8-weights}.onnx)
   done
   node bench/run.mjs "${models[@]}"
+  # Index codecs on real embeddings: recall against exact search, bytes per product, speed.
+  local fpi=../shared/data/fpi/products.csv
+  if [ -f "$fpi" ]; then
+    "$OTLENS" bench-index --model "$MODEL" --split "$fpi"
+  else
+    log "skipped the index codec benchmark: no Fashion Product Images at $fpi (see README, Data)"
+  fi
 }
 
 # fuzz [photo | index] [SECONDS]: cargo fuzz (nightly) on one target for SECONDS (default 600),
@@ -158,9 +165,10 @@ fuzz() {
       extra=(-max_len=65536)
       ;;
     index)
-      # A three-product index: small enough for libFuzzer's 1 MB inputs to hold it whole.
+      # A three-product index, int8 and binary: small enough for libFuzzer's 1 MB inputs to
+      # hold it whole (a pq index of the 1280-dimension model carries a 6.5 MB rotation).
       local seed_catalog=.cache/fuzz-seed-catalog
-      if [ ! -f "$seed_catalog/out/manifest.json" ]; then
+      if [ ! -f "$seed_catalog/binary/manifest.json" ]; then
         [ -f "$OTLENS" ] || build
         mkdir -p "$seed_catalog"
         printf 'id,title,image\n' >"$seed_catalog/catalog.csv"
@@ -168,8 +176,10 @@ fuzz() {
           printf '%s,%s,/usr/share/darknet/data/%s.jpg\n' "$photo" "$photo" "$photo" >>"$seed_catalog/catalog.csv"
         done
         "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/out"
+        "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/binary" \
+          --codec binary
       fi
-      cp -n "$seed_catalog"/out/index-*.otl "$seeds"/
+      cp -n "$seed_catalog"/out/index-*.otl "$seed_catalog"/binary/index-*.otl "$seeds"/
       ;;
     *) echo "unknown fuzz target '$target' (use photo or index)" >&2; exit 2 ;;
   esac
