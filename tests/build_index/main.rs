@@ -23,8 +23,9 @@ fn otlens(args: &[&str]) -> Output {
     output
 }
 
-fn build_index(model: &str, catalog: &Path, out: &Path) -> Output {
-    otlens(&[
+/// `otlens build-index` with `flags` after the model, catalog and output folder.
+fn build_index(model: &str, catalog: &Path, out: &Path, flags: &[&str]) -> Output {
+    let mut args = vec![
         "build-index",
         "--model",
         model,
@@ -32,7 +33,9 @@ fn build_index(model: &str, catalog: &Path, out: &Path) -> Output {
         catalog.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ])
+    ];
+    args.extend(flags);
+    otlens(&args)
 }
 
 /// Eight clearly different garments-to-be: stripes, checks, dots, gradients.
@@ -101,7 +104,7 @@ fn build_index_embed_and_serve() {
     let work = tempfile::tempdir().unwrap();
     let catalog = write_catalog(work.path());
     let out = work.path().join("site/catalog");
-    let output = build_index(model, &catalog, &out);
+    let output = build_index(model, &catalog, &out, &[]);
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 10: skipped product \"broken\""), "{stderr}");
@@ -185,30 +188,19 @@ fn check_codecs(model: &str, catalog: &Path, dir: &Path) {
         ),
     ] {
         let out = dir.join(format!("codec-{codec}"));
-        let mut args = vec!["build-index", "--model", model, "--catalog", catalog.to_str().unwrap()];
-        args.extend(["--out", out.to_str().unwrap()]);
-        args.extend(flags);
-        let output = otlens(&args);
+        let output = build_index(model, catalog, &out, flags);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         let manifest = read_manifest(&out);
         let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
         assert_eq!(index.codec(), codec);
         assert_eq!(index.len(), PHOTOS);
     }
-    let out = dir.join("codec-bad");
-    let output = otlens(&[
-        "build-index",
-        "--model",
+    let output = build_index(
         model,
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--codec",
-        "pq",
-        "--pq-subspaces",
-        "48",
-    ]);
+        catalog,
+        &dir.join("codec-bad"),
+        &["--codec", "pq", "--pq-subspaces", "48"],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("divides the 1280 dimensions, not 48"), "{stderr}");
@@ -386,7 +378,7 @@ fn check_serve(out: &Path, manifest: &Manifest) {
 fn check_failed_rebuild_keeps_the_previous_catalog(model: &str, dir: &Path, out: &Path, before: &Manifest) {
     let catalog = dir.join("all-broken.csv");
     std::fs::write(&catalog, "id,title,image\nb,Broken,photos/broken.jpg\n").unwrap();
-    let output = build_index(model, &catalog, out);
+    let output = build_index(model, &catalog, out, &[]);
     assert!(!output.status.success());
     assert_eq!(&read_manifest(out), before);
     assert!(out.join(&before.index.file).is_file());
@@ -395,7 +387,7 @@ fn check_failed_rebuild_keeps_the_previous_catalog(model: &str, dir: &Path, out:
     // A successful rebuild replaces the index and removes the old file.
     let catalog = dir.join("two.csv");
     std::fs::write(&catalog, "id,title,image\na,A,photos/p0.jpg\nb,B,photos/p1.png\n").unwrap();
-    let output = build_index(model, &catalog, out);
+    let output = build_index(model, &catalog, out, &[]);
     assert!(output.status.success());
     let after = read_manifest(out);
     assert_eq!(after.products, 2);
@@ -423,12 +415,8 @@ fn check_strict_reports_bad_rows_and_shared_photos(model: &str, dir: &Path) {
     .unwrap();
     for strict in [false, true] {
         let out = dir.join(format!("messy-{strict}"));
-        let mut args = vec!["build-index", "--model", model, "--catalog", catalog.to_str().unwrap()];
-        args.extend(["--out", out.to_str().unwrap()]);
-        if strict {
-            args.push("--strict");
-        }
-        let output = otlens(&args);
+        let flags: &[&str] = if strict { &["--strict"] } else { &[] };
+        let output = build_index(model, &catalog, &out, flags);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.success(), !strict, "{stderr}");
         for expected in [
