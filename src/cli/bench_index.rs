@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 
 use crate::catalog::Product;
-use crate::index::{Codec, Filter, Index};
+use crate::index::{unit_length, Codec, Filter, Index, HEADER_LEN};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
 use crate::train::features::{extract, Rows};
@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         let build = started.elapsed();
         let file = index.to_bytes().len();
         let metadata = serde_json::to_vec(index.products())?.len();
-        let vector_bytes = (file - crate::index::HEADER_LEN - metadata) as f64 / gallery_rows.len() as f64;
+        let vector_bytes = (file - HEADER_LEN - metadata) as f64 / gallery_rows.len() as f64;
         // One thread, as in a browser worker.
         let started = Instant::now();
         let found: usize = query_rows
@@ -111,11 +111,6 @@ pub fn run(args: Args) -> Result<()> {
 
 fn per_query_ms(total: Duration, queries: usize) -> f64 {
     total.as_secs_f64() * 1000.0 / queries as f64
-}
-
-fn unit_length(vector: &[f32]) -> Vec<f32> {
-    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-    vector.iter().map(|v| v / norm).collect()
 }
 
 fn exact_top_k(query: &[f32], gallery: &[Vec<f32>]) -> Vec<usize> {

@@ -16,8 +16,9 @@
 //!
 //! Metadata: the products as a JSON array. Vectors, by codec:
 //! - int8: `count` f32 scales, then `count * dims` i8 codes, row by row;
-//! - product quantisation: u32 `subspaces`, then `subspaces * 256 * (dims / subspaces)` f32
-//!   centroids, subspace by subspace, then `count * subspaces` u8 codes, row by row;
+//! - product quantisation: u32 `subspaces`, then the `dims * dims` f32 rotation (row-major),
+//!   then `subspaces * 256 * (dims / subspaces)` f32 centroids, subspace by subspace, then
+//!   `count * subspaces` u8 codes, row by row;
 //! - binary: `dims` f32 (the catalog mean), `count * ceil(dims / 64)` u64 sign words, then
 //!   the int8 layout.
 //!

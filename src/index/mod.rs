@@ -208,9 +208,9 @@ impl Index {
     }
 }
 
-/// `vector` scaled to length 1; a zero vector stays zero (and then matches nothing better
-/// than anything else).
-fn unit_length(vector: &[f32]) -> Vec<f32> {
+/// `vector` scaled to length 1, as the index stores and searches it; a zero vector stays
+/// zero (and then matches nothing better than anything else).
+pub fn unit_length(vector: &[f32]) -> Vec<f32> {
     let norm = vector.iter().map(|value| value * value).sum::<f32>().sqrt();
     let scale = if norm > 0.0 && norm.is_finite() {
         1.0 / norm
