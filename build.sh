@@ -73,8 +73,9 @@ build() {
   log "building the companion binary"
   cargo build --release --locked
   log "building the wasm module (SIMD)"
-  RUSTFLAGS='-C target-feature=+simd128' cargo build --release --locked --lib --target wasm32-unknown-unknown
-  wasm-bindgen --target web --remove-name-section --out-dir www/pkg target/wasm32-unknown-unknown/release/otlens.wasm
+  # The wasm profile (Cargo.toml) optimises for size, except tract's kernels.
+  RUSTFLAGS='-C target-feature=+simd128' cargo build --profile wasm --locked --lib --target wasm32-unknown-unknown
+  wasm-bindgen --target web --remove-name-section --out-dir www/pkg target/wasm32-unknown-unknown/wasm/otlens.wasm
 }
 
 # demo [fmnist | fpi [DIR]]: the demo catalog under www/catalog.

@@ -64,11 +64,11 @@ async function fetchBytes(url) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-async function benchModel(name, url, { warmup, runs }) {
-  const bytes = await fetchBytes(url);
+async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs }) {
+  const [bytes, compiledBytes] = await Promise.all([fetchBytes(onnxUrl), fetchBytes(compiledUrl)]);
 
   let started = performance.now();
-  const model = new Model(bytes);
+  const model = new Model(compiledBytes);
   const tractLoadMs = performance.now() - started;
   const { size } = model.info().input;
   const input = inputTensor(size);
@@ -133,7 +133,7 @@ window.runBenchmark = async ({ models, photoUrl, warmup, runs }) => {
   ort.env.wasm.numThreads = 1;
   ort.env.wasm.proxy = false;
   const results = [];
-  for (const { name, url } of models) results.push(await benchModel(name, url, { warmup, runs }));
+  for (const model of models) results.push(await benchModel(model, { warmup, runs }));
   const search = photoUrl ? await benchSearch(photoUrl, { warmup, runs }) : null;
   return { results, search, userAgent: navigator.userAgent, crossOriginIsolated: self.crossOriginIsolated };
 };

@@ -1,10 +1,12 @@
 #!/usr/bin/env node
-// Browser benchmark: median ms per embedding for tract-wasm (otlens) and onnxruntime-web (wasm,
-// 1 thread) on the same ONNX files, search timings on the demo catalog, and download sizes.
+// Browser benchmark: median ms per embedding for tract-wasm (otlens, running each ONNX file
+// compiled by `otlens compile`) and onnxruntime-web (wasm, 1 thread, the ONNX file itself),
+// search timings on the demo catalog, and download sizes.
 //
 //   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3]
 //
-// Needs: www/pkg (./build.sh build), www/catalog (./build.sh demo), tests/e2e/node_modules (npm ci).
+// Needs: www/pkg and target/release/otlens (./build.sh build), www/catalog (./build.sh demo),
+// tests/e2e/node_modules (npm ci).
 // One headless Chromium run; everything is served from 127.0.0.1 by a server started here.
 
 import { existsSync, readFileSync, statSync } from "node:fs";
@@ -13,10 +15,11 @@ import { basename, dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 
-import { DOG_JPG, MANIFEST, WWW, launchBrowser } from "../tests/e2e/helpers.mjs";
+import { DOG_JPG, MANIFEST, WWW, compiled, launchBrowser } from "../tests/e2e/helpers.mjs";
 
 const BENCH = dirname(fileURLToPath(import.meta.url));
 const ORT_DIST = resolve(BENCH, "../tests/e2e/node_modules/onnxruntime-web/dist");
+const SITE = "/site/";
 const TYPES = {
   ".html": "text/html; charset=utf-8",
   ".js": "text/javascript",
@@ -57,10 +60,29 @@ function serve(routes, files) {
     response.writeHead(200, {
       "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
       "Content-Length": body.length,
+      // The demo site is served as a static host would: cacheable, so a second visit is a warm cache.
+      ...(path.startsWith(SITE) ? { "Cache-Control": "max-age=3600" } : {}),
     });
     response.end(body);
   });
   return new Promise((done) => server.listen(0, "127.0.0.1", () => done(server)));
+}
+
+/** Page load to the widget's otlens-ready in ms: the first visit, then the median of `visits` warm ones. */
+async function timeToReady(context, url, visits = 5) {
+  const times = [];
+  for (let visit = 0; visit <= visits; visit++) {
+    const page = await context.newPage();
+    await page.addInitScript(() => {
+      addEventListener("otlens-ready", () => (window.otlensReadyAt ??= performance.now()));
+    });
+    await page.goto(url);
+    await page.waitForFunction(() => window.otlensReadyAt !== undefined, null, { timeout: 120_000 });
+    times.push(await page.evaluate(() => window.otlensReadyAt));
+    await page.close();
+  }
+  const warm = times.slice(1).sort((a, b) => a - b);
+  return { cold: times[0], warm: warm[Math.floor(warm.length / 2)], visits };
 }
 
 const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
@@ -83,15 +105,21 @@ async function main() {
     if (!existsSync(path)) throw new Error(`missing ${path}: see the requirements at the top of bench/run.mjs`);
   }
   const hasCatalog = existsSync(MANIFEST);
-  const files = Object.fromEntries(options.models.map((path, i) => [`/models/${i}.onnx`, path]));
+  const compiledModels = options.models.map(compiled);
+  const files = {};
+  options.models.forEach((path, i) => {
+    files[`/models/${i}.onnx`] = path;
+    files[`/models/${i}.nnef.tgz`] = compiledModels[i];
+  });
   files["/photo.jpg"] = DOG_JPG;
   const server = await serve(
-    { "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog"), "/": BENCH },
+    { [SITE]: WWW, "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog"), "/": BENCH },
     files,
   );
   const url = `http://127.0.0.1:${server.address().port}/`;
   const browser = await launchBrowser();
   let report;
+  let ready = null;
   try {
     const page = await browser.context.newPage();
     page.on("console", (message) => {
@@ -102,11 +130,16 @@ async function main() {
     const { models, warmup, runs } = options;
     console.error(`benchmarking ${models.length} models, ${warmup} warm-up + ${runs} runs each…`);
     report = await page.evaluate((config) => window.runBenchmark(config), {
-      models: options.models.map((path, i) => ({ name: basename(path, ".onnx"), url: `/models/${i}.onnx` })),
+      models: options.models.map((path, i) => ({
+        name: basename(path, ".onnx"),
+        onnxUrl: `/models/${i}.onnx`,
+        compiledUrl: `/models/${i}.nnef.tgz`,
+      })),
       photoUrl: hasCatalog ? "/photo.jpg" : null,
       warmup: options.warmup,
       runs: options.runs,
     });
+    if (hasCatalog) ready = await timeToReady(browser.context, `${url}site/`);
   } finally {
     await browser.close();
     server.close();
@@ -137,12 +170,23 @@ async function main() {
     console.log("\n(no demo catalog in www/catalog: search timings skipped)");
   }
 
+  if (ready) {
+    console.log("\nDemo page load to otlens-ready (model and index downloaded, checked and loaded), ms:\n");
+    printTable(
+      ["first visit", `warm HTTP cache (median of ${ready.visits})`, "warm / 1,500 ms target"],
+      [[ready.cold.toFixed(0), ready.warm.toFixed(0), (ready.warm / 1500).toFixed(2)]],
+    );
+  }
+
   console.log("\nDownload sizes:\n");
   const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
   const sized = [
     ["otlens wasm (tract)", wasmPath],
     ["onnxruntime-web wasm", ortWasm],
-    ...options.models.map((path) => [basename(path), path]),
+    ...options.models.flatMap((path, i) => [
+      [basename(path), path],
+      [`${basename(path, ".onnx")}.nnef.tgz (compiled)`, compiledModels[i]],
+    ]),
   ];
   if (hasCatalog) {
     const manifest = JSON.parse(readFileSync(MANIFEST, "utf8"));

@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Convert a PyTorch checkpoint into an ONNX embedding model (fp32 and int8).
     Import(cli::import::Args),
+    /// Compile an ONNX embedding model into the file the widget runs (NNEF, gzipped).
+    Compile(cli::compile::Args),
     /// Print the embedding of one photo as JSON.
     Embed(cli::embed::Args),
     /// Embed a catalog's photos and write the index, thumbnails and manifest.
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Import(args) => cli::import::run(args),
+        Command::Compile(args) => cli::compile::run(args),
         Command::Embed(args) => cli::embed::run(args),
         Command::BuildIndex(args) => cli::build_index::run(args),
         Command::Demo(args) => cli::demo::run(args),

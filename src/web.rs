@@ -60,7 +60,7 @@ pub struct Model {
 
 #[wasm_bindgen]
 impl Model {
-    /// Loads an ONNX model file written by `otlens import`.
+    /// Loads a model compiled by `otlens compile` or `otlens build-index` (`.nnef.tgz`).
     #[wasm_bindgen(constructor)]
     pub fn new(model_bytes: &[u8]) -> Result<Model, JsError> {
         Ok(Model {
@@ -141,16 +141,17 @@ impl Lens {
         })
     }
 
-    /// Loads the model, refusing one the index was not built with before the (slow) model load.
+    /// Loads the model, refusing one the index was not built with.
     pub fn load_model(&mut self, model_bytes: &[u8]) -> Result<(), JsError> {
-        let model_sha256 = sha256_hex(model_bytes);
-        if self.index.model_sha256() != model_sha256 {
+        let embedder = Embedder::from_bytes(model_bytes).map_err(js_error)?;
+        let model_sha256 = &embedder.info().sha256;
+        if self.index.model_sha256() != *model_sha256 {
             return Err(js_error(Error::ModelMismatch {
                 index: self.index.model_sha256(),
-                model: model_sha256,
+                model: model_sha256.clone(),
             }));
         }
-        self.embedder = Some(Embedder::from_bytes(model_bytes).map_err(js_error)?);
+        self.embedder = Some(embedder);
         Ok(())
     }
 

@@ -24,7 +24,7 @@ const SHELL = ["pkg/otlens_bg.wasm", "pkg/otlens.js", "otlens-worker.js", "otlen
   (file) => new URL(file, self.location).href,
 );
 // `otlens build-index` names model and index files after the first 8 hex digits of their sha256.
-const CONTENT_ADDRESSED = /\/(model|index)-[0-9a-f]{8,}\.[a-z]+$/;
+const CONTENT_ADDRESSED = /\/(model|index)-[0-9a-f]{8,}(\.[a-z]+)+$/;
 
 self.addEventListener("install", () => self.skipWaiting());
 

@@ -1,5 +1,6 @@
 //! `otlens build-index`: embeds every catalog photo and writes the folder the widget loads:
-//! `manifest.json`, `model-<sha8>.onnx`, `index-<sha8>.otl` and `thumbs/<n>.jpg`.
+//! `manifest.json`, `model-<sha8>.nnef.tgz` (the model compiled for the widget),
+//! `index-<sha8>.otl` and `thumbs/<n>.jpg`.
 //!
 //! Everything is written into a staging folder first and moved into place at the end,
 //! manifest last, so an interrupted build leaves the previous catalog working.
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::{read_catalog, CatalogEntry};
 use crate::index::{Codec, FileEntry, Index, Manifest, MANIFEST_FORMAT};
-use crate::model::{sha256_hex, Embedder};
+use crate::model::{self, sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits};
 
 /// Longest side of a thumbnail, in pixels: sharp in a results grid on a phone, ~10 KB each.
@@ -28,7 +29,8 @@ const STAGING_DIR: &str = ".otlens-build";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// ONNX embedding model written by `otlens import`.
+    /// Embedding model: ONNX from `otlens import` or `otlens train` (compiled here for the
+    /// widget), or a model already compiled by `otlens compile`.
     #[arg(long)]
     pub model: PathBuf,
     /// Catalog: CSV with a header row, or JSON Lines. Columns: id, title, brand, price, currency,
@@ -110,6 +112,12 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec
     }
     let model_bytes =
         fs::read(model_path).with_context(|| format!("cannot read the model {}", model_path.display()))?;
+    // The index is built with the very file the widget runs.
+    let model_bytes = if model::is_compiled(&model_bytes) {
+        model_bytes
+    } else {
+        model::compile(&model_bytes).with_context(|| format!("cannot compile the model {}", model_path.display()))?
+    };
     let embedder = Embedder::from_bytes(&model_bytes)
         .with_context(|| format!("cannot load the model {}", model_path.display()))?;
 
@@ -216,7 +224,7 @@ fn stage(
     let index_bytes = index.to_bytes();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
-        model: FileEntry::describe(format!("model-{}.onnx", &info.sha256[..8]), model_bytes),
+        model: FileEntry::describe(format!("model-{}.nnef.tgz", &sha256_hex(model_bytes)[..8]), model_bytes),
         index: FileEntry::describe(format!("index-{}.otl", &sha256_hex(&index_bytes)[..8]), &index_bytes),
         products: index.len(),
         dims: index.dims(),
@@ -288,7 +296,8 @@ fn commit(staging: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
     for stale in fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))? {
         let name = stale?.file_name();
         let name = name.to_string_lossy();
-        let ours = (name.starts_with("model-") && name.ends_with(".onnx"))
+        // `.onnx`: the model file of catalogs built before the widget ran compiled models.
+        let ours = (name.starts_with("model-") && (name.ends_with(".nnef.tgz") || name.ends_with(".onnx")))
             || (name.starts_with("index-") && name.ends_with(".otl"));
         if ours && name != manifest.model.file && name != manifest.index.file {
             fs::remove_file(out.join(name.as_ref())).with_context(|| format!("cannot remove the old {name}"))?;

@@ -11,7 +11,7 @@ use crate::preprocess::DecodeLimits;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// ONNX embedding model written by `otlens import`.
+    /// Embedding model: ONNX from `otlens import`, or compiled by `otlens compile`.
     #[arg(long)]
     pub model: PathBuf,
     /// Photos to embed.

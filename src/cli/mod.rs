@@ -2,6 +2,7 @@
 
 pub mod bench_index;
 pub mod build_index;
+pub mod compile;
 pub mod demo;
 pub mod embed;
 pub mod eval;

@@ -1,10 +1,14 @@
 //! Embedding model execution.
 //!
-//! A model file is an ONNX graph written by the companion importer: one input
-//! (1x3xSxS, f32, normalised RGB), first output an L2-normalised embedding. How to
-//! prepare its input travels inside the file as ONNX metadata, so the widget and the
-//! index builder can never disagree about preprocessing.
+//! A model is an ONNX graph written by the companion importer: one input (1x3xSxS, f32,
+//! normalised RGB), first output an L2-normalised embedding. How to prepare its input
+//! travels inside the file as ONNX metadata, so the widget and the index builder can
+//! never disagree about preprocessing. The widget runs the same graph compiled to NNEF
+//! ([`compile`], native only), which keeps that metadata and names the ONNX file it came from.
 
+#[cfg(not(target_arch = "wasm32"))]
+mod compile;
+mod int8_weights;
 mod tract;
 
 use serde::{Deserialize, Serialize};
@@ -13,12 +17,16 @@ use sha2::{Digest, Sha256};
 use crate::preprocess::{self, DecodeLimits, InputSpec};
 use crate::{Error, Result};
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use self::compile::compile;
 pub use self::tract::TractModel;
 
 /// ONNX metadata key holding the model's [`InputSpec`] as JSON.
 pub const META_INPUT: &str = "otlens.input";
 /// ONNX metadata key naming the architecture (e.g. `efficientnet-lite0`).
 pub const META_ARCH: &str = "otlens.arch";
+/// Compiled-model property: sha256 of the ONNX file it was compiled from.
+pub const META_SOURCE_SHA256: &str = "otlens.source_sha256";
 
 /// What the widget and the index need to know about a model file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,7 +35,8 @@ pub struct ModelInfo {
     pub input: InputSpec,
     /// Length of the embedding (first output).
     pub dims: usize,
-    /// Lower-case hex sha256 of the model file: the index records it to refuse a mismatched pair.
+    /// Lower-case hex sha256 of the imported ONNX file (the one a compiled model came from):
+    /// the index records it to refuse a mismatched pair.
     pub sha256: String,
 }
 
@@ -41,12 +50,36 @@ pub struct Embedder {
     model: TractModel,
 }
 
+/// Whether a model file is a compiled one (a tar, gzipped or not) rather than ONNX.
+pub fn is_compiled(bytes: &[u8]) -> bool {
+    const GZIP: &[u8] = &[0x1f, 0x8b];
+    bytes.starts_with(GZIP) || bytes.get(257..262) == Some(b"ustar")
+}
+
 impl Embedder {
-    /// Loads and optimises an ONNX model file given as bytes.
-    pub fn from_bytes(onnx: &[u8]) -> Result<Embedder> {
-        Ok(Embedder {
-            model: TractModel::from_bytes(onnx)?,
-        })
+    /// Loads and optimises a model file given as bytes: compiled (`.nnef.tgz`) anywhere,
+    /// ONNX natively.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Embedder> {
+        let model = if is_compiled(bytes) {
+            TractModel::from_nnef(bytes)?
+        } else {
+            Self::from_uncompiled(bytes)?
+        };
+        Ok(Embedder { model })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn from_uncompiled(onnx: &[u8]) -> Result<TractModel> {
+        TractModel::from_onnx(onnx)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn from_uncompiled(_: &[u8]) -> Result<TractModel> {
+        Err(Error::Model(
+            "not a compiled model: the widget runs the model-*.nnef.tgz that `otlens build-index` \
+             writes (or `otlens compile` makes from an ONNX file)"
+                .into(),
+        ))
     }
 
     pub fn info(&self) -> &ModelInfo {

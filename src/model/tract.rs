@@ -1,11 +1,13 @@
 //! The tract backend: runs on every target, wasm SIMD included.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::internal::DimLike;
+use tract_nnef::internal::DimLike;
+use tract_nnef::prelude::*;
 
-use super::{sha256_hex, ModelInfo, META_ARCH, META_INPUT};
+use super::int8_weights::Int8WeightsLoader;
+use super::{ModelInfo, META_ARCH, META_INPUT, META_SOURCE_SHA256};
 use crate::preprocess::InputSpec;
 use crate::{Error, Result};
 
@@ -14,34 +16,66 @@ pub struct TractModel {
     info: ModelInfo,
 }
 
-fn model_error(context: &str) -> impl Fn(TractError) -> Error + '_ {
+pub(super) fn model_error(context: &str) -> impl Fn(TractError) -> Error + '_ {
     move |e| Error::Model(format!("{context}: {e:#}"))
 }
 
+/// A text property of a model: importer metadata read from ONNX keeps its ONNX key prefix,
+/// and the compiled NNEF keeps the keys it was written with.
+pub(super) fn property(properties: &HashMap<String, Arc<Tensor>>, key: &str) -> Option<String> {
+    let value = properties
+        .get(&format!("onnx.metadata_props.{key}"))
+        .or_else(|| properties.get(key))?;
+    value.to_plain_array_view::<String>().ok()?.iter().next().cloned()
+}
+
+/// How to prepare the model's input, from the metadata `otlens import` writes.
+pub(super) fn input_spec(properties: &HashMap<String, Arc<Tensor>>) -> Result<InputSpec> {
+    let json = property(properties, META_INPUT).ok_or_else(|| {
+        Error::Model(format!(
+            "the model has no {META_INPUT} metadata; import it with `otlens import`"
+        ))
+    })?;
+    serde_json::from_str(&json).map_err(|e| Error::Model(format!("bad {META_INPUT} metadata: {e}")))
+}
+
 impl TractModel {
-    pub fn from_bytes(onnx: &[u8]) -> Result<TractModel> {
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(onnx))
-            .map_err(model_error("not a readable ONNX model"))?;
-        let property = |key: &str| -> Option<String> {
-            let value = model.properties.get(&format!("onnx.metadata_props.{key}"))?;
-            value.to_plain_array_view::<String>().ok()?.iter().next().cloned()
-        };
-        let input: InputSpec = match property(META_INPUT) {
-            Some(json) => {
-                serde_json::from_str(&json).map_err(|e| Error::Model(format!("bad {META_INPUT} metadata: {e}")))?
-            }
-            None => {
-                return Err(Error::Model(format!(
-                    "the model has no {META_INPUT} metadata; import it with `otlens import`"
-                )))
-            }
-        };
-        let arch = property(META_ARCH).unwrap_or_else(|| "unknown".into());
+    /// Reads an ONNX model written by `otlens import`. Native only: the widget links no ONNX parser.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_onnx(onnx: &[u8]) -> Result<TractModel> {
+        let model = super::compile::onnx_to_typed(onnx)?;
+        TractModel::prepare(model, super::sha256_hex(onnx))
+    }
+
+    /// Reads a model compiled by `otlens compile` (NNEF in a tar, gzipped or not).
+    pub fn from_nnef(archive: &[u8]) -> Result<TractModel> {
+        let model = tract_nnef::nnef()
+            .with_resource_loader(Int8WeightsLoader)
+            .model_for_read(&mut std::io::Cursor::new(archive))
+            .map_err(model_error("not a readable compiled model"))?;
+        let source = property(&model.properties, META_SOURCE_SHA256).ok_or_else(|| {
+            Error::Model(format!(
+                "the model has no {META_SOURCE_SHA256} property; compile it with `otlens compile`"
+            ))
+        })?;
+        TractModel::prepare(model, source)
+    }
+
+    /// Optimises a typed model for this machine. `sha256` names the imported ONNX file it
+    /// came from: the identity an index records.
+    fn prepare(model: TypedModel, sha256: String) -> Result<TractModel> {
+        let input = input_spec(&model.properties)?;
+        let arch = property(&model.properties, META_ARCH).unwrap_or_else(|| "unknown".into());
         let size = input.size as usize;
+        let expected = f32::fact([1, 3, size, size]);
+        let takes = model.input_fact(0).map_err(model_error("the model has no input"))?;
+        if *takes != expected {
+            return Err(Error::Model(format!(
+                "the model takes {takes:?}, its metadata says {expected:?}"
+            )));
+        }
         let plan = model
-            .with_input_fact(0, f32::fact([1, 3, size, size]).into())
-            .and_then(|m| m.into_optimized())
+            .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(model_error("cannot prepare the model"))?;
         let dims = plan
@@ -56,7 +90,7 @@ impl TractModel {
                 arch,
                 input,
                 dims,
-                sha256: sha256_hex(onnx),
+                sha256,
             },
         })
     }

@@ -119,16 +119,19 @@ fn build_index_embed_and_serve() {
     assert_eq!(manifest.dims, embedder.info().dims);
     assert_eq!(manifest.arch, embedder.info().arch);
     assert_eq!(manifest.thumbnails, "thumbs/");
+    // The model ships compiled for the widget, named by its own bytes.
+    let shipped = std::fs::read(out.join(&manifest.model.file)).unwrap();
+    assert_eq!(shipped, otlens::model::compile(&model_bytes).unwrap());
     assert_eq!(
         manifest.model.file,
-        format!("model-{}.onnx", &embedder.info().sha256[..8])
+        format!("model-{}.nnef.tgz", &sha256_hex(&shipped)[..8])
     );
+    assert_eq!(Embedder::from_bytes(&shipped).unwrap().info(), embedder.info());
     for entry in [&manifest.model, &manifest.index] {
         let bytes = std::fs::read(out.join(&entry.file)).unwrap();
         assert_eq!(entry.bytes, bytes.len() as u64, "{}", entry.file);
         assert_eq!(entry.sha256, sha256_hex(&bytes), "{}", entry.file);
     }
-    assert_eq!(manifest.model.sha256, embedder.info().sha256);
     assert!(manifest.index.file.starts_with("index-") && manifest.index.file.ends_with(".otl"));
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     for field in ["format", "model", "index", "products", "dims", "arch", "thumbnails"] {
@@ -137,7 +140,9 @@ fn build_index_embed_and_serve() {
 
     // Each product's own photo finds it first, and so does a smaller, recompressed copy.
     let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
-    assert_eq!(index.model_sha256(), manifest.model.sha256);
+    // The index names the imported ONNX file, which the compiled one records as its source.
+    assert_eq!(index.model_sha256(), embedder.info().sha256);
+    assert_eq!(embedder.info().sha256, sha256_hex(&model_bytes));
     let limits = DecodeLimits::default();
     for n in 0..PHOTOS {
         let ext = if n % 2 == 0 { "jpg" } else { "png" };

@@ -1,11 +1,11 @@
 // Shared by the browser tests and the benchmark: the repo's paths, the companion server,
 // headless Chromium, and the bad photos the widget must refuse.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { crc32 } from "node:zlib";
 
@@ -285,3 +285,17 @@ export function cosine(a, b) {
   }
   return dot / Math.sqrt(normA * normB);
 }
+
+/**
+ * The widget runs compiled models: `otlens compile` of an ONNX file, into a temporary folder
+ * removed when the process exits. Returns the compiled file's path.
+ */
+export function compiled(onnxPath) {
+  compiledDir ??= mkdtempSync(join(tmpdir(), "otlens-compiled-"));
+  const out = join(compiledDir, `${compiledCount++}-${basename(onnxPath, ".onnx")}.nnef.tgz`);
+  execFileSync(OTLENS, ["compile", "--model", onnxPath, "--out", out], { stdio: "pipe" });
+  return out;
+}
+let compiledDir;
+let compiledCount = 0;
+process.on("exit", () => compiledDir && rmSync(compiledDir, { recursive: true, force: true }));

@@ -11,6 +11,7 @@ import {
   DOG_JPG,
   OTLENS,
   WWW,
+  compiled,
   cosine,
   launchBrowser,
   openPage,
@@ -32,7 +33,8 @@ function nativeEmbedding(modelPath) {
 }
 
 function wasmEmbedding(wasm, modelPath) {
-  const model = new wasm.Model(readFileSync(modelPath));
+  const compiledPath = modelPath.endsWith(".onnx") ? compiled(modelPath) : modelPath;
+  const model = new wasm.Model(readFileSync(compiledPath));
   try {
     return model.embed_photo(readFileSync(DOG_JPG));
   } finally {

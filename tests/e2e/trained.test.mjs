@@ -1,5 +1,5 @@
 // A model written by `otlens train` (a head appended to the imported model) is one ONNX file
-// the widget's wasm engine runs exactly as the companion binary does, and its index searches.
+// that, compiled, the widget's wasm engine runs exactly as the companion binary does, and its index searches.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { DEMO_WORK, DOG_JPG, OTLENS, ROOT, WWW, cosine, skipUnlessBuilt } from "./helpers.mjs";
+import { DEMO_WORK, DOG_JPG, OTLENS, ROOT, WWW, compiled, cosine, skipUnlessBuilt } from "./helpers.mjs";
 
 describe("a trained model", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
   let work;
@@ -38,7 +38,7 @@ describe("a trained model", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () 
   after(() => rmSync(work, { recursive: true, force: true }));
 
   test("embeds in wasm as natively, 32 dims, L2-normalised", () => {
-    const engine = new wasm.Model(readFileSync(model));
+    const engine = new wasm.Model(readFileSync(compiled(model)));
     assert.equal(engine.info().dims, 32);
     const inWasm = engine.embed_photo(readFileSync(DOG_JPG));
     const native = JSON.parse(execFileSync(OTLENS, ["embed", "--model", model, DOG_JPG], { encoding: "utf8" }));
@@ -60,10 +60,10 @@ describe("a trained model", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () 
     assert.equal(manifest.dims, 32);
     const lens = new wasm.Lens(readFileSync(join(catalog, manifest.index.file)));
     assert.throws(
-      () => lens.load_model(readFileSync(join(ROOT, "models/efficientnet-lite0-int8-weights.onnx"))),
+      () => lens.load_model(readFileSync(compiled(join(ROOT, "models/efficientnet-lite0-int8-weights.onnx")))),
       /was built with model/,
     );
-    lens.load_model(readFileSync(model));
+    lens.load_model(readFileSync(join(catalog, manifest.model.file)));
     const { results } = lens.search(readFileSync(join(DEMO_WORK, "images/0007.png")), 1);
     assert.equal(results[0].product.id, "fmnist-0007");
     lens.free();

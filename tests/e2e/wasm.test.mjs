@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, describe, test } from "node:test";
 
-import { DOG_JPG, WWW, badPhotos, readManifest, skipUnlessBuilt } from "./helpers.mjs";
+import { DOG_JPG, ROOT, WWW, badPhotos, compiled, readManifest, skipUnlessBuilt } from "./helpers.mjs";
 
 describe("the wasm API", { skip: skipUnlessBuilt() }, () => {
   let wasm;
@@ -27,7 +27,7 @@ describe("the wasm API", { skip: skipUnlessBuilt() }, () => {
   test("Model reports what the manifest says about it", () => {
     const model = new wasm.Model(modelBytes);
     const info = model.info();
-    assert.equal(info.sha256, manifest.model.sha256);
+    assert.equal(info.sha256, lens.info().sha256, "the index's model");
     assert.equal(info.dims, manifest.dims);
     assert.equal(info.arch, manifest.arch);
     assert.equal(info.input.mean.length, 3);
@@ -105,7 +105,7 @@ describe("the wasm API", { skip: skipUnlessBuilt() }, () => {
   });
 
   test("a model that is not the index's is refused", () => {
-    const otherModel = new Uint8Array([...modelBytes, 0]);
+    const otherModel = readFileSync(compiled(join(ROOT, "models/efficientnet-lite0-int8.onnx")));
     const catalogOnly = new wasm.Lens(indexBytes);
     assert.throws(
       () => catalogOnly.load_model(otherModel),
@@ -117,7 +117,10 @@ describe("the wasm API", { skip: skipUnlessBuilt() }, () => {
   test("a damaged index is refused with a clear message", () => {
     assert.throws(() => new wasm.Lens(indexBytes.subarray(0, indexBytes.length - 100)), /incomplete/);
     assert.throws(() => new wasm.Lens(new TextEncoder().encode("<html>404</html>")), /not an otlens/);
-    assert.throws(() => new wasm.Model(new Uint8Array([1, 2, 3])), /model: not a readable ONNX model/);
+    assert.throws(() => new wasm.Model(new Uint8Array([1, 2, 3])), /model: not a compiled model/);
+    const onnx = readFileSync(join(ROOT, "models/efficientnet-lite0-int8-weights.onnx"));
+    assert.throws(() => new wasm.Model(onnx), /runs the model-\*\.nnef\.tgz that `otlens build-index` writes/);
+    assert.throws(() => new wasm.Model(modelBytes.subarray(0, 100_000)), /model: not a readable compiled model/);
   });
 
   test("sha256Hex matches the manifest", () => {

@@ -1,0 +1,177 @@
+//! `otlens compile`: the widget's model file (NNEF, int8 weights kept) embeds exactly like
+//! the ONNX file it came from, names that file, and is the same bytes every time.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use otlens::model::{self, sha256_hex, Embedder};
+use otlens::preprocess::DecodeLimits;
+
+const DARKNET_PHOTOS: &str = "/usr/share/darknet/data";
+
+fn committed(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)).unwrap()
+}
+
+/// Darknet's photos when installed, else none (the tensor checks still run).
+fn photos() -> Vec<PathBuf> {
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(DARKNET_PHOTOS)
+        .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
+        .unwrap_or_default();
+    photos.retain(|path| path.extension().is_some_and(|e| e == "jpg"));
+    photos.sort();
+    if photos.is_empty() {
+        eprintln!("skipped the photo checks: no {DARKNET_PHOTOS} (Debian package darknet)");
+    }
+    photos
+}
+
+/// (path, size) of every entry of a gzipped tar.
+fn entries(archive: &[u8]) -> Vec<(String, u64)> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    tar.entries()
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (entry.path().unwrap().display().to_string(), entry.size())
+        })
+        .collect()
+}
+
+#[test]
+fn compiled_models_embed_exactly_like_their_onnx() {
+    let limits = DecodeLimits::default();
+    let photos = photos();
+    for name in ["efficientnet-lite0-int8-weights.onnx", "efficientnet-lite0-int8.onnx"] {
+        let onnx = committed(name);
+        let compiled = model::compile(&onnx).unwrap();
+        assert!(model::is_compiled(&compiled) && !model::is_compiled(&onnx));
+        let from_onnx = Embedder::from_bytes(&onnx).unwrap();
+        let from_compiled = Embedder::from_bytes(&compiled).unwrap();
+        assert_eq!(from_compiled.info(), from_onnx.info(), "{name}");
+        assert_eq!(
+            from_compiled.info().sha256,
+            sha256_hex(&onnx),
+            "{name} names its source"
+        );
+
+        let size = from_onnx.info().input.size as usize;
+        let tensor: Vec<f32> = (0..3 * size * size).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect();
+        assert_eq!(
+            from_compiled.embed_tensor(tensor.clone()).unwrap(),
+            from_onnx.embed_tensor(tensor).unwrap(),
+            "{name}"
+        );
+        for photo in &photos {
+            let bytes = std::fs::read(photo).unwrap();
+            assert_eq!(
+                from_compiled.embed_photo(&bytes, &limits).unwrap(),
+                from_onnx.embed_photo(&bytes, &limits).unwrap(),
+                "{name} on {}",
+                photo.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn compiling_keeps_int8_weights_and_is_deterministic() {
+    let onnx = committed("efficientnet-lite0-int8-weights.onnx");
+    let compiled = model::compile(&onnx).unwrap();
+    assert_eq!(
+        compiled,
+        model::compile(&onnx).unwrap(),
+        "the same ONNX gives the same bytes"
+    );
+    assert!(
+        compiled.len() < onnx.len(),
+        "compiled {} bytes, ONNX {} bytes",
+        compiled.len(),
+        onnx.len()
+    );
+    let entries = entries(&compiled);
+    assert!(entries.iter().any(|(path, _)| path == "graph.nnef"), "{entries:?}");
+    let int8 = entries.iter().filter(|(path, _)| path.ends_with(".q8")).count();
+    // One per convolution (49) and the classifier-free head: every big weight.
+    assert!(int8 >= 49, "{int8} int8 weights");
+    let big_f32: Vec<_> = entries
+        .iter()
+        .filter(|(path, size)| path.ends_with(".dat") && *size > 16 * 1024)
+        .collect();
+    assert!(big_f32.is_empty(), "weights left in f32: {big_f32:?}");
+}
+
+#[test]
+fn damaged_or_foreign_files_are_refused_clearly() {
+    let onnx = committed("efficientnet-lite0-int8-weights.onnx");
+    let compiled = model::compile(&onnx).unwrap();
+    let message = |bytes: &[u8]| match Embedder::from_bytes(bytes) {
+        Ok(_) => panic!("a damaged model loaded"),
+        Err(error) => error.to_string(),
+    };
+    let truncated = message(&compiled[..compiled.len() / 2]);
+    assert!(truncated.contains("not a readable compiled model"), "{truncated}");
+
+    // A plain NNEF file from another tool: readable, but it names no source model.
+    let mut graph = Vec::new();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(compiled.as_slice()));
+    let mut plain = tar::Builder::new(Vec::new());
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        let mut header = entry.header().clone();
+        if entry.path().unwrap().to_str() == Some("graph.nnef") {
+            let text = String::from_utf8(content).unwrap();
+            assert!(
+                text.contains("\"otlens.source_sha256\""),
+                "the property is in graph.nnef"
+            );
+            content = text.replace("\"otlens.source_sha256\"", "\"other.tool\"").into_bytes();
+            graph.clone_from(&content);
+            header.set_size(content.len() as u64);
+            header.set_cksum();
+        }
+        plain.append(&header, content.as_slice()).unwrap();
+    }
+    assert!(!graph.is_empty());
+    let anonymous = message(&plain.into_inner().unwrap());
+    assert!(
+        anonymous.contains("no otlens.source_sha256 property; compile it with `otlens compile`"),
+        "{anonymous}"
+    );
+}
+
+#[test]
+fn the_compile_command_writes_a_loadable_file_or_says_why_not() {
+    let work = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0-int8-weights.onnx");
+    let out = work.path().join("model.nnef.tgz");
+    let run = |model: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_otlens"))
+            .args([
+                "compile",
+                "--model",
+                model.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let output = run(&source);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let written = std::fs::read(&out).unwrap();
+    assert_eq!(written, model::compile(&std::fs::read(&source).unwrap()).unwrap());
+
+    let not_a_model = work.path().join("photo.onnx");
+    std::fs::write(&not_a_model, b"\x89PNG\r\n\x1a\n not a model").unwrap();
+    let output = run(&not_a_model);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot compile") && stderr.contains("not a readable ONNX model"),
+        "{stderr}"
+    );
+}
