@@ -63,20 +63,9 @@ pub fn compile(onnx: &[u8]) -> Result<Vec<u8>> {
 fn expand_quantisation(model: &mut TypedModel) -> TractResult<()> {
     for id in 0..model.nodes().len() {
         let node = model.node(id);
-        let quantise = node.op_as::<ElementWiseOp>().and_then(|op| {
-            let mini = op.0.as_ref();
-            let u8_op = mini.downcast_ref::<QuantizeLinearU8>();
-            let i8_op = mini.downcast_ref::<QuantizeLinearI8>();
-            u8_op
-                .map(|q| (q.scale, q.zero_point as f32, u8::datum_type()))
-                .or_else(|| i8_op.map(|q| (q.scale, q.zero_point as f32, i8::datum_type())))
-        });
-        let dequantise = node
-            .op_as::<DequantizeLinearF32>()
-            .map(|d| (d.scale, d.zero_point as f32));
-        if quantise.is_none() && dequantise.is_none() {
+        let Some(step) = QuantisationStep::of(node) else {
             continue;
-        }
+        };
         let name = node.name.clone();
         let mut patch = TypedModelPatch::default();
         let input = patch.tap_model(model, node.inputs[0])?;
@@ -87,36 +76,78 @@ fn expand_quantisation(model: &mut TypedModel) -> TractResult<()> {
         let wire = |patch: &mut TypedModelPatch, suffix: &str, op: Box<dyn TypedOp>, inputs: &[OutletId]| {
             Ok::<_, TractError>(patch.wire_node(format!("{name}.{suffix}"), op, inputs)?[0])
         };
-        let output = if let Some((inverse_scale, zero_point, datum_type)) = quantise {
-            let (low, high) = if datum_type == u8::datum_type() {
-                (0.0, 255.0)
-            } else {
-                (-128.0, 127.0)
-            };
-            let as_f32 = wire(&mut patch, "as_f32", Box::new(cast(f32::datum_type())), &[input])?;
-            let inverse_scale = constant(&mut patch, "inverse_scale", inverse_scale)?;
-            let scaled = wire(&mut patch, "scaled", Box::new(mul()), &[as_f32, inverse_scale])?;
-            let rounded = wire(&mut patch, "rounded", Box::new(round_half_to_even()), &[scaled])?;
-            let zero_point = constant(&mut patch, "zero_point", zero_point)?;
-            let shifted = wire(&mut patch, "shifted", Box::new(add()), &[rounded, zero_point])?;
-            let low = constant(&mut patch, "low", low)?;
-            let high = constant(&mut patch, "high", high)?;
-            let above = wire(&mut patch, "above", Box::new(max()), &[shifted, low])?;
-            let clamped = wire(&mut patch, "clamped", Box::new(min()), &[above, high])?;
-            wire(&mut patch, "quantised", Box::new(cast(datum_type)), &[clamped])?
-        } else if let Some((scale, zero_point)) = dequantise {
-            let as_f32 = wire(&mut patch, "as_f32", Box::new(cast(f32::datum_type())), &[input])?;
-            let zero_point = constant(&mut patch, "zero_point", zero_point)?;
-            let centred = wire(&mut patch, "centred", Box::new(sub()), &[as_f32, zero_point])?;
-            let scale = constant(&mut patch, "scale", scale)?;
-            wire(&mut patch, "dequantised", Box::new(mul()), &[centred, scale])?
-        } else {
-            unreachable!("skipped above")
+        let as_f32 = wire(&mut patch, "as_f32", Box::new(cast(f32::datum_type())), &[input])?;
+        let output = match step {
+            QuantisationStep::Quantise {
+                inverse_scale,
+                zero_point,
+                to,
+            } => {
+                let (low, high) = if to == u8::datum_type() {
+                    (0.0, 255.0)
+                } else {
+                    (-128.0, 127.0)
+                };
+                let inverse_scale = constant(&mut patch, "inverse_scale", inverse_scale)?;
+                let scaled = wire(&mut patch, "scaled", Box::new(mul()), &[as_f32, inverse_scale])?;
+                let rounded = wire(&mut patch, "rounded", Box::new(round_half_to_even()), &[scaled])?;
+                let zero_point = constant(&mut patch, "zero_point", zero_point)?;
+                let shifted = wire(&mut patch, "shifted", Box::new(add()), &[rounded, zero_point])?;
+                let low = constant(&mut patch, "low", low)?;
+                let high = constant(&mut patch, "high", high)?;
+                let above = wire(&mut patch, "above", Box::new(max()), &[shifted, low])?;
+                let clamped = wire(&mut patch, "clamped", Box::new(min()), &[above, high])?;
+                wire(&mut patch, "quantised", Box::new(cast(to)), &[clamped])?
+            }
+            QuantisationStep::Dequantise { scale, zero_point } => {
+                let zero_point = constant(&mut patch, "zero_point", zero_point)?;
+                let centred = wire(&mut patch, "centred", Box::new(sub()), &[as_f32, zero_point])?;
+                let scale = constant(&mut patch, "scale", scale)?;
+                wire(&mut patch, "dequantised", Box::new(mul()), &[centred, scale])?
+            }
         };
         patch.shunt_outside(model, OutletId::new(id, 0), output)?;
         patch.apply(model)?;
     }
     model.compact()
+}
+
+/// One of tract's fused (de)quantisation ops, by its parameters.
+enum QuantisationStep {
+    Quantise {
+        inverse_scale: f32,
+        zero_point: f32,
+        to: DatumType,
+    },
+    Dequantise {
+        scale: f32,
+        zero_point: f32,
+    },
+}
+
+impl QuantisationStep {
+    fn of(node: &TypedNode) -> Option<QuantisationStep> {
+        if let Some(op) = node.op_as::<DequantizeLinearF32>() {
+            return Some(QuantisationStep::Dequantise {
+                scale: op.scale,
+                zero_point: op.zero_point as f32,
+            });
+        }
+        let mini = node.op_as::<ElementWiseOp>()?.0.as_ref();
+        let quantise = |inverse_scale, zero_point, to| QuantisationStep::Quantise {
+            inverse_scale,
+            zero_point,
+            to,
+        };
+        match (
+            mini.downcast_ref::<QuantizeLinearU8>(),
+            mini.downcast_ref::<QuantizeLinearI8>(),
+        ) {
+            (Some(op), _) => Some(quantise(op.scale, op.zero_point as f32, u8::datum_type())),
+            (_, Some(op)) => Some(quantise(op.scale, op.zero_point as f32, i8::datum_type())),
+            _ => None,
+        }
+    }
 }
 
 /// Copies the NNEF tar `nnef` into `out`, each weight that is exactly int8 x scales as a

@@ -16,11 +16,7 @@ fn committed(name: &str) -> Vec<u8> {
 
 /// Darknet's photos when installed, else none (the tensor checks still run).
 fn photos() -> Vec<PathBuf> {
-    let mut photos: Vec<PathBuf> = std::fs::read_dir(DARKNET_PHOTOS)
-        .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
-        .unwrap_or_default();
-    photos.retain(|path| path.extension().is_some_and(|e| e == "jpg"));
-    photos.sort();
+    let photos = otlens::import::photos_in(Path::new(DARKNET_PHOTOS)).unwrap_or_default();
     if photos.is_empty() {
         eprintln!("skipped the photo checks: no {DARKNET_PHOTOS} (Debian package darknet)");
     }
