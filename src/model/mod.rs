@@ -9,6 +9,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod compile;
 mod int8_weights;
+mod reader;
 mod tract;
 
 use serde::{Deserialize, Serialize};

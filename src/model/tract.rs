@@ -6,7 +6,6 @@ use std::sync::Arc;
 use tract_nnef::internal::DimLike;
 use tract_nnef::prelude::*;
 
-use super::int8_weights::Int8WeightsLoader;
 use super::{ModelInfo, META_ARCH, META_INPUT, META_SOURCE_SHA256};
 use crate::preprocess::InputSpec;
 use crate::{Error, Result};
@@ -49,10 +48,7 @@ impl TractModel {
 
     /// Reads a model compiled by `otlens compile` (NNEF in a tar, gzipped or not).
     pub fn from_nnef(archive: &[u8]) -> Result<TractModel> {
-        let model = tract_nnef::nnef()
-            .with_resource_loader(Int8WeightsLoader)
-            .model_for_read(&mut std::io::Cursor::new(archive))
-            .map_err(model_error("not a readable compiled model"))?;
+        let model = super::reader::read(archive).map_err(model_error("not a readable compiled model"))?;
         let source = property(&model.properties, META_SOURCE_SHA256).ok_or_else(|| {
             Error::Model(format!(
                 "the model has no {META_SOURCE_SHA256} property; compile it with `otlens compile`"

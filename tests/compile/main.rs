@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use otlens::import::{self, Arch};
 use otlens::model::{self, sha256_hex, Embedder};
 use otlens::preprocess::DecodeLimits;
 
@@ -68,6 +69,32 @@ fn compiled_models_embed_exactly_like_their_onnx() {
                 photo.display()
             );
         }
+    }
+}
+
+/// ResNet-18 brings operators EfficientNet-Lite0 does not (max pooling, the downsampling tract
+/// makes of strided 1x1 convolutions): the widget's reader must know them too.
+#[test]
+fn compiled_resnet18_embeds_exactly_like_its_onnx() {
+    let spec = Arch::ResNet18.input_spec();
+    let size = spec.size as usize;
+    let tensor: Vec<f32> = (0..3 * size * size).map(|i| (i % 241) as f32 / 120.0 - 1.0).collect();
+    let imported = import::import(
+        Arch::ResNet18,
+        &import::random_resnet18(1),
+        false,
+        std::slice::from_ref(&tensor),
+    )
+    .unwrap();
+    for (name, onnx) in [("int8", &imported.int8), ("int8 weights", &imported.int8_weights)] {
+        let from_onnx = Embedder::from_bytes(onnx).unwrap();
+        let from_compiled = Embedder::from_bytes(&model::compile(onnx).unwrap()).unwrap();
+        assert_eq!(from_compiled.info(), from_onnx.info(), "{name}");
+        assert_eq!(
+            from_compiled.embed_tensor(tensor.clone()).unwrap(),
+            from_onnx.embed_tensor(tensor.clone()).unwrap(),
+            "{name}"
+        );
     }
 }
 
