@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // Browser benchmark: median ms per embedding for tract-wasm (otlens, running each ONNX file
 // compiled by `otlens compile`) and onnxruntime-web (wasm, 1 thread, the ONNX file itself),
-// search timings on the demo catalog, and download sizes.
+// search timings on the demo catalog, and download sizes. With --scale DIR (a catalog written by
+// `otlens demo scale`), the end-to-end query time on it: photo in, results painted.
 //
-//   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3]
+//   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--scale DIR]
 //
 // Needs: www/pkg and target/release/otlens (./build.sh build), www/catalog (./build.sh demo),
 // tests/e2e/node_modules (npm ci).
@@ -20,6 +21,7 @@ import { DOG_JPG, MANIFEST, WWW, compiled, launchBrowser } from "../tests/e2e/he
 const BENCH = dirname(fileURLToPath(import.meta.url));
 const ORT_DIST = resolve(BENCH, "../tests/e2e/node_modules/onnxruntime-web/dist");
 const SITE = "/site/";
+const SCALE = "/scale/";
 const TYPES = {
   ".html": "text/html; charset=utf-8",
   ".js": "text/javascript",
@@ -29,14 +31,15 @@ const TYPES = {
 };
 
 function parseArgs(argv) {
-  const options = { models: [], runs: 20, warmup: 3 };
+  const options = { models: [], runs: 20, warmup: 3, scale: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--runs") options.runs = Number(argv[++i]);
+    else if (argv[i] === "--scale") options.scale = resolve(argv[++i]);
     else if (argv[i] === "--warmup") options.warmup = Number(argv[++i]);
     else options.models.push(resolve(argv[i]));
   }
   if (!options.models.length || !(options.runs > 0) || !(options.warmup >= 0)) {
-    console.error("usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3]");
+    console.error("usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--scale DIR]");
     process.exit(2);
   }
   return options;
@@ -85,6 +88,52 @@ async function timeToReady(context, url, visits = 5) {
   return { cold: times[0], warm: warm[Math.floor(warm.length / 2)], visits };
 }
 
+/**
+ * The demo page on a large catalog: ms from handing the widget a photo (`search(blob)`: decode,
+ * preprocess, embed, search, render) to the frame after its results are in the page.
+ */
+async function endToEnd(context, url, { warmup, runs }) {
+  const page = await context.newPage();
+  await page.addInitScript(() => {
+    addEventListener("otlens-ready", (event) => (window.otlensReady ??= event.detail));
+  });
+  await page.goto(url);
+  await page.waitForFunction(() => window.otlensReady !== undefined, null, { timeout: 300_000 });
+  const runsMeasured = await page.evaluate(
+    async ({ warmup, runs }) => {
+      const lens = document.querySelector("ot-lens");
+      const photo = await (await fetch("/photo.jpg")).blob();
+      const measured = [];
+      for (let run = 0; run < warmup + runs; run++) {
+        const started = performance.now();
+        const { results, timings } = await lens.search(photo);
+        await new Promise((painted) => requestAnimationFrame(() => setTimeout(painted, 0)));
+        const shown = document.querySelector("ot-lens").shadowRoot.querySelectorAll(".results li").length;
+        measured.push({ ms: performance.now() - started, timings, results: results.length, shown });
+      }
+      return measured.slice(warmup);
+    },
+    { warmup, runs },
+  );
+  const products = await page.evaluate(() => window.otlensReady.products);
+  await page.close();
+  const sorted = (values) => [...values].sort((a, b) => a - b);
+  const quantile = (values, q) => sorted(values)[Math.min(values.length - 1, Math.floor(q * values.length))];
+  const ms = runsMeasured.map((run) => run.ms);
+  const part = (name) => quantile(runsMeasured.map((run) => run.timings[name]), 0.5);
+  return {
+    products,
+    runs: runsMeasured.length,
+    shown: Math.min(...runsMeasured.map((run) => run.shown)),
+    p50: quantile(ms, 0.5),
+    p90: quantile(ms, 0.9),
+    decode: part("decode_ms"),
+    embed: part("embed_ms"),
+    search: part("search_ms"),
+    worker: part("total_ms"),
+  };
+}
+
 const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
 const sizeOf = (path) => statSync(path).size;
 const gzipSizeOf = (path) => gzipSync(readFileSync(path), { level: 9 }).length;
@@ -112,14 +161,17 @@ async function main() {
     files[`/models/${i}.nnef.tgz`] = compiledModels[i];
   });
   files["/photo.jpg"] = DOG_JPG;
-  const server = await serve(
-    { [SITE]: WWW, "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog"), "/": BENCH },
-    files,
-  );
+  const scaleManifest = options.scale && join(options.scale, "manifest.json");
+  if (scaleManifest && !existsSync(scaleManifest)) throw new Error(`--scale: no catalog at ${scaleManifest}`);
+  const routes = { [SITE]: WWW, "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog") };
+  // The demo page again, on the large catalog (routes match in order: its catalog first).
+  if (options.scale) Object.assign(routes, { [`${SCALE}catalog/`]: options.scale, [SCALE]: WWW });
+  const server = await serve({ ...routes, "/": BENCH }, files);
   const url = `http://127.0.0.1:${server.address().port}/`;
   const browser = await launchBrowser();
   let report;
   let ready = null;
+  let scaled = null;
   try {
     const page = await browser.context.newPage();
     page.on("console", (message) => {
@@ -140,6 +192,10 @@ async function main() {
       runs: options.runs,
     });
     if (hasCatalog) ready = await timeToReady(browser.context, `${url}site/`);
+    if (options.scale) {
+      console.error("end-to-end queries on the large catalog…");
+      scaled = await endToEnd(browser.context, `${url}${SCALE.slice(1)}`, options);
+    }
   } finally {
     await browser.close();
     server.close();
@@ -178,6 +234,21 @@ async function main() {
     );
   }
 
+  if (scaled) {
+    console.log(
+      `\nEnd-to-end query on ${scaled.products.toLocaleString("en")} products (demo page, dog.jpg, photo in to ` +
+        `${scaled.shown} results painted), ${scaled.runs} runs, ms:\n`,
+    );
+    printTable(
+      ["p50", "p90", "p50 / 120 ms target", "worker total", "decode+resize", "embed", "index search"],
+      [
+        [scaled.p50, scaled.p90, scaled.p50 / 120, scaled.worker, scaled.decode, scaled.embed, scaled.search].map(
+          (value, column) => value.toFixed(column === 2 ? 2 : 1),
+        ),
+      ],
+    );
+  }
+
   console.log("\nDownload sizes:\n");
   const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
   const sized = [
@@ -192,6 +263,10 @@ async function main() {
     const manifest = JSON.parse(readFileSync(MANIFEST, "utf8"));
     sized.push([`demo model (${manifest.model.file})`, join(WWW, "catalog", manifest.model.file)]);
     sized.push([`demo index (${manifest.products} products)`, join(WWW, "catalog", manifest.index.file)]);
+  }
+  if (scaleManifest) {
+    const manifest = JSON.parse(readFileSync(scaleManifest, "utf8"));
+    sized.push([`large index (${manifest.products} products)`, join(options.scale, manifest.index.file)]);
   }
   printTable(
     ["file", "raw", "gzip -9"],

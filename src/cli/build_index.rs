@@ -63,20 +63,26 @@ pub enum CodecName {
     Pq,
 }
 
-impl Args {
-    fn codec(&self) -> Codec {
-        match self.codec {
+impl CodecName {
+    /// The codec, with `pq_subspaces` bytes per product for pq.
+    pub fn codec(self, pq_subspaces: usize) -> Codec {
+        match self {
             CodecName::Int8 => Codec::Int8,
             CodecName::Binary => Codec::Binary,
             CodecName::Pq => Codec::ProductQuantised {
-                subspaces: self.pq_subspaces,
+                subspaces: pq_subspaces,
             },
         }
     }
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let built = build_catalog(&args.catalog, &args.model, &args.out, args.codec())?;
+    let built = build_catalog(
+        &args.catalog,
+        &args.model,
+        &args.out,
+        args.codec.codec(args.pq_subspaces),
+    )?;
     if args.strict && built.reported > 0 {
         bail!(
             "{} rows were reported above (--strict); the catalog was written for the other {} products",

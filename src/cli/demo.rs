@@ -4,14 +4,19 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use flate2::read::GzDecoder;
 use image::{imageops::FilterType, GrayImage};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::build_index;
-use crate::index::Codec;
+use super::build_index::{self, CodecName};
+use crate::index::{Codec, FileEntry, Index, Manifest};
+use crate::model::sha256_hex;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,6 +30,9 @@ pub enum Source {
     Fmnist(FmnistArgs),
     /// Fashion Product Images: a folder with products.csv and images/<id>.jpg.
     Fpi(FpiArgs),
+    /// A large synthetic catalog for benchmarks at scale: --count products made from another
+    /// catalog's, each a stored vector moved by a little noise, sharing its thumbnails.
+    Scale(ScaleArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,10 +73,30 @@ pub struct FpiArgs {
     pub work: PathBuf,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    /// Catalog folder to grow (written by `otlens build-index` or another demo).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Catalog folder to write (manifest.json, the same model, a new index, thumbnails).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of products.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: usize,
+    /// How the index stores vectors (see `otlens build-index --help`).
+    #[arg(long, value_enum, default_value_t = CodecName::Pq)]
+    pub codec: CodecName,
+    /// Bytes per product of the pq codec; must divide the embedding's dimensions.
+    #[arg(long, default_value_t = 64)]
+    pub pq_subspaces: usize,
+}
+
 pub fn run(args: Args) -> Result<()> {
     match args.source {
         Source::Fmnist(args) => fmnist(&args),
         Source::Fpi(args) => fpi(&args),
+        Source::Scale(args) => scale(&args),
     }
 }
 
@@ -289,6 +317,81 @@ fn demo_in_stock(n: usize) -> bool {
 /// Invented brands (the Fashion-MNIST images have none).
 fn demo_brand(n: usize) -> &'static str {
     ["Hanul", "Mono Lab", "Seoul Basics", "Greyline"][(demo_hash(n) >> 48) as usize % 4]
+}
+
+/// Standard deviation of the noise added to each dimension of a copied unit vector: the copy
+/// keeps a cosine of about 0.94 to its original, closer than most other products.
+const SCALE_NOISE: f32 = 0.01;
+
+fn scale(args: &ScaleArgs) -> Result<()> {
+    ensure!(args.count > 0, "--count must be at least 1");
+    let read = |name: &str| {
+        let path = args.from.join(name);
+        fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let source: Manifest = serde_json::from_slice(&read("manifest.json")?).with_context(|| {
+        format!(
+            "{} is not a catalog manifest",
+            args.from.join("manifest.json").display()
+        )
+    })?;
+    let model = read(&source.model.file)?;
+    let index = Index::from_bytes(&read(&source.index.file)?)
+        .with_context(|| format!("cannot read the index of {}", args.from.display()))?;
+
+    let mut rng = StdRng::seed_from_u64(1);
+    let noise = Normal::new(0.0, SCALE_NOISE).context("bad noise")?;
+    let mut products = Vec::with_capacity(args.count);
+    let mut embeddings = Vec::with_capacity(args.count);
+    for n in 0..args.count {
+        let original = n % index.len();
+        let copy = n / index.len();
+        let mut product = index.products()[original].clone();
+        let mut embedding = index.stored_vector(original).context("the index lost a product")?;
+        if copy > 0 {
+            product.id = format!("{}~{copy}", product.id);
+            product.title = format!("{} ({copy})", product.title);
+            embedding.iter_mut().for_each(|value| *value += noise.sample(&mut rng));
+        }
+        products.push(product);
+        embeddings.push(embedding);
+    }
+    let started = Instant::now();
+    let codec = args.codec.codec(args.pq_subspaces);
+    let scaled = Index::build_with(codec, &index.model_sha256(), products, &embeddings)?;
+    let index_bytes = scaled.to_bytes();
+    eprintln!(
+        "indexed {} products with {codec} in {:.1} s",
+        scaled.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let thumbs = args.out.join(&source.thumbnails);
+    fs::create_dir_all(&thumbs).with_context(|| format!("cannot create {}", thumbs.display()))?;
+    for entry in fs::read_dir(args.from.join(&source.thumbnails)).context("cannot list the thumbnails")? {
+        let entry = entry?;
+        fs::copy(entry.path(), thumbs.join(entry.file_name()))
+            .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+    }
+    let manifest = Manifest {
+        index: FileEntry::describe(format!("index-{}.otl", &sha256_hex(&index_bytes)[..8]), &index_bytes),
+        products: scaled.len(),
+        ..source
+    };
+    let write = |name: &str, bytes: &[u8]| {
+        let path = args.out.join(name);
+        fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(&manifest.model.file, &model)?;
+    write(&manifest.index.file, &index_bytes)?;
+    write("manifest.json", &serde_json::to_vec_pretty(&manifest)?)?;
+    eprintln!(
+        "wrote {} products ({} index bytes) to {}",
+        manifest.products,
+        index_bytes.len(),
+        args.out.join("manifest.json").display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -190,11 +190,15 @@ impl Index {
     /// `product` (a position in [`Index::products`]), itself excluded. Uses the stored vector,
     /// so it needs no photo and no model.
     pub fn similar(&self, product: usize, k: usize, filter: &Filter) -> Vec<Hit> {
-        if product >= self.len() {
-            return Vec::new();
+        match self.stored_vector(product) {
+            Some(stored) => self.nearest(&stored, k, filter, Some(product)),
+            None => Vec::new(),
         }
-        let stored = unit_length(&self.vectors.reconstruct(product));
-        self.nearest(&stored, k, filter, Some(product))
+    }
+
+    /// The unit-length vector stored for the product at `product`, as its codec gives it back.
+    pub fn stored_vector(&self, product: usize) -> Option<Vec<f32>> {
+        (product < self.len()).then(|| unit_length(&self.vectors.reconstruct(product)))
     }
 
     fn nearest(&self, query: &[f32], k: usize, filter: &Filter, skip: Option<usize>) -> Vec<Hit> {

@@ -182,6 +182,67 @@ fn build_index_embed_and_serve() {
     check_failed_rebuild_keeps_the_previous_catalog(model, work.path(), &out, &manifest);
     check_strict_reports_bad_rows_and_shared_photos(model, work.path());
     check_codecs(model, &catalog, work.path());
+    check_scale_demo(&out, work.path());
+}
+
+/// `otlens demo scale` grows a catalog for benchmarks: the originals first, unchanged, then
+/// noisy copies that stay near them, with the same model and thumbnails.
+fn check_scale_demo(from: &Path, dir: &Path) {
+    let source = read_manifest(from);
+    let source_index = Index::from_bytes(&std::fs::read(from.join(&source.index.file)).unwrap()).unwrap();
+    let originals = source_index.len();
+    let out = dir.join("scaled");
+    let count = 3 * originals + 1;
+    let output = otlens(&[
+        "demo",
+        "scale",
+        "--from",
+        from.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--count",
+        &count.to_string(),
+        "--codec",
+        "int8",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let manifest = read_manifest(&out);
+    assert_eq!(manifest.products, count);
+    assert_eq!(manifest.model, source.model);
+    let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
+    assert_eq!(index.len(), count);
+    assert_eq!(index.model_sha256(), source_index.model_sha256());
+    for n in 0..count {
+        let original = n % originals;
+        let (product, source_product) = (&index.products()[n], &source_index.products()[original]);
+        assert_eq!(product.thumbnail, source_product.thumbnail);
+        assert!(out.join(&product.thumbnail).is_file(), "{}", product.thumbnail);
+        let (vector, source_vector) = (
+            index.stored_vector(n).unwrap(),
+            source_index.stored_vector(original).unwrap(),
+        );
+        let cosine: f32 = vector.iter().zip(&source_vector).map(|(a, b)| a * b).sum();
+        if n < originals {
+            assert_eq!(product, source_product);
+            assert!(cosine > 0.999, "product {n}: cosine {cosine}");
+        } else {
+            assert_eq!(product.id, format!("{}~{}", source_product.id, n / originals));
+            assert!((0.85..0.99).contains(&cosine), "copy {n}: cosine {cosine}");
+        }
+    }
+    let missing = otlens(&[
+        "demo",
+        "scale",
+        "--from",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && stderr.contains("manifest.json"),
+        "{stderr}"
+    );
 }
 
 fn check_codecs(model: &str, catalog: &Path, dir: &Path) {
