@@ -137,33 +137,47 @@ fn damaged_or_foreign_files_are_refused_clearly() {
     assert!(truncated.contains("not a readable compiled model"), "{truncated}");
 
     // A plain NNEF file from another tool: readable, but it names no source model.
-    let mut graph = Vec::new();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(compiled.as_slice()));
-    let mut plain = tar::Builder::new(Vec::new());
+    let anonymous = message(&with_graph(&compiled, |text| {
+        assert!(
+            text.contains("\"otlens.source_sha256\""),
+            "the property is in graph.nnef"
+        );
+        text.replace("\"otlens.source_sha256\"", "\"other.tool\"")
+    }));
+    assert!(
+        anonymous.contains("no otlens.source_sha256 property; compile it with `otlens compile`"),
+        "{anonymous}"
+    );
+
+    // An operator the widget's reader does not link (it names only those our graphs use).
+    let qdq = model::compile(&committed("efficientnet-lite0-int8.onnx")).unwrap();
+    let unknown = message(&with_graph(&qdq, |text| {
+        assert!(text.contains("tract_core_round_even("), "the QDQ graph rounds");
+        text.replace("tract_core_round_even(", "tract_core_fft(")
+    }));
+    assert!(
+        unknown.contains("not a readable compiled model") && unknown.contains("tract_core_fft"),
+        "{unknown}"
+    );
+}
+
+/// `archive` (a compiled model) with its graph.nnef text passed through `edit`.
+fn with_graph(archive: &[u8], edit: impl Fn(String) -> String) -> Vec<u8> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut edited = tar::Builder::new(Vec::new());
     for entry in tar.entries().unwrap() {
         let mut entry = entry.unwrap();
         let mut content = Vec::new();
         entry.read_to_end(&mut content).unwrap();
         let mut header = entry.header().clone();
         if entry.path().unwrap().to_str() == Some("graph.nnef") {
-            let text = String::from_utf8(content).unwrap();
-            assert!(
-                text.contains("\"otlens.source_sha256\""),
-                "the property is in graph.nnef"
-            );
-            content = text.replace("\"otlens.source_sha256\"", "\"other.tool\"").into_bytes();
-            graph.clone_from(&content);
+            content = edit(String::from_utf8(content).unwrap()).into_bytes();
             header.set_size(content.len() as u64);
             header.set_cksum();
         }
-        plain.append(&header, content.as_slice()).unwrap();
+        edited.append(&header, content.as_slice()).unwrap();
     }
-    assert!(!graph.is_empty());
-    let anonymous = message(&plain.into_inner().unwrap());
-    assert!(
-        anonymous.contains("no otlens.source_sha256 property; compile it with `otlens compile`"),
-        "{anonymous}"
-    );
+    edited.into_inner().unwrap()
 }
 
 #[test]
