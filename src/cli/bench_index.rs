@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 
 use crate::catalog::Product;
-use crate::index::{unit_length, Codec, Filter, Index, HEADER_LEN};
+use crate::index::{unit_length, Codec, Filter, Index};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
 use crate::train::features::{extract, Rows};
@@ -81,9 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         let started = Instant::now();
         let index = Index::build_with(codec, sha256, products.clone(), &gallery_rows)?;
         let build = started.elapsed();
-        let file = index.to_bytes().len();
-        let metadata = serde_json::to_vec(index.products())?.len();
-        let vector_bytes = (file - HEADER_LEN - metadata) as f64 / gallery_rows.len() as f64;
+        let vector_bytes = index.vector_bytes() as f64 / gallery_rows.len() as f64;
         // One thread, as in a browser worker.
         let started = Instant::now();
         let found: usize = query_rows

@@ -20,7 +20,7 @@ pub use self::codec::{Codec, PQ_CENTROIDS};
 pub use self::filter::{FacetValue, Facets, Filter, PriceRange};
 #[cfg(fuzzing)]
 pub use self::format::reseal;
-pub use self::format::{FORMAT_VERSION, HEADER_LEN, MAGIC};
+pub use self::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, METADATA_BYTES_PER_PRODUCT};
 pub use self::manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
 
 /// Why an index could not be built or read. Messages are meant to be shown as they are.
@@ -31,7 +31,7 @@ pub enum IndexError {
         magic = "OTLENSIX"
     )]
     BadMagic,
-    #[error("the catalog index has format version {found}, but this version of otlens reads version {supported}; rebuild the index with the same otlens release as the widget")]
+    #[error("the catalog index has format version {found}, but this version of otlens reads versions 1 to {supported}; rebuild the index with the same otlens release as the widget")]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("the catalog index is incomplete ({found} of {expected} bytes); download or build it again")]
     Truncated { expected: u64, found: u64 },

@@ -1,9 +1,12 @@
 //! The catalog index file: round trip, search quality, and refusal of damaged files.
 
+use std::io::{Read, Write};
+
 use otlens::catalog::Product;
-use otlens::index::{Filter, Index, IndexError, FORMAT_VERSION, HEADER_LEN};
+use otlens::index::{Filter, Index, IndexError, FORMAT_VERSION, HEADER_LEN, METADATA_BYTES_PER_PRODUCT};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
 
 const MODEL_SHA256: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -58,11 +61,12 @@ fn round_trip_keeps_everything() {
 }
 
 #[test]
-fn index_size_is_metadata_plus_one_byte_per_dimension() {
+fn index_size_is_header_metadata_and_one_byte_per_dimension() {
     let (index, _) = sample_index(100, 1280);
     let bytes = index.to_bytes();
-    let metadata = serde_json::to_vec(index.products()).unwrap().len();
-    assert_eq!(bytes.len(), HEADER_LEN + metadata + 100 * (1280 + 4));
+    let (metadata, vectors) = (header_u64(&bytes, 68), header_u64(&bytes, 84));
+    assert_eq!(vectors, 100 * (1280 + 4));
+    assert_eq!(bytes.len(), HEADER_LEN + metadata + vectors);
 }
 
 #[test]
@@ -181,24 +185,88 @@ fn a_truncated_file_says_so() {
     ));
 }
 
+/// A u64 field of an index header: 60/68 the metadata's offset/length, 76/84 the vectors'.
+fn header_u64(bytes: &[u8], at: usize) -> usize {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize
+}
+
+/// `bytes` (an index) with its metadata section replaced by `metadata`, the version set to
+/// `version`, the vectors moved behind and the checksum redone, as a writer of that version would.
+fn with_metadata(bytes: &[u8], version: u32, metadata: &[u8]) -> Vec<u8> {
+    let vectors = &bytes[header_u64(bytes, 76)..][..header_u64(bytes, 84)];
+    let mut file = bytes[..HEADER_LEN].to_vec();
+    file[8..12].copy_from_slice(&version.to_le_bytes());
+    let vectors_at = HEADER_LEN + metadata.len();
+    for (at, value) in [(68, metadata.len()), (76, vectors_at), (84, vectors.len())] {
+        file[at..at + 8].copy_from_slice(&(value as u64).to_le_bytes());
+    }
+    file.extend_from_slice(metadata);
+    file.extend_from_slice(vectors);
+    let checksum = Sha256::digest(&file[HEADER_LEN..]);
+    file[92..124].copy_from_slice(&checksum);
+    file
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn metadata_is_compressed_and_version_1_files_still_read() {
+    let (index, _) = sample_index(200, 16);
+    let bytes = index.to_bytes();
+    let compressed = &bytes[header_u64(&bytes, 60)..][..header_u64(&bytes, 68)];
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(compressed).read_to_end(&mut json).unwrap();
+    assert_eq!(json, serde_json::to_vec(index.products()).unwrap());
+    assert!(
+        compressed.len() * 3 < json.len(),
+        "{} compressed bytes for {} of JSON",
+        compressed.len(),
+        json.len()
+    );
+    // Catalogs built before the metadata was compressed keep working.
+    assert_eq!(Index::from_bytes(&with_metadata(&bytes, 1, &json)).unwrap(), index);
+}
+
+#[test]
+fn metadata_that_inflates_without_bound_is_refused() {
+    let (index, _) = sample_index(2, 8);
+    let bytes = index.to_bytes();
+    let bomb = gzip(&vec![b' '; 2 * METADATA_BYTES_PER_PRODUCT as usize + 1]);
+    let error = Index::from_bytes(&with_metadata(&bytes, FORMAT_VERSION, &bomb)).unwrap_err();
+    assert!(
+        matches!(&error, IndexError::Corrupt(message) if message.contains("inflates beyond")),
+        "{error}"
+    );
+    let garbled = Index::from_bytes(&with_metadata(&bytes, FORMAT_VERSION, b"not gzip")).unwrap_err();
+    assert!(
+        matches!(&garbled, IndexError::Corrupt(message) if message.contains("unreadable product metadata")),
+        "{garbled}"
+    );
+}
+
 #[test]
 fn a_future_version_is_refused_by_number() {
     let (index, _) = sample_index(3, 8);
     let mut bytes = index.to_bytes();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let future = FORMAT_VERSION + 1;
+    bytes[8..12].copy_from_slice(&future.to_le_bytes());
     let error = Index::from_bytes(&bytes).unwrap_err();
     assert_eq!(
         error,
         IndexError::UnsupportedVersion {
-            found: 2,
+            found: future,
             supported: FORMAT_VERSION
         }
     );
-    assert!(error.to_string().contains("version 2"), "{error}");
+    assert!(error.to_string().contains(&format!("version {future}")), "{error}");
     // Even a newer file cut short is reported as newer: its header layout may differ.
     assert!(matches!(
         Index::from_bytes(&bytes[..12]),
-        Err(IndexError::UnsupportedVersion { found: 2, .. })
+        Err(IndexError::UnsupportedVersion { found, .. }) if found == future
     ));
 }
 
