@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::{read_catalog, CatalogEntry};
 use crate::index::{Codec, FileEntry, Index, Manifest, MANIFEST_FORMAT};
-use crate::model::{self, sha256_hex, Embedder};
+use crate::model::{self, Embedder};
 use crate::preprocess::{self, DecodeLimits};
 
 /// Longest side of a thumbnail, in pixels: sharp in a results grid on a phone, ~10 KB each.
@@ -230,8 +230,8 @@ fn stage(
     let index_bytes = index.to_bytes();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
-        model: FileEntry::describe(format!("model-{}.nnef.tgz", &sha256_hex(model_bytes)[..8]), model_bytes),
-        index: FileEntry::describe(format!("index-{}.otl", &sha256_hex(&index_bytes)[..8]), &index_bytes),
+        model: FileEntry::content_named("model", "nnef.tgz", model_bytes),
+        index: FileEntry::content_named("index", "otl", &index_bytes),
         products: index.len(),
         dims: index.dims(),
         arch: info.arch.clone(),
@@ -277,7 +277,7 @@ fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits,
     })
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 

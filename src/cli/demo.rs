@@ -14,9 +14,8 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::build_index::{self, CodecName};
+use super::build_index::{self, write, CodecName};
 use crate::index::{Codec, FileEntry, Index, Manifest};
-use crate::model::sha256_hex;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -374,17 +373,13 @@ fn scale(args: &ScaleArgs) -> Result<()> {
             .with_context(|| format!("cannot copy {}", entry.path().display()))?;
     }
     let manifest = Manifest {
-        index: FileEntry::describe(format!("index-{}.otl", &sha256_hex(&index_bytes)[..8]), &index_bytes),
+        index: FileEntry::content_named("index", "otl", &index_bytes),
         products: scaled.len(),
         ..source
     };
-    let write = |name: &str, bytes: &[u8]| {
-        let path = args.out.join(name);
-        fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
-    };
-    write(&manifest.model.file, &model)?;
-    write(&manifest.index.file, &index_bytes)?;
-    write("manifest.json", &serde_json::to_vec_pretty(&manifest)?)?;
+    write(&args.out.join(&manifest.model.file), &model)?;
+    write(&args.out.join(&manifest.index.file), &index_bytes)?;
+    write(&args.out.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
     eprintln!(
         "wrote {} products ({} index bytes) to {}",
         manifest.products,

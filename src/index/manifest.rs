@@ -39,4 +39,15 @@ impl FileEntry {
             sha256: sha256_hex(content),
         }
     }
+
+    /// `content` as `<stem>-<first 8 hex digits of its sha256>.<extension>`: the content-addressed
+    /// names the widget's service worker may cache for good.
+    pub fn content_named(stem: &str, extension: &str, content: &[u8]) -> FileEntry {
+        let sha256 = sha256_hex(content);
+        FileEntry {
+            file: format!("{stem}-{}.{extension}", &sha256[..8]),
+            bytes: content.len() as u64,
+            sha256,
+        }
+    }
 }
