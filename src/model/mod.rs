@@ -51,10 +51,12 @@ pub struct Embedder {
     model: TractModel,
 }
 
+/// The first bytes of a gzip file: a compiled model is usually a gzipped tar.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
 /// Whether a model file is a compiled one (a tar, gzipped or not) rather than ONNX.
 pub fn is_compiled(bytes: &[u8]) -> bool {
-    const GZIP: &[u8] = &[0x1f, 0x8b];
-    bytes.starts_with(GZIP) || bytes.get(257..262) == Some(b"ustar")
+    bytes.starts_with(&GZIP_MAGIC) || bytes.get(257..262) == Some(b"ustar")
 }
 
 impl Embedder {

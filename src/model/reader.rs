@@ -25,10 +25,11 @@ use tract_nnef::tract_core::ops::math::{PowConst, RoundHalfToEven};
 use tract_nnef::tract_core::ops::Downsample;
 
 use super::int8_weights::{read_int8_weights, Q8_EXTENSION};
+use super::GZIP_MAGIC;
 
 /// The typed model in a compiled archive.
 pub fn read(archive: &[u8]) -> TractResult<TypedModel> {
-    let unpacked: Box<dyn Read + '_> = if archive.starts_with(&[0x1f, 0x8b]) {
+    let unpacked: Box<dyn Read + '_> = if archive.starts_with(&GZIP_MAGIC) {
         Box::new(GzDecoder::new(archive))
     } else {
         Box::new(archive)
@@ -39,22 +40,22 @@ pub fn read(archive: &[u8]) -> TractResult<TypedModel> {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
         let path = path.strip_prefix("./").unwrap_or(&path);
-        let extension = path.extension().and_then(|extension| extension.to_str());
         if path == Path::new(GRAPH_NNEF_FILENAME) {
             let mut text = String::new();
             entry.read_to_string(&mut text)?;
             graph = Some(text);
-        } else if extension == Some("dat") || extension == Some(Q8_EXTENSION) {
-            let tensor = if extension == Some("dat") {
-                read_tensor(&mut entry)
-            } else {
-                read_int8_weights(&mut entry)
-            };
-            let tensor = tensor.with_context(|| format!("reading {path:?}"))?;
-            tensors.insert(Identifier::from(&*resource_path_to_id(path)?), Arc::new(tensor));
-        } else if entry.header().entry_type().is_file() {
-            bail!("unexpected file {path:?}: a compiled model holds graph.nnef, .dat and .q8 files");
+            continue;
         }
+        let tensor = match path.extension().and_then(|extension| extension.to_str()) {
+            Some("dat") => read_tensor(&mut entry),
+            Some(Q8_EXTENSION) => read_int8_weights(&mut entry),
+            _ if entry.header().entry_type().is_file() => {
+                bail!("unexpected file {path:?}: a compiled model holds graph.nnef, .dat and .q8 files")
+            }
+            _ => continue,
+        };
+        let tensor = tensor.with_context(|| format!("reading {path:?}"))?;
+        tensors.insert(Identifier::from(&*resource_path_to_id(path)?), Arc::new(tensor));
     }
     let graph = graph.with_context(|| format!("no {GRAPH_NNEF_FILENAME} in the archive"))?;
     let proto = ProtoModel {
