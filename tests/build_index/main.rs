@@ -92,6 +92,11 @@ fn read_manifest(out: &Path) -> Manifest {
     serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
 }
 
+/// The index a catalog folder's manifest names.
+fn read_index(out: &Path, manifest: &Manifest) -> Index {
+    Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap()
+}
+
 #[test]
 fn build_index_embed_and_serve() {
     let model_file = model_path();
@@ -139,7 +144,7 @@ fn build_index_embed_and_serve() {
     }
 
     // Each product's own photo finds it first, and so does a smaller, recompressed copy.
-    let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
+    let index = read_index(&out, &manifest);
     // The index names the imported ONNX file, which the compiled one records as its source.
     assert_eq!(index.model_sha256(), embedder.info().sha256);
     assert_eq!(embedder.info().sha256, sha256_hex(&model_bytes));
@@ -189,7 +194,7 @@ fn build_index_embed_and_serve() {
 /// noisy copies that stay near them, with the same model and thumbnails.
 fn check_scale_demo(from: &Path, dir: &Path) {
     let source = read_manifest(from);
-    let source_index = Index::from_bytes(&std::fs::read(from.join(&source.index.file)).unwrap()).unwrap();
+    let source_index = read_index(from, &source);
     let originals = source_index.len();
     let out = dir.join("scaled");
     let count = 3 * originals + 1;
@@ -209,7 +214,7 @@ fn check_scale_demo(from: &Path, dir: &Path) {
     let manifest = read_manifest(&out);
     assert_eq!(manifest.products, count);
     assert_eq!(manifest.model, source.model);
-    let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
+    let index = read_index(&out, &manifest);
     assert_eq!(index.len(), count);
     assert_eq!(index.model_sha256(), source_index.model_sha256());
     for n in 0..count {
@@ -257,7 +262,7 @@ fn check_codecs(model: &str, catalog: &Path, dir: &Path) {
         let output = build_index(model, catalog, &out, flags);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         let manifest = read_manifest(&out);
-        let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
+        let index = read_index(&out, &manifest);
         assert_eq!(index.codec(), codec);
         assert_eq!(index.len(), PHOTOS);
     }
@@ -553,7 +558,7 @@ fn fashion_mnist_demo_catalog() {
     );
     let photo = image::open(work.path().join("w/images/0000.png")).unwrap();
     assert_eq!((photo.width(), photo.height()), (112, 112));
-    let index = Index::from_bytes(&std::fs::read(out.join(&manifest.index.file)).unwrap()).unwrap();
+    let index = read_index(&out, &manifest);
     assert_eq!(index.products()[0].title, "Ankle boot No. 0000");
     assert_eq!(index.products()[0].currency, "KRW");
 }
