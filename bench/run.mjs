@@ -71,17 +71,23 @@ function serve(routes, files) {
   return new Promise((done) => server.listen(0, "127.0.0.1", () => done(server)));
 }
 
+/** Opens `url` in a new page and waits for the widget's otlens-ready: the page, when (ms) and its detail. */
+async function openReady(context, url, timeout) {
+  const page = await context.newPage();
+  await page.addInitScript(() => {
+    addEventListener("otlens-ready", (event) => (window.otlensReady ??= { at: performance.now(), ...event.detail }));
+  });
+  await page.goto(url);
+  await page.waitForFunction(() => window.otlensReady !== undefined, null, { timeout });
+  return { page, ready: await page.evaluate(() => window.otlensReady) };
+}
+
 /** Page load to the widget's otlens-ready in ms: the first visit, then the median of `visits` warm ones. */
 async function timeToReady(context, url, visits = 5) {
   const times = [];
   for (let visit = 0; visit <= visits; visit++) {
-    const page = await context.newPage();
-    await page.addInitScript(() => {
-      addEventListener("otlens-ready", () => (window.otlensReadyAt ??= performance.now()));
-    });
-    await page.goto(url);
-    await page.waitForFunction(() => window.otlensReadyAt !== undefined, null, { timeout: 120_000 });
-    times.push(await page.evaluate(() => window.otlensReadyAt));
+    const { page, ready } = await openReady(context, url, 120_000);
+    times.push(ready.at);
     await page.close();
   }
   const warm = times.slice(1).sort((a, b) => a - b);
@@ -93,12 +99,7 @@ async function timeToReady(context, url, visits = 5) {
  * preprocess, embed, search, render) to the frame after its results are in the page.
  */
 async function endToEnd(context, url, { warmup, runs }) {
-  const page = await context.newPage();
-  await page.addInitScript(() => {
-    addEventListener("otlens-ready", (event) => (window.otlensReady ??= event.detail));
-  });
-  await page.goto(url);
-  await page.waitForFunction(() => window.otlensReady !== undefined, null, { timeout: 300_000 });
+  const { page, ready } = await openReady(context, url, 300_000);
   const runsMeasured = await page.evaluate(
     async ({ warmup, runs }) => {
       const lens = document.querySelector("ot-lens");
@@ -115,14 +116,13 @@ async function endToEnd(context, url, { warmup, runs }) {
     },
     { warmup, runs },
   );
-  const products = await page.evaluate(() => window.otlensReady.products);
   await page.close();
   const sorted = (values) => [...values].sort((a, b) => a - b);
   const quantile = (values, q) => sorted(values)[Math.min(values.length - 1, Math.floor(q * values.length))];
   const ms = runsMeasured.map((run) => run.ms);
   const part = (name) => quantile(runsMeasured.map((run) => run.timings[name]), 0.5);
   return {
-    products,
+    products: ready.products,
     runs: runsMeasured.length,
     shown: Math.min(...runsMeasured.map((run) => run.shown)),
     p50: quantile(ms, 0.5),
