@@ -27,10 +27,10 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: Chromium for the browser tests, darknet's photos and Fashion-MNIST for real images,
-# curl and patch for the patched crate.
+# curl and patch for the patched crate, Mesa's lavapipe (a CPU Vulkan driver) for the GPU kernels' tests.
 setup_debian() {
   local missing=()
-  for package in chromium chromium-driver darknet dataset-fashion-mnist curl patch; do
+  for package in chromium chromium-driver darknet dataset-fashion-mnist curl patch mesa-vulkan-drivers; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   [ ${#missing[@]} -eq 0 ] && return
@@ -102,6 +102,11 @@ build() {
   # The wasm profile (Cargo.toml) optimises for size, except tract's kernels.
   RUSTFLAGS='-C target-feature=+simd128' cargo build --profile wasm --locked --lib --target wasm32-unknown-unknown
   wasm-bindgen --target web --remove-name-section --out-dir www/pkg target/wasm32-unknown-unknown/wasm/otlens.wasm
+  # The WebGPU path: a module of its own, fetched only by browsers with an adapter. A separate cargo
+  # run, so the main module's otlens-gpu stays without the executor (features unify within a run).
+  log "building the WebGPU module"
+  cargo build --profile wasm --locked -p otlens-gpu --lib --target wasm32-unknown-unknown
+  wasm-bindgen --target web --remove-name-section --out-dir www/pkg target/wasm32-unknown-unknown/wasm/otlens_gpu.wasm
 }
 
 # demo [fmnist | fpi [DIR]]: the demo catalog under www/catalog.
@@ -125,14 +130,15 @@ serve() {
 test_all() {
   setup
   fetch_checkpoint
-  cargo fmt --check
+  cargo fmt --all --check
   build
-  cargo clippy --release --locked --all-targets -- -D warnings
+  cargo clippy --release --locked --workspace --all-targets -- -D warnings
   RUSTFLAGS='-C target-feature=+simd128' cargo clippy --release --locked --lib --target wasm32-unknown-unknown -- -D warnings
+  cargo clippy --release --locked -p otlens-gpu --lib --target wasm32-unknown-unknown -- -D warnings
   demo fmnist
   effnet_models
   log "Rust tests"
-  OTLENS_EFFNET_WHEEL="$EFFNET_WHEEL" cargo test --release --locked
+  OTLENS_EFFNET_WHEEL="$EFFNET_WHEEL" cargo test --release --locked --workspace
   log "browser tests"
   (cd tests/e2e && node --test --test-concurrency=1)
 }

@@ -8,6 +8,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod compile;
+pub mod gpu;
 mod int8_weights;
 mod reader;
 mod tract;
