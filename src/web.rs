@@ -8,7 +8,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::catalog::Product;
 use crate::index::{Filter, Hit, Index};
-use crate::model::{sha256_hex, Embedder};
+use crate::model::{self, sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits, ImageError};
 use crate::Error;
 
@@ -52,6 +52,13 @@ pub fn check_photo_size(bytes: f64) -> Result<(), JsError> {
     Ok(())
 }
 
+/// A compiled model file lowered for the WebGPU module (`GpuEmbedder.create` in
+/// `otlens_gpu.js`). Only the widget's GPU path calls it, once, when the browser has an adapter.
+#[wasm_bindgen(js_name = gpuPlan)]
+pub fn gpu_plan(model_bytes: &[u8]) -> Result<Vec<u8>, JsError> {
+    Ok(model::gpu::lower(model_bytes).map_err(js_error)?.to_bytes())
+}
+
 /// An embedding model on its own: photo or tensor in, embedding out.
 #[wasm_bindgen]
 pub struct Model {
@@ -78,6 +85,12 @@ impl Model {
         self.embedder
             .embed_photo(photo_bytes, &DecodeLimits::default())
             .map_err(js_error)
+    }
+
+    /// A photo file's bytes as the model's prepared 1x3xSxS input.
+    pub fn prepare(&self, photo_bytes: &[u8]) -> Result<Vec<f32>, JsError> {
+        preprocess::preprocess(photo_bytes, &self.embedder.info().input, &DecodeLimits::default())
+            .map_err(|e| js_error(Error::from(e)))
     }
 
     /// The embedding of an already prepared 1x3xSxS input (the benchmark feeds every
@@ -182,6 +195,50 @@ impl Lens {
         self.embedder()?
             .embed_photo(photo_bytes, &DecodeLimits::default())
             .map_err(js_error)
+    }
+
+    /// A photo file's bytes as the model's prepared 1x3xSxS input (for the GPU path, whose
+    /// embedding then goes to `search_embedding`).
+    pub fn prepare(&self, photo_bytes: &[u8]) -> Result<Vec<f32>, JsError> {
+        preprocess::preprocess(photo_bytes, &self.embedder()?.info().input, &DecodeLimits::default())
+            .map_err(|e| js_error(Error::from(e)))
+    }
+
+    /// The embedding of a prepared input on tract (the GPU path checks itself against it).
+    pub fn run_tensor(&self, input: &[f32]) -> Result<Vec<f32>, JsError> {
+        self.embedder()?.embed_tensor(input.to_vec()).map_err(js_error)
+    }
+
+    /// `search` for an embedding computed elsewhere (the GPU path), with the times it took.
+    pub fn search_embedding(
+        &mut self,
+        embedding: Vec<f32>,
+        k: usize,
+        filter: Option<String>,
+        decode_ms: f64,
+        embed_ms: f64,
+    ) -> Result<JsValue, JsError> {
+        let filter = parse_filter(filter)?;
+        let dims = self.embedder()?.info().dims;
+        if embedding.len() != dims {
+            return Err(JsError::new(&format!(
+                "the embedding has {} values, the model's have {dims}",
+                embedding.len()
+            )));
+        }
+        let started = performance_now();
+        let hits = self.index.search(&embedding, k, &filter);
+        let search_ms = performance_now() - started;
+        self.query = Some(embedding);
+        self.respond(
+            None,
+            &hits,
+            Timings {
+                decode_ms,
+                embed_ms,
+                search_ms,
+            },
+        )
     }
 
     /// `{results: [{product, score}], timings: {decode_ms, embed_ms, search_ms}}`, best first.

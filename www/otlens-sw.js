@@ -20,9 +20,15 @@
 
 const VERSION = "1";
 const CACHE = `otlens-${VERSION}`;
-const SHELL = ["pkg/otlens_bg.wasm", "pkg/otlens.js", "otlens-worker.js", "otlens.js"].map(
-  (file) => new URL(file, self.location).href,
-);
+// With the WebGPU module (otlens_gpu*), which the worker loads only when the browser has an adapter.
+const SHELL = [
+  "pkg/otlens_bg.wasm",
+  "pkg/otlens.js",
+  "pkg/otlens_gpu_bg.wasm",
+  "pkg/otlens_gpu.js",
+  "otlens-worker.js",
+  "otlens.js",
+].map((file) => new URL(file, self.location).href);
 // `otlens build-index` names model and index files after the first 8 hex digits of their sha256.
 const CONTENT_ADDRESSED = /\/(model|index)-[0-9a-f]{8,}(\.[a-z]+)+$/;
 

@@ -1,21 +1,30 @@
 // otlens search worker: downloads and checks the model and catalog index, then answers
 // searches. Decoding and inference run here so the shop page never freezes.
 //
-// Messages in:  {type: "load", manifestUrl, withModel}   (without the model only "similar" works)
+// Messages in:  {type: "load", manifestUrl, withModel, gpu} (without the model only "similar" works;
+//                                                         gpu: "auto", "always" or "off", see otlens.js)
 //               {type: "search", id, photo: Blob, k, filter}
 //               {type: "refine", id, k, filter}          (the last photo again, e.g. with a new filter)
 //               {type: "similar", id, product, k, filter} (products like the one with this id)
 //               {type: "embed", id, photo: Blob}
 // Messages out: {type: "progress", step, steps, label, loaded, total}
-//               {type: "ready", manifest, model, products, facets}
+//               {type: "ready", manifest, model, products, facets, backend: "tract"}
+//               {type: "backend", backend, adapter?, dispatches?, reason?} (after ready: the WebGPU path took
+//                                                         over, or why inference stays on tract)
 //               {type: "results", id, results, timings}
 //               {type: "embedding", id, embedding}
 //               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
 
-import init, { Lens, checkPhotoSize, sha256Hex } from "./pkg/otlens.js";
+import init, { Lens, checkPhotoSize, gpuPlan, sha256Hex } from "./pkg/otlens.js";
 
 const SUPPORTED_FORMAT = 1;
 let lens = null;
+// The WebGPU embedder once it has passed its self-check; null while inference runs on tract.
+let gpu = null;
+// The model file, kept from loading until the GPU path has lowered it.
+let modelBytes = null;
+// The GPU path must give tract's embedding; below this cosine it is not used.
+const GPU_AGREEMENT = 0.999;
 
 const megabytes = (bytes) => (bytes / 1e6).toFixed(1);
 
@@ -159,6 +168,7 @@ async function load(manifestUrl, withModel) {
     await verify(model, manifest.model, "model");
     post({ type: "progress", step: steps, steps, label: "preparing", loaded: 1, total: 1 });
     lens.load_model(model);
+    modelBytes = model;
   }
   post({
     type: "ready",
@@ -166,7 +176,103 @@ async function load(manifestUrl, withModel) {
     model: withModel ? lens.info() : null,
     products: lens.len(),
     facets: lens.facets(),
+    backend: "tract",
   });
+}
+
+function cosine(a, b) {
+  let dot = 0;
+  let aa = 0;
+  let bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i] * b[i];
+    aa += a[i] * a[i];
+    bb += b[i] * b[i];
+  }
+  return dot / Math.sqrt(aa * bb);
+}
+
+/** Milliseconds `run` takes, and what it returned. */
+async function timed(run) {
+  const started = performance.now();
+  const value = await run();
+  return [performance.now() - started, value];
+}
+
+/**
+ * Moves inference to the GPU when the browser has a WebGPU adapter (`mode` "auto" or "always"): loads the
+ * GPU module (only then), lowers the model for it, and checks it gives tract's embedding. In "auto" mode it
+ * must also be faster than tract, so software adapters (SwiftShader) never take over. Searches use tract
+ * meanwhile, and for good if any of this fails; the reason goes to the page in a "backend" message.
+ */
+async function startGpu(mode) {
+  const stayOnTract = (reason) => {
+    modelBytes = null;
+    post({ type: "backend", backend: "tract", reason });
+  };
+  if (!self.navigator?.gpu) return stayOnTract("this browser has no WebGPU");
+  let embedder;
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return stayOnTract("WebGPU gave no adapter");
+    if (mode === "auto" && (adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter)) {
+      return stayOnTract("the WebGPU adapter is a software fallback, slower than the CPU path");
+    }
+    const module = await import("./pkg/otlens_gpu.js");
+    await module.default({ module_or_path: new URL("./pkg/otlens_gpu_bg.wasm", import.meta.url) });
+    const plan = gpuPlan(modelBytes);
+    modelBytes = null;
+    embedder = await module.GpuEmbedder.create(plan);
+    const size = lens.info().input.size;
+    const probe = Float32Array.from({ length: 3 * size * size }, (_, i) => ((i % 251) - 125) / 125);
+    // The first run also compiles the pipelines; the second is what a search will cost.
+    const onGpu = await embedder.run(probe);
+    const [tractMs, onTract] = await timed(() => lens.run_tensor(probe));
+    const agreement = cosine(onGpu, onTract);
+    if (!(agreement >= GPU_AGREEMENT)) {
+      throw new Error(`its embedding differs from tract's (cosine ${agreement.toFixed(4)})`);
+    }
+    if (mode === "auto") {
+      const [gpuMs] = await timed(() => embedder.run(probe));
+      if (gpuMs >= tractMs) {
+        embedder.free();
+        return stayOnTract(`WebGPU took ${Math.round(gpuMs)} ms per photo, the CPU path ${Math.round(tractMs)} ms`);
+      }
+    }
+  } catch (error) {
+    embedder?.free();
+    return stayOnTract(`the WebGPU path failed: ${error.message || error}`);
+  }
+  gpu = embedder;
+  post({ type: "backend", backend: "webgpu", adapter: gpu.adapter(), dispatches: gpu.dispatchCount() });
+}
+
+/** A photo search: decoding and the index on the CPU, the model on the GPU when it is ready. */
+async function search(photo, k, filter) {
+  if (!gpu) return onTract(photo, k, filter);
+  const started = performance.now();
+  const tensor = lens.prepare(photo);
+  const prepared = performance.now();
+  let embedding;
+  try {
+    embedding = await gpu.run(tensor);
+  } catch (error) {
+    // The GPU failed mid-session (device lost, out of memory): this search and the next ones use tract.
+    gpu.free();
+    gpu = null;
+    post({ type: "backend", backend: "tract", reason: `the WebGPU path failed: ${error.message || error}` });
+    return onTract(photo, k, filter);
+  }
+  const embedded = performance.now();
+  const response = lens.search_embedding(embedding, k, filter, prepared - started, embedded - prepared);
+  response.timings.backend = "webgpu";
+  return response;
+}
+
+function onTract(photo, k, filter) {
+  const response = lens.search(photo, k, filter);
+  response.timings.backend = "tract";
+  return response;
 }
 
 async function photoBytes(photo) {
@@ -183,13 +289,18 @@ async function answer(id, search) {
 }
 
 async function handle(message) {
-  if (message.type === "load") return load(message.manifestUrl, message.withModel !== false);
+  if (message.type === "load") {
+    await load(message.manifestUrl, message.withModel !== false);
+    // In the background: the widget is ready on tract already.
+    if (modelBytes && message.gpu !== "off") startGpu(message.gpu);
+    return;
+  }
   if (!lens) throw new Error("the search engine is not loaded yet");
   const { id, k } = message;
   const filter = message.filter && JSON.stringify(message.filter);
   switch (message.type) {
     case "search":
-      return answer(id, async () => lens.search(await photoBytes(message.photo), k, filter));
+      return answer(id, async () => search(await photoBytes(message.photo), k, filter));
     case "refine":
       return answer(id, async () => lens.refine(k, filter));
     case "similar":

@@ -18,15 +18,24 @@
 //                                                              Default: the nearest lang attribute (this element's
 //                                                              or the page's), else the browser's language
 //   label        Text of the file button.                       Default: "Choose a photo" / "사진 선택"
+//   gpu          Where the model runs. "auto": on the GPU (WebGPU) when the browser has a hardware adapter
+//                that gives the CPU path's embedding and is faster than it, else on the CPU (tract);
+//                "always": on any adapter that gives the same embedding (for testing); "off": on the CPU.
+//                                                                                    Default: "auto"
 //   offline      Present: keep the widget, the page and the catalog on the device (otlens-sw.js, a service
 //                worker, next to this file), so search works offline after one visit. Read the top of
 //                otlens-sw.js before turning it on: its folder must contain the page. Default: absent
 //
 // Events (bubbling, composed), on the element:
-//   otlens-ready    detail: {products, model, manifest}   model and catalog loaded and checked (again
-//                                                          after a restart); model is null with `product`
+//   otlens-ready    detail: {products, model, manifest, backend}  model and catalog loaded and checked (again
+//                                                          after a restart); model is null with `product`;
+//                                                          backend is "tract": the GPU path starts after
+//   otlens-backend  detail: {backend, adapter?, dispatches?, reason?}  where the model runs from now on:
+//                                                          "webgpu" (with the adapter's name and kernel
+//                                                          launches per photo) or "tract" (with the reason)
 //   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first; photo is
-//                                                          absent for "more like this"
+//                                                          absent for "more like this"; timings: {decode_ms,
+//                                                          embed_ms, search_ms, total_ms, backend}
 //   otlens-select   detail: {product}                     a result was chosen; cancelable: preventDefault()
 //                                                          keeps the link from being followed (for routers)
 //   otlens-error    detail: {message, fatal}              fatal: the widget could not start, or its engine
@@ -34,6 +43,7 @@
 //   otlens-offline  detail: {saved, message?}             with `offline`: whether the catalog was saved for
 //                                                          offline use (tried again on each load)
 //
+// Property `backend`: the last otlens-backend detail (or {backend: "tract"} before it).
 // Methods: search(blob) -> Promise<{results, timings}> (also shows them), similar(productId) -> the same for
 // "more like this", embed(blob) -> Promise<Float32Array>. Property `filter`: {categories, colours, brands,
 // min_price, max_price, in_stock}, each optional; setting it searches again, as the filter controls do.
@@ -416,6 +426,7 @@ class OtLens extends HTMLElement {
   #query = null; // what the results are for, searched again when the filter changes: {photo} or {product, title}
   #filter = toFilterState();
   #facets = null; // what the catalog can be filtered by (from the engine)
+  #backend = { backend: "tract" }; // where the model runs: the last "backend" detail from the worker
   #priceTimer = 0;
   #readyPromise;
   #resolveReady;
@@ -471,6 +482,10 @@ class OtLens extends HTMLElement {
   /** Resolves with {products, model, manifest} once the widget can search. */
   get ready() {
     return this.#readyPromise;
+  }
+
+  get backend() {
+    return this.#backend;
   }
 
   get maxResults() {
@@ -571,7 +586,12 @@ class OtLens extends HTMLElement {
     };
     const productMode = this.hasAttribute("product");
     this.#$(".drop").hidden = productMode;
-    this.#worker.postMessage({ type: "load", manifestUrl: this.#manifestUrl, withModel: !productMode });
+    this.#worker.postMessage({
+      type: "load",
+      manifestUrl: this.#manifestUrl,
+      withModel: !productMode,
+      gpu: ["always", "off"].includes(this.getAttribute("gpu")) ? this.getAttribute("gpu") : "auto",
+    });
   }
 
   #stop() {
@@ -696,8 +716,14 @@ class OtLens extends HTMLElement {
         this.#restarting = false;
         this.#facets = data.facets;
         this.#renderFilters();
+        this.#backend = { backend: data.backend };
         this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
-        this.#emit("otlens-ready", { products: data.products, model: data.model, manifest: data.manifest });
+        this.#emit("otlens-ready", {
+          products: data.products,
+          model: data.model,
+          manifest: data.manifest,
+          backend: data.backend,
+        });
         if (this.hasAttribute("product")) this.similar(this.getAttribute("product")).catch(() => {});
         if (this.#queuedPhoto) {
           const photo = this.#queuedPhoto;
@@ -706,6 +732,11 @@ class OtLens extends HTMLElement {
         }
         if (this.hasAttribute("offline")) this.#showSaved(this.#manifestUrl);
         return;
+      case "backend": {
+        const { type, ...detail } = data;
+        this.#backend = detail;
+        return this.#emit("otlens-backend", detail);
+      }
       case "error": {
         const request = this.#pending.get(data.id);
         this.#pending.delete(data.id);

@@ -138,7 +138,11 @@ export function unexpected(problems) {
  * Headless Chromium with a fresh profile; `close()` also deletes the profile. Service workers are blocked
  * unless asked for: one test's saved catalog would otherwise answer the next test's downloads.
  */
-export async function launchBrowser({ viewport = { width: 1280, height: 900 }, serviceWorkers = "block" } = {}) {
+export async function launchBrowser({
+  viewport = { width: 1280, height: 900 },
+  serviceWorkers = "block",
+  webgpu = false,
+} = {}) {
   const profile = mkdtempSync(join(tmpdir(), "otlens-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -153,6 +157,8 @@ export async function launchBrowser({ viewport = { width: 1280, height: 900 }, s
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      // Headless Chromium has a WebGPU adapter (SwiftShader, on the CPU) only when asked.
+      ...(webgpu ? ["--enable-unsafe-webgpu"] : []),
     ],
   });
   return {
@@ -186,7 +192,7 @@ export async function openDemo(context, url, { prepare = async () => {} } = {}) 
   await prepare(page);
   await page.addInitScript(() => {
     window.otlensEvents = [];
-    for (const type of ["otlens-ready", "otlens-results", "otlens-error", "otlens-offline"]) {
+    for (const type of ["otlens-ready", "otlens-results", "otlens-error", "otlens-offline", "otlens-backend"]) {
       addEventListener(type, ({ detail }) => window.otlensEvents.push({ type, ...detail }));
     }
   });

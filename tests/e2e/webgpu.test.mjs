@@ -1,0 +1,174 @@
+// The WebGPU path in headless Chromium. With --enable-unsafe-webgpu Chromium has a SwiftShader adapter
+// (WebGPU on the CPU, far slower than tract): by default the widget says so and stays on tract; with
+// gpu="always" it moves inference there and finds what tract finds. The GPU module embeds like tract for
+// every EfficientNet-Lite0 precision. Without an adapter, or when the GPU module fails, the widget says
+// why and searches on tract.
+
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import {
+  DOG_JPG,
+  LOAD_TIMEOUT,
+  ROOT,
+  SEARCH_TIMEOUT,
+  WWW,
+  compiled,
+  launchBrowser,
+  openDemo,
+  readManifest,
+  skipUnlessBuilt,
+  startProxy,
+  startServer,
+  unexpected,
+  widgetEvents,
+} from "./helpers.mjs";
+
+const AGREEMENT = 0.999;
+const IMPORTED = process.env.OTLENS_IMPORTED_MODELS ?? join(ROOT, ".cache/bench-models");
+
+/** Waits for the widget's otlens-backend event and returns its detail. */
+async function backendOf(page) {
+  await page.waitForFunction(() => window.otlensEvents.some((event) => event.type === "otlens-backend"), null, {
+    timeout: LOAD_TIMEOUT,
+  });
+  return (await widgetEvents(page, "otlens-backend"))[0];
+}
+
+/** A shop page with the widget in GPU mode `mode`, recording its events (see openDemo). */
+function openWidget(context, base, mode) {
+  const url = new URL(`gpu-${mode}.html`, base).href;
+  return openDemo(context, url, {
+    prepare: (page) =>
+      page.route(url, (route) =>
+        route.fulfill({
+          contentType: "text/html",
+          body: `<!doctype html><html lang="en"><title>WebGPU ${mode}</title>
+            <script type="module" src="otlens.js"></script>
+            <ot-lens src="catalog/manifest.json" gpu="${mode}"></ot-lens>`,
+        }),
+      ),
+  });
+}
+
+/** The widget's search for darknet's dog photo: {results, timings}. */
+function searchDog(page) {
+  const photo = readFileSync(DOG_JPG).toString("base64");
+  return page.evaluate(async (base64) => {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const lens = document.querySelector("ot-lens");
+    const { results, timings } = await lens.search(new Blob([bytes], { type: "image/jpeg" }));
+    return { ids: results.map((result) => result.product.id), scores: results.map((r) => r.score), timings };
+  }, photo);
+}
+
+describe("WebGPU", { skip: skipUnlessBuilt() || (!existsSync(join(WWW, "pkg/otlens_gpu_bg.wasm")) && "no GPU module") }, () => {
+  let server;
+  let gpuBrowser;
+  let cpuBrowser;
+  let onTract;
+
+  before(async () => {
+    server = await startServer();
+    gpuBrowser = await launchBrowser({ webgpu: true });
+    cpuBrowser = await launchBrowser();
+  });
+
+  after(async () => {
+    await gpuBrowser?.close();
+    await cpuBrowser?.close();
+    await server?.stop();
+  });
+
+  test("without an adapter the widget says so and searches on tract", { timeout: LOAD_TIMEOUT }, async () => {
+    const { page, problems } = await openDemo(cpuBrowser.context, server.url);
+    const backend = await backendOf(page);
+    assert.equal(backend.backend, "tract");
+    assert.match(backend.reason, /no WebGPU|no adapter/);
+    onTract = await searchDog(page);
+    assert.equal(onTract.timings.backend, "tract");
+    assert.ok(onTract.ids.length > 0);
+    assert.deepEqual(problems, []);
+  });
+
+  test("by default a software adapter is left alone, with the reason", { timeout: LOAD_TIMEOUT }, async () => {
+    const { page, problems } = await openWidget(gpuBrowser.context, server.url, "auto");
+    const backend = await backendOf(page);
+    assert.equal(backend.backend, "tract");
+    assert.match(backend.reason, /software fallback/);
+    assert.deepEqual(problems, []);
+  });
+
+  test("with gpu=always the model runs on WebGPU and finds what tract finds", { timeout: LOAD_TIMEOUT }, async (t) => {
+    const { page, problems } = await openWidget(gpuBrowser.context, server.url, "always");
+    const backend = await backendOf(page);
+    t.diagnostic(`backend ${JSON.stringify(backend)}`);
+    assert.equal(backend.backend, "webgpu", backend.reason);
+    assert.ok(backend.adapter.length > 0 && backend.dispatches > 0);
+    assert.equal(await page.evaluate(() => document.querySelector("ot-lens").backend.backend), "webgpu");
+    const onGpu = await searchDog(page);
+    t.diagnostic(`timings on WebGPU (SwiftShader): ${JSON.stringify(onGpu.timings)}`);
+    assert.equal(onGpu.timings.backend, "webgpu");
+    assert.ok(onTract, "the tract search ran first");
+    assert.deepEqual(onGpu.ids.slice(0, 3), onTract.ids.slice(0, 3));
+    onGpu.scores.slice(0, 3).forEach((score, i) => assert.ok(Math.abs(score - onTract.scores[i]) < 0.01));
+    assert.deepEqual(problems, []);
+  });
+
+  test("a GPU module that fails to load leaves search on tract, with the reason", { timeout: LOAD_TIMEOUT }, async () => {
+    const proxy = await startProxy(server.url);
+    try {
+      proxy.fail("/pkg/otlens_gpu_bg.wasm", "404");
+      const { page, problems } = await openWidget(gpuBrowser.context, proxy.url, "always");
+      const backend = await backendOf(page);
+      assert.equal(backend.backend, "tract");
+      assert.match(backend.reason, /WebGPU path failed/);
+      const { timings, ids } = await searchDog(page);
+      assert.equal(timings.backend, "tract");
+      assert.ok(ids.length > 0);
+      assert.deepEqual(unexpected(problems), []);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  test("the GPU module embeds like tract for every EfficientNet-Lite0 precision", { timeout: 4 * SEARCH_TIMEOUT }, async (t) => {
+    const models = [join(WWW, "catalog", readManifest().model.file)];
+    for (const precision of ["fp32", "int8"]) {
+      const path = join(IMPORTED, `efficientnet-lite0-${precision}.onnx`);
+      if (existsSync(path)) models.push(compiled(path));
+      else t.diagnostic(`skipped ${precision}: no ${path} (./build.sh test imports it)`);
+    }
+    const page = await gpuBrowser.context.newPage();
+    await page.goto(server.url);
+    await page.route("**/parity-model-*", (route, request) =>
+      route.fulfill({ body: readFileSync(models[Number(request.url().split("-").pop())]) }),
+    );
+    for (let n = 0; n < models.length; n++) {
+      const similarity = await page.evaluate(
+        async ({ n, photo }) => {
+          const tract = await import("/pkg/otlens.js");
+          await tract.default();
+          const gpu = await import("/pkg/otlens_gpu.js");
+          await gpu.default();
+          const bytes = new Uint8Array(await (await fetch(`/parity-model-${n}`)).arrayBuffer());
+          const model = new tract.Model(bytes);
+          const input = model.prepare(Uint8Array.from(atob(photo), (c) => c.charCodeAt(0)));
+          const embedder = await gpu.GpuEmbedder.create(tract.gpuPlan(bytes));
+          const [a, b] = [model.run_tensor(input), await embedder.run(input)];
+          let dot = 0;
+          let aa = 0;
+          let bb = 0;
+          for (let i = 0; i < a.length; i++) [dot, aa, bb] = [dot + a[i] * b[i], aa + a[i] ** 2, bb + b[i] ** 2];
+          return dot / Math.sqrt(aa * bb);
+        },
+        { n, photo: readFileSync(DOG_JPG).toString("base64") },
+      );
+      t.diagnostic(`${models[n]}: cosine ${similarity}`);
+      assert.ok(similarity >= AGREEMENT, `${models[n]}: cosine ${similarity}`);
+    }
+    await page.close();
+  });
+});
