@@ -1,8 +1,9 @@
 // Runs in the benchmark page: times tract-wasm (otlens Model.run_tensor) and onnxruntime-web
-// (wasm backend) on the same ONNX files and the same input tensor, one thread each.
+// (wasm backend) on the same ONNX files and the same input tensor, one thread each, and the WebGPU
+// module (otlens_gpu GpuEmbedder) when the browser has an adapter.
 // bench/run.mjs serves /pkg/ (www/pkg), /ort/ (onnxruntime-web's dist), /models/N and /catalog/.
 
-import init, { Lens, Model } from "/pkg/otlens.js";
+import init, { Lens, Model, gpuPlan } from "/pkg/otlens.js";
 import * as ort from "/ort/ort.wasm.min.mjs";
 
 const log = (line) => (document.getElementById("log").textContent += `${line}\n`);
@@ -64,7 +65,7 @@ async function fetchBytes(url) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs }) {
+async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs, gpu }) {
   const [bytes, compiledBytes] = await Promise.all([fetchBytes(onnxUrl), fetchBytes(compiledUrl)]);
 
   let started = performance.now();
@@ -75,6 +76,7 @@ async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs }) {
   let tractOutput;
   const tractTimes = timeRuns(() => (tractOutput = model.run_tensor(input)), warmup, runs);
   model.free();
+  const webgpu = gpu && (await benchGpu(compiledBytes, input, tractOutput, gpu));
 
   started = performance.now();
   const session = await ort.InferenceSession.create(bytes, {
@@ -99,9 +101,39 @@ async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs }) {
     tract_load_ms: tractLoadMs,
     ort_load_ms: ortLoadMs,
     agreement: cosine(tractOutput, ortOutput),
+    webgpu,
   };
   log(JSON.stringify(result));
   return result;
+}
+
+/** The WebGPU module on the same compiled file and input: fewer runs (a software adapter is slow). */
+async function benchGpu(compiledBytes, input, tractOutput, { module, warmup, runs }) {
+  const started = performance.now();
+  const embedder = await module.GpuEmbedder.create(gpuPlan(compiledBytes));
+  const loadMs = performance.now() - started;
+  let output;
+  const times = await timeRunsAsync(async () => (output = await embedder.run(input)), warmup, runs);
+  const result = {
+    ms: median(times),
+    load_ms: loadMs,
+    agreement: cosine(output, tractOutput),
+    kernels: embedder.kernelCount(),
+    dispatches: embedder.dispatchCount(),
+    adapter: embedder.adapter(),
+  };
+  embedder.free();
+  return result;
+}
+
+/** The GPU module when the browser has a WebGPU adapter, else null and why. */
+async function startGpu(gpuRuns) {
+  const adapter = await navigator.gpu?.requestAdapter();
+  if (!adapter) return [null, navigator.gpu ? "WebGPU gave no adapter" : "no WebGPU in this browser"];
+  const module = await import("/pkg/otlens_gpu.js");
+  await module.default({ module_or_path: "/pkg/otlens_gpu_bg.wasm" });
+  const fallback = adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter;
+  return [{ module, warmup: 1, runs: gpuRuns }, fallback ? "software adapter: overhead only" : "hardware adapter"];
 }
 
 async function benchSearch(photoUrl, { warmup, runs }) {
@@ -127,15 +159,22 @@ async function benchSearch(photoUrl, { warmup, runs }) {
 }
 
 /** Called by bench/run.mjs through page.evaluate. */
-window.runBenchmark = async ({ models, photoUrl, warmup, runs }) => {
+window.runBenchmark = async ({ models, photoUrl, warmup, runs, gpuRuns }) => {
   await init({ module_or_path: "/pkg/otlens_bg.wasm" });
+  const [gpu, gpuNote] = gpuRuns > 0 ? await startGpu(gpuRuns) : [null, "not asked (--gpu-runs 0)"];
   ort.env.wasm.wasmPaths = "/ort/";
   ort.env.wasm.numThreads = 1;
   ort.env.wasm.proxy = false;
   const results = [];
-  for (const model of models) results.push(await benchModel(model, { warmup, runs }));
+  for (const model of models) results.push(await benchModel(model, { warmup, runs, gpu }));
   const search = photoUrl ? await benchSearch(photoUrl, { warmup, runs }) : null;
-  return { results, search, userAgent: navigator.userAgent, crossOriginIsolated: self.crossOriginIsolated };
+  return {
+    results,
+    search,
+    gpuNote,
+    userAgent: navigator.userAgent,
+    crossOriginIsolated: self.crossOriginIsolated,
+  };
 };
 
 window.benchReady = true;

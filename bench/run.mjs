@@ -2,9 +2,12 @@
 // Browser benchmark: median ms per embedding for tract-wasm (otlens, running each ONNX file
 // compiled by `otlens compile`) and onnxruntime-web (wasm, 1 thread, the ONNX file itself),
 // search timings on the demo catalog, and download sizes. With --scale DIR (a catalog written by
-// `otlens demo scale`), the end-to-end query time on it: photo in, results painted.
+// `otlens demo scale`), the end-to-end query time on it: photo in, results painted. Chromium runs
+// with WebGPU on: the WebGPU module is timed on each model too (--gpu-runs runs after one warm-up;
+// 0 skips it). Here that adapter is SwiftShader, WebGPU on the CPU: its column measures the path's
+// overhead, not a GPU.
 //
-//   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--scale DIR]
+//   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--gpu-runs 2] [--scale DIR]
 //
 // Needs: www/pkg and target/release/otlens (./build.sh build), www/catalog (./build.sh demo),
 // tests/e2e/node_modules (npm ci).
@@ -31,15 +34,18 @@ const TYPES = {
 };
 
 function parseArgs(argv) {
-  const options = { models: [], runs: 20, warmup: 3, scale: null };
+  const options = { models: [], runs: 20, warmup: 3, gpuRuns: 2, scale: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--runs") options.runs = Number(argv[++i]);
     else if (argv[i] === "--scale") options.scale = resolve(argv[++i]);
     else if (argv[i] === "--warmup") options.warmup = Number(argv[++i]);
+    else if (argv[i] === "--gpu-runs") options.gpuRuns = Number(argv[++i]);
     else options.models.push(resolve(argv[i]));
   }
-  if (!options.models.length || !(options.runs > 0) || !(options.warmup >= 0)) {
-    console.error("usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--scale DIR]");
+  if (!options.models.length || !(options.runs > 0) || !(options.warmup >= 0) || !(options.gpuRuns >= 0)) {
+    console.error(
+      "usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--gpu-runs 2] [--scale DIR]",
+    );
     process.exit(2);
   }
   return options;
@@ -168,7 +174,7 @@ async function main() {
   if (options.scale) Object.assign(routes, { [`${SCALE}catalog/`]: options.scale, [SCALE]: WWW });
   const server = await serve({ ...routes, "/": BENCH }, files);
   const url = `http://127.0.0.1:${server.address().port}/`;
-  const browser = await launchBrowser();
+  const browser = await launchBrowser({ webgpu: true });
   let report;
   let ready = null;
   let scaled = null;
@@ -190,6 +196,7 @@ async function main() {
       photoUrl: hasCatalog ? "/photo.jpg" : null,
       warmup: options.warmup,
       runs: options.runs,
+      gpuRuns: options.gpuRuns,
     });
     // Its models (up to 41 MB each, twice) would otherwise stay in memory for the page timings.
     await page.close();
@@ -217,6 +224,23 @@ async function main() {
       r.agreement.toFixed(5),
     ]),
   );
+  const onGpu = report.results.filter((r) => r.webgpu);
+  console.log(`\nWebGPU module, ${report.gpuNote}: median ms per embedding, ${options.gpuRuns} runs after 1 warm-up\n`);
+  if (onGpu.length) {
+    console.log(`adapter: ${onGpu[0].webgpu.adapter}\n`);
+    printTable(
+      ["model", "webgpu ms", "webgpu/tract", "load ms", "kernels", "dispatches per image", "cosine to tract"],
+      onGpu.map((r) => [
+        r.name,
+        r.webgpu.ms.toFixed(1),
+        (r.webgpu.ms / r.tract_ms).toFixed(2),
+        r.webgpu.load_ms.toFixed(0),
+        r.webgpu.kernels,
+        r.webgpu.dispatches,
+        r.webgpu.agreement.toFixed(6),
+      ]),
+    );
+  }
   if (report.search) {
     const s = report.search;
     console.log(`\nLens.search on the demo catalog (${s.products} products, ${s.dims} dims), dog.jpg, median ms:\n`);
@@ -255,6 +279,7 @@ async function main() {
   const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
   const sized = [
     ["otlens wasm (tract)", wasmPath],
+    ["otlens WebGPU module (with an adapter only)", join(WWW, "pkg/otlens_gpu_bg.wasm")],
     ["onnxruntime-web wasm", ortWasm],
     ...options.models.flatMap((path, i) => [
       [basename(path), path],

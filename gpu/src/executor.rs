@@ -182,6 +182,14 @@ impl GpuModel {
         self.dispatches.len()
     }
 
+    /// Number of distinct kernels the model uses.
+    pub fn kernel_count(&self) -> usize {
+        Kernel::ALL
+            .iter()
+            .filter(|&&kernel| self.dispatches.iter().any(|dispatch| dispatch.kernel == kernel))
+            .count()
+    }
+
     /// Runs the model on one input tensor and reads its output back.
     pub async fn run(&self, input: &[f32]) -> Result<Vec<f32>, GpuError> {
         if input.len() != self.input_len {

@@ -43,6 +43,12 @@ impl GpuEmbedder {
         self.model.dispatch_count()
     }
 
+    /// Distinct kernels the model uses.
+    #[wasm_bindgen(js_name = kernelCount)]
+    pub fn kernel_count(&self) -> usize {
+        self.model.kernel_count()
+    }
+
     /// The embedding of a prepared 1x3xSxS input, as a `Promise<Float32Array>`.
     pub fn run(&self, input: Vec<f32>) -> js_sys::Promise {
         let model = self.model.clone();
