@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use crate::plan::{BinaryOp, Plan, ReduceOp, Source, Step, TensorId, UnaryOp, Window};
+use crate::plan::{BinaryOp, Clamp, Plan, ReduceOp, Source, Step, TensorId, UnaryOp, Window};
 use crate::GpuError;
 
 /// Threads per workgroup of the one-value-per-thread kernels (`LINEAR` in kernels.wgsl).
@@ -572,14 +572,7 @@ impl<'a> Builder<'a> {
                 w.extend(window_words(image, out, &geometry));
                 linear(Kernel::MaxPool, w, vec![input])
             }
-            Step::Conv {
-                input,
-                weights,
-                bias,
-                geometry,
-                groups,
-                ..
-            } => return self.conv(input, weights, bias, output, geometry, groups),
+            Step::Conv { .. } => return self.conv(step),
             Step::MatMul {
                 a,
                 b,
@@ -590,18 +583,23 @@ impl<'a> Builder<'a> {
                 a_strides,
                 b_strides,
                 output_strides,
+                bias,
+                clamp,
                 ..
             } => {
                 let mut w = vec![0, m as u32, n as u32, k as u32];
                 for s in [a_strides, b_strides, output_strides] {
                     w.extend([s.row as u32, s.column as u32, s.batch as u32]);
                 }
-                w.push(0);
+                w.push(self.bias_mode(bias, m)?);
+                // Words 14..26 describe a convolution's window; the bias is per row in every batch.
+                w.resize(27, 0);
+                w.extend(clamp_words(clamp));
                 Launch {
                     kernel: Kernel::Gemm,
                     words: w,
                     workgroups: tiled_workgroups(m, n, batch)?,
-                    reads: vec![a, b],
+                    reads: std::iter::once(a).chain([b]).chain(bias).collect(),
                 }
             }
         };
@@ -613,15 +611,19 @@ impl<'a> Builder<'a> {
         Ok(launch)
     }
 
-    fn conv(
-        &self,
-        input: TensorId,
-        weights: TensorId,
-        bias: Option<TensorId>,
-        output: TensorId,
-        geometry: Window,
-        groups: usize,
-    ) -> Result<Launch, GpuError> {
+    fn conv(&self, step: &Step) -> Result<Launch, GpuError> {
+        let Step::Conv {
+            input,
+            weights,
+            bias,
+            output,
+            geometry,
+            groups,
+            clamp,
+        } = *step
+        else {
+            return Err(GpuError::InvalidPlan("not a convolution".into()));
+        };
         let image = self.image(input)?;
         let out = self.image(output)?;
         let (in_channels, out_channels) = (image[0], out[0]);
@@ -638,16 +640,7 @@ impl<'a> Builder<'a> {
                 self.shape(weights)
             )));
         }
-        let bias_mode = match bias.map(|b| self.plan.tensors[b].len()) {
-            None => 0,
-            Some(1) => 1,
-            Some(len) if len == out_channels => 2,
-            Some(len) => {
-                return Err(GpuError::InvalidPlan(format!(
-                    "{len} bias values for {out_channels} channels"
-                )))
-            }
-        };
+        let bias_mode = self.bias_mode(bias, out_channels)?;
         let reads = std::iter::once(input).chain([weights]).chain(bias).collect::<Vec<_>>();
         let taps = geometry.kernel[0] * geometry.kernel[1];
         // A matrix product needs a deep enough k to fill its tiles; depthwise convolutions
@@ -662,6 +655,7 @@ impl<'a> Builder<'a> {
                 (out_channels / groups) as u32,
                 bias_mode,
             ]);
+            w.extend(clamp_words(clamp));
             return Ok(Launch {
                 kernel: Kernel::ConvDirect,
                 words: w,
@@ -684,6 +678,8 @@ impl<'a> Builder<'a> {
         w.extend(geometry.strides.map(|v| v as u32));
         w.extend(geometry.padding.map(|v| v as u32));
         w.extend(geometry.dilations.map(|v| v as u32));
+        w.push(m as u32);
+        w.extend(clamp_words(clamp));
         Ok(Launch {
             kernel: Kernel::Gemm,
             words: w,
@@ -691,6 +687,18 @@ impl<'a> Builder<'a> {
             // The gemm kernel reads weights as x, the image as y.
             reads: std::iter::once(weights).chain([input]).chain(bias).collect(),
         })
+    }
+
+    /// How the kernels read a bias for `channels` rows or channels: 0 none, 1 one value, 2 one each.
+    fn bias_mode(&self, bias: Option<TensorId>, channels: usize) -> Result<u32, GpuError> {
+        match bias.map(|b| self.plan.tensors[b].len()) {
+            None => Ok(0),
+            Some(1) => Ok(1),
+            Some(len) if len == channels => Ok(2),
+            Some(len) => Err(GpuError::InvalidPlan(format!(
+                "{len} bias values for {channels} channels"
+            ))),
+        }
     }
 
     /// [channels, height, width] of an image tensor (a leading batch of 1 allowed).
@@ -728,6 +736,14 @@ impl<'a> Builder<'a> {
             }
         }
         Ok(padded_strides(&broadcast))
+    }
+}
+
+/// The kernels' activation words: clamp or not, then the bounds.
+fn clamp_words(clamp: Option<Clamp>) -> [u32; 3] {
+    match clamp {
+        Some(Clamp { low, high }) => [1, low.to_bits(), high.to_bits()],
+        None => [0; 3],
     }
 }
 

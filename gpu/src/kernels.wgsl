@@ -208,6 +208,14 @@ fn max_pool(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroup
     output[i] = best;
 }
 
+// A fused activation: words[at] 1 to clamp to [words[at + 1], words[at + 2]].
+fn activate(value: f32, at: u32) -> f32 {
+    if (word(at) == 1u) {
+        return min(max(value, real(at + 1u)), real(at + 2u));
+    }
+    return value;
+}
+
 fn bias(channel: u32, mode: u32) -> f32 {
     switch mode {
         case 1u: { return z[0]; }
@@ -219,7 +227,8 @@ fn bias(channel: u32, mode: u32) -> f32 {
 // Direct convolution, one thread per output value: for depthwise and other convolutions with
 // few input channels per group, where a matrix product would be mostly padding.
 // words: 0 count, the window, 14 output channels, 15 input channels per group,
-// 16 output channels per group, 17 bias mode (0 none, 1 one value, 2 one per channel).
+// 16 output channels per group, 17 bias mode (0 none, 1 one value, 2 one per channel), 18..21 the
+// activation.
 // x input, y weights (OIHW), z bias.
 @compute @workgroup_size(64)
 fn conv_direct(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -251,14 +260,14 @@ fn conv_direct(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgr
             }
         }
     }
-    output[i] = acc;
+    output[i] = activate(acc, 18u);
 }
 
 // Tiled matrix product, a 16x16 output tile per workgroup, operands staged through workgroup
 // memory 16 columns of k at a time. Workgroup (x, y, z) = (column tile, row tile, batch).
 // words: 0 mode (0 strided matrices, 1 convolution as an implicit im2col product), 1 M,
 // 2 N, 3 K, 4..7 strides of a (row, column, batch), 7..10 of b, 10..13 of the output,
-// 13 bias mode (per row).
+// 13 bias mode (per row), 26 the bias's stride per batch, 27..30 the activation.
 // In convolution mode a is the weights, b the input seen through the window (words 14 input
 // channels per group, 15 height, 16 width, 17 output width, 18 and 19 kernel, 20 and 21
 // strides, 22 and 23 padding, 24 and 25 dilations) and the batch is the group.
@@ -318,6 +327,7 @@ fn gemm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         workgroupBarrier();
     }
     if (row < m_size && column < n_size) {
-        output[row * word(10u) + column * word(11u) + batch * word(12u)] = acc + bias(batch * m_size + row, word(13u));
+        let value = acc + bias(batch * word(26u) + row, word(13u));
+        output[row * word(10u) + column * word(11u) + batch * word(12u)] = activate(value, 27u);
     }
 }

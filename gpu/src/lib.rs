@@ -8,6 +8,7 @@
 
 #[cfg(feature = "executor")]
 mod executor;
+mod fuse;
 pub mod plan;
 #[cfg(all(feature = "executor", target_arch = "wasm32"))]
 mod web;

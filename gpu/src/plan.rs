@@ -61,6 +61,8 @@ pub enum Step {
         output: TensorId,
         geometry: Window,
         groups: usize,
+        /// Applied to each output value (a fused activation).
+        clamp: Option<Clamp>,
     },
     /// Max pooling; padding never wins.
     MaxPool {
@@ -81,6 +83,10 @@ pub enum Step {
         a_strides: MatrixStrides,
         b_strides: MatrixStrides,
         output_strides: MatrixStrides,
+        /// One value per row, added to it (a fused bias).
+        bias: Option<TensorId>,
+        /// Applied after the bias (a fused activation).
+        clamp: Option<Clamp>,
     },
     /// Element-wise, numpy broadcasting.
     Binary {
@@ -125,6 +131,13 @@ pub struct Window {
     pub dilations: [usize; 2],
     /// Padding before each axis (after it follows from the output shape).
     pub padding: [usize; 2],
+}
+
+/// `min(max(x, low), high)`: ReLU, ReLU6 and the bounds of an int8 range.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Clamp {
+    pub low: f32,
+    pub high: f32,
 }
 
 /// Strides (in elements) of a matrix operand's row, column and batch indices.
@@ -182,7 +195,7 @@ pub enum ReduceOp {
 
 /// Plan files begin with this, then a version number.
 const MAGIC: &[u8; 4] = b"OTGP";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 impl Plan {
     /// `OTGP`, version, header length (u32 LE), the JSON header, zero padding to 4 bytes, then
@@ -251,7 +264,8 @@ impl Plan {
             | Step::Unary { input, output, .. }
             | Step::Reduce { input, output, .. }
             | Step::Gather { input, output, .. } => (vec![input], output),
-            Step::MatMul { a, b, output, .. } | Step::Binary { a, b, output, .. } => (vec![a, b], output),
+            Step::MatMul { a, b, output, bias, .. } => (std::iter::once(a).chain([b]).chain(bias).collect(), output),
+            Step::Binary { a, b, output, .. } => (vec![a, b], output),
             Step::Select {
                 condition,
                 then,

@@ -87,13 +87,15 @@ impl Lowering {
             .copied()
             .ok_or_else(|| Error::Model("the model has no output".into()))?;
         let input = input.ok_or_else(|| Error::Model("the model has no input".into()))?;
-        Ok(Plan {
+        let mut plan = Plan {
             tensors: self.tensors,
             input,
             output,
             steps: self.steps,
             constants: self.constants,
-        })
+        };
+        plan.fuse();
+        Ok(plan)
     }
 
     fn tensor(&mut self, shape: Vec<usize>, source: Source) -> TensorId {
@@ -279,6 +281,7 @@ impl Lowering {
             output,
             geometry,
             groups,
+            clamp: None,
         }))
     }
 
@@ -365,6 +368,8 @@ impl Lowering {
             a_strides: operand(0, row.1[0], summed.1[0]),
             b_strides: operand(1, summed.1[1], column.1[1]),
             output_strides: operand(2, row.1[2], column.1[2]),
+            bias: None,
+            clamp: None,
         };
         Ok(self.computed(shape, step))
     }
