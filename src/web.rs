@@ -156,14 +156,7 @@ impl Lens {
 
     /// Loads the model, refusing one the index was not built with.
     pub fn load_model(&mut self, model_bytes: &[u8]) -> Result<(), JsError> {
-        let embedder = Embedder::from_bytes(model_bytes).map_err(js_error)?;
-        let model_sha256 = &embedder.info().sha256;
-        if self.index.model_sha256() != *model_sha256 {
-            return Err(js_error(Error::ModelMismatch {
-                index: self.index.model_sha256(),
-                model: model_sha256.clone(),
-            }));
-        }
+        let embedder = Embedder::for_index(model_bytes, &self.index.model_sha256()).map_err(js_error)?;
         self.embedder = Some(embedder);
         Ok(())
     }

@@ -64,9 +64,22 @@ impl Embedder {
     /// Loads and optimises a model file given as bytes: compiled (`.nnef.tgz`) anywhere,
     /// ONNX natively.
     pub fn from_bytes(bytes: &[u8]) -> Result<Embedder> {
+        Self::load(bytes, None)
+    }
+
+    /// [`Embedder::from_bytes`] for the index built with the model whose sha256 is `index_sha256`:
+    /// another model is refused before it is optimised, which is most of a load's time.
+    pub fn for_index(bytes: &[u8], index_sha256: &str) -> Result<Embedder> {
+        Self::load(bytes, Some(index_sha256))
+    }
+
+    fn load(bytes: &[u8], expected_sha256: Option<&str>) -> Result<Embedder> {
         let model = if is_compiled(bytes) {
-            TractModel::from_nnef(bytes)?
+            TractModel::from_nnef(bytes, expected_sha256)?
         } else {
+            if let Some(expected) = expected_sha256 {
+                check_identity(expected, &sha256_hex(bytes))?;
+            }
             Self::from_uncompiled(bytes)?
         };
         Ok(Embedder { model })
@@ -114,6 +127,17 @@ impl Embedder {
     pub fn embed_photo(&self, photo: &[u8], limits: &DecodeLimits) -> Result<Vec<f32>> {
         self.embed_tensor(preprocess::preprocess(photo, &self.info().input, limits)?)
     }
+}
+
+/// Refuses a model other than the one an index was built with.
+fn check_identity(index_sha256: &str, model_sha256: &str) -> Result<()> {
+    if index_sha256 == model_sha256 {
+        return Ok(());
+    }
+    Err(Error::ModelMismatch {
+        index: index_sha256.to_string(),
+        model: model_sha256.to_string(),
+    })
 }
 
 /// Cosine similarity of two vectors (1.0 for identical directions).

@@ -46,14 +46,18 @@ impl TractModel {
         TractModel::prepare(model, super::sha256_hex(onnx))
     }
 
-    /// Reads a model compiled by `otlens compile` (NNEF in a tar, gzipped or not).
-    pub fn from_nnef(archive: &[u8]) -> Result<TractModel> {
+    /// Reads a model compiled by `otlens compile` (NNEF in a tar, gzipped or not), refusing it
+    /// before optimisation when it was not compiled from the ONNX file `expected_source` names.
+    pub fn from_nnef(archive: &[u8], expected_source: Option<&str>) -> Result<TractModel> {
         let model = super::reader::read(archive).map_err(model_error("not a readable compiled model"))?;
         let source = property(&model.properties, META_SOURCE_SHA256).ok_or_else(|| {
             Error::Model(format!(
                 "the model has no {META_SOURCE_SHA256} property; compile it with `otlens compile`"
             ))
         })?;
+        if let Some(expected) = expected_source {
+            super::check_identity(expected, &source)?;
+        }
         TractModel::prepare(model, source)
     }
 

@@ -212,3 +212,21 @@ fn the_compile_command_writes_a_loadable_file_or_says_why_not() {
         "{stderr}"
     );
 }
+
+/// The widget loads a model for its index: another model is refused (before it is optimised).
+#[test]
+fn a_model_for_another_index_is_refused() {
+    let onnx = committed("efficientnet-lite0-int8-weights.onnx");
+    let compiled = model::compile(&onnx).unwrap();
+    let source = sha256_hex(&onnx);
+    assert_eq!(Embedder::for_index(&compiled, &source).unwrap().info().sha256, source);
+    assert!(
+        Embedder::for_index(&onnx, &source).is_ok(),
+        "ONNX natively, by its own sha256"
+    );
+    let other = "0".repeat(64);
+    for file in [&compiled, &onnx] {
+        let error = Embedder::for_index(file, &other).err().expect("refused").to_string();
+        assert!(error.contains(&other[..12]) && error.contains(&source[..12]), "{error}");
+    }
+}
