@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use crate::plan::{BinaryOp, Clamp, Plan, ReduceOp, Source, Step, TensorId, UnaryOp, Window};
+use crate::plan::{BinaryOp, Clamp, Plan, PointOp, ReduceOp, Source, Step, TensorId, UnaryOp, Window, MAX_POINT_OPS};
 use crate::GpuError;
 
 /// Threads per workgroup of the one-value-per-thread kernels (`LINEAR` in kernels.wgsl).
@@ -20,10 +20,13 @@ const TILE: usize = 16;
 const WORDS: usize = 32;
 /// WebGPU's maximum workgroups per dispatch dimension.
 const MAX_GROUPS: usize = 65535;
+/// Codes of the `pointwise` kernel from here on are binary operations with a constant
+/// (`WITH_CONSTANT` in kernels.wgsl); those below are unary.
+const WITH_CONSTANT: u32 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
-    Unary,
+    Pointwise,
     Binary,
     Choose,
     Gather,
@@ -35,7 +38,7 @@ enum Kernel {
 
 impl Kernel {
     const ALL: [Kernel; 8] = [
-        Kernel::Unary,
+        Kernel::Pointwise,
         Kernel::Binary,
         Kernel::Choose,
         Kernel::Gather,
@@ -47,7 +50,7 @@ impl Kernel {
 
     fn entry_point(self) -> &'static str {
         match self {
-            Kernel::Unary => "unary",
+            Kernel::Pointwise => "pointwise",
             Kernel::Binary => "binary",
             Kernel::Choose => "choose",
             Kernel::Gather => "gather",
@@ -98,8 +101,10 @@ fn gpu_error(error: wgpu::Error) -> GpuError {
 }
 
 impl GpuModel {
-    /// Finds an adapter, then builds everything the plan needs on it.
+    /// Finds an adapter, then builds everything the plan needs on it (with its steps fused).
     pub async fn new(plan: &Plan) -> Result<GpuModel, GpuError> {
+        let mut plan = plan.clone();
+        plan.fuse();
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -124,7 +129,7 @@ impl GpuModel {
             })
             .await
             .map_err(|e| GpuError::Device(e.to_string()))?;
-        GpuModel::on_device(plan, device, queue, adapter_name).await
+        GpuModel::on_device(&plan, device, queue, adapter_name).await
     }
 
     /// The adapter running the model, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`.
@@ -502,9 +507,9 @@ impl<'a> Builder<'a> {
         };
         let launch = match *step {
             Step::Unary { op, input, .. } => {
-                let (code, a, b) = unary_code(op);
-                linear(Kernel::Unary, vec![0, code, a.to_bits(), b.to_bits()], vec![input])
+                linear(Kernel::Pointwise, point_words(&[PointOp::Unary(op)])?, vec![input])
             }
+            Step::Pointwise { input, ref ops, .. } => linear(Kernel::Pointwise, point_words(ops)?, vec![input]),
             Step::Binary { op, a, b, .. } => {
                 let mut w = vec![0, binary_code(op)];
                 w.extend(dims);
@@ -798,6 +803,32 @@ fn tiled_workgroups(m: usize, n: usize, batch: usize) -> Result<[u32; 3], GpuErr
         )));
     }
     Ok(groups.map(|g| g.max(1) as u32))
+}
+
+/// The `pointwise` kernel's words for a chain of operations (`WITH_CONSTANT` in kernels.wgsl).
+fn point_words(ops: &[PointOp]) -> Result<Vec<u32>, GpuError> {
+    if ops.len() > MAX_POINT_OPS {
+        return Err(GpuError::InvalidPlan(format!(
+            "a chain of {} element-wise operations; the kernel takes {MAX_POINT_OPS}",
+            ops.len()
+        )));
+    }
+    let mut words = vec![0, ops.len() as u32];
+    for op in ops {
+        let (code, a, b) = match *op {
+            PointOp::Unary(op) => {
+                let (code, a, b) = unary_code(op);
+                (code, a.to_bits(), b.to_bits())
+            }
+            PointOp::WithConstant {
+                op,
+                value,
+                constant_first,
+            } => (WITH_CONSTANT + binary_code(op), value.to_bits(), constant_first as u32),
+        };
+        words.extend([code, a, b]);
+    }
+    Ok(words)
 }
 
 fn unary_code(op: UnaryOp) -> (u32, f32, f32) {

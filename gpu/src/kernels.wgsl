@@ -54,31 +54,66 @@ fn power(base: f32, exponent: f32) -> f32 {
     return select(magnitude, -magnitude, (i32(exponent) & 1) == 1);
 }
 
-// words: 0 count, 1 op, 2 and 3 op parameters.
+fn unary_op(code: u32, v: f32, a: f32, b: f32) -> f32 {
+    switch code {
+        case 0u: { return v * v; }
+        case 1u: { return sqrt(v); }
+        case 2u: { return inverseSqrt(v); }
+        case 3u: { return 1.0 / v; }
+        case 4u: { return abs(v); }
+        case 5u: { return -v; }
+        case 6u: { return exp(v); }
+        // WGSL's round() breaks ties to even, as tract's round_half_to_even does.
+        case 7u: { return round(v); }
+        case 8u: { return power(v, a); }
+        // An f32 to integer cast saturates (NaN gives 0), as Rust's `as` does.
+        case 9u: { return select(clamp(trunc(v), a, b), 0.0, v != v); }
+        default: { return select(1.0, 0.0, v == 0.0); }
+    }
+}
+
+fn binary_op(code: u32, a: f32, b: f32) -> f32 {
+    switch code {
+        case 0u: { return a + b; }
+        case 1u: { return a - b; }
+        case 2u: { return a * b; }
+        case 3u: { return a / b; }
+        case 4u: { return max(a, b); }
+        case 5u: { return min(a, b); }
+        case 6u: { return power(a, b); }
+        case 7u: { return select(0.0, 1.0, a == b); }
+        case 8u: { return select(0.0, 1.0, a != b); }
+        case 9u: { return select(0.0, 1.0, a < b); }
+        case 10u: { return select(0.0, 1.0, a <= b); }
+        case 11u: { return select(0.0, 1.0, a > b); }
+        default: { return select(0.0, 1.0, a >= b); }
+    }
+}
+
+// Up to 10 element-wise operations in a row. words: 0 count, 1 number of operations, then three
+// words each: the operation (a unary one below 16, else 16 + a binary one with a constant), and
+// its two parameters (a unary's; a binary's constant and 1 when the constant comes first).
+const WITH_CONSTANT: u32 = 16u;
+
 @compute @workgroup_size(64)
-fn unary(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+fn pointwise(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = linear_index(id, groups);
     if (i >= word(0u)) {
         return;
     }
-    let v = x[i];
-    var r: f32;
-    switch word(1u) {
-        case 0u: { r = v * v; }
-        case 1u: { r = sqrt(v); }
-        case 2u: { r = inverseSqrt(v); }
-        case 3u: { r = 1.0 / v; }
-        case 4u: { r = abs(v); }
-        case 5u: { r = -v; }
-        case 6u: { r = exp(v); }
-        // WGSL's round() breaks ties to even, as tract's round_half_to_even does.
-        case 7u: { r = round(v); }
-        case 8u: { r = power(v, real(2u)); }
-        // An f32 to integer cast saturates (NaN gives 0), as Rust's `as` does.
-        case 9u: { r = select(clamp(trunc(v), real(2u), real(3u)), 0.0, v != v); }
-        default: { r = select(1.0, 0.0, v == 0.0); }
+    var v = x[i];
+    for (var op = 0u; op < word(1u); op++) {
+        let at = 2u + 3u * op;
+        let code = word(at);
+        if (code < WITH_CONSTANT) {
+            v = unary_op(code, v, real(at + 1u), real(at + 2u));
+        } else if (word(at + 2u) == 1u) {
+            v = binary_op(code - WITH_CONSTANT, real(at + 1u), v);
+        } else {
+            v = binary_op(code - WITH_CONSTANT, v, real(at + 1u));
+        }
     }
-    output[i] = r;
+    output[i] = v;
 }
 
 // words: 0 count, 1 op, 2..6 output dims, 6..10 strides of a (x), 10..14 strides of b (y).
@@ -88,25 +123,7 @@ fn binary(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
     if (i >= word(0u)) {
         return;
     }
-    let a = x[strided(i, 2u, 6u)];
-    let b = y[strided(i, 2u, 10u)];
-    var r: f32;
-    switch word(1u) {
-        case 0u: { r = a + b; }
-        case 1u: { r = a - b; }
-        case 2u: { r = a * b; }
-        case 3u: { r = a / b; }
-        case 4u: { r = max(a, b); }
-        case 5u: { r = min(a, b); }
-        case 6u: { r = power(a, b); }
-        case 7u: { r = select(0.0, 1.0, a == b); }
-        case 8u: { r = select(0.0, 1.0, a != b); }
-        case 9u: { r = select(0.0, 1.0, a < b); }
-        case 10u: { r = select(0.0, 1.0, a <= b); }
-        case 11u: { r = select(0.0, 1.0, a > b); }
-        default: { r = select(0.0, 1.0, a >= b); }
-    }
-    output[i] = r;
+    output[i] = binary_op(word(1u), x[strided(i, 2u, 6u)], y[strided(i, 2u, 10u)]);
 }
 
 // words: 0 count, 2..6 output dims, 6..10 strides of the condition (x), 10..14 of then (y),

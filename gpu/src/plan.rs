@@ -100,6 +100,14 @@ pub enum Step {
         input: TensorId,
         output: TensorId,
     },
+    /// A chain of element-wise operations, each on the result of the one before: what
+    /// [`Plan::fuse`] makes of unary steps and arithmetic with one constant (tract spells an int8
+    /// quantise-dequantise pair as eight of them).
+    Pointwise {
+        input: TensorId,
+        output: TensorId,
+        ops: Vec<PointOp>,
+    },
     /// `condition ? then : otherwise`, element-wise, broadcasting.
     Select {
         condition: TensorId,
@@ -185,6 +193,22 @@ pub enum UnaryOp {
     CastToBool,
 }
 
+/// Links a [`Step::Pointwise`] chain may have: the kernel's parameter block holds two words, then
+/// three per link.
+pub const MAX_POINT_OPS: usize = 10;
+
+/// One link of a [`Step::Pointwise`] chain.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PointOp {
+    Unary(UnaryOp),
+    /// `x op value`, or `value op x` when `constant_first`.
+    WithConstant {
+        op: BinaryOp,
+        value: f32,
+        constant_first: bool,
+    },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReduceOp {
     Sum,
@@ -195,7 +219,7 @@ pub enum ReduceOp {
 
 /// Plan files begin with this, then a version number.
 const MAGIC: &[u8; 4] = b"OTGP";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 impl Plan {
     /// `OTGP`, version, header length (u32 LE), the JSON header, zero padding to 4 bytes, then
@@ -262,6 +286,7 @@ impl Plan {
             } => (std::iter::once(input).chain([weights]).chain(bias).collect(), output),
             Step::MaxPool { input, output, .. }
             | Step::Unary { input, output, .. }
+            | Step::Pointwise { input, output, .. }
             | Step::Reduce { input, output, .. }
             | Step::Gather { input, output, .. } => (vec![input], output),
             Step::MatMul { a, b, output, bias, .. } => (std::iter::once(a).chain([b]).chain(bias).collect(), output),

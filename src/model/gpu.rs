@@ -87,15 +87,14 @@ impl Lowering {
             .copied()
             .ok_or_else(|| Error::Model("the model has no output".into()))?;
         let input = input.ok_or_else(|| Error::Model("the model has no input".into()))?;
-        let mut plan = Plan {
+        // Unfused: the GPU module fuses steps itself, which keeps that code out of this module.
+        Ok(Plan {
             tensors: self.tensors,
             input,
             output,
             steps: self.steps,
             constants: self.constants,
-        };
-        plan.fuse();
-        Ok(plan)
+        })
     }
 
     fn tensor(&mut self, shape: Vec<usize>, source: Source) -> TensorId {
