@@ -1,8 +1,8 @@
 // The WebGPU path in headless Chromium. With --enable-unsafe-webgpu Chromium has a SwiftShader adapter
 // (WebGPU on the CPU, far slower than tract): by default the widget says so and stays on tract; with
 // gpu="always" it moves inference there and finds what tract finds. The GPU module embeds like tract for
-// every EfficientNet-Lite0 precision. Without an adapter, or when the GPU module fails, the widget says
-// why and searches on tract.
+// every EfficientNet-Lite0 precision. Without an adapter, when the GPU module fails, or when the device is
+// lost mid-session, the widget says why and searches on tract.
 
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
@@ -23,6 +23,7 @@ import {
   startProxy,
   startServer,
   unexpected,
+  waitForWidgetEvents,
   widgetEvents,
 } from "./helpers.mjs";
 
@@ -38,19 +39,40 @@ async function backendOf(page) {
 }
 
 /** A shop page with the widget in GPU mode `mode`, recording its events (see openDemo). */
-function openWidget(context, base, mode) {
+function openWidget(context, base, mode, { prepare = async () => {} } = {}) {
   const url = new URL(`gpu-${mode}.html`, base).href;
   return openDemo(context, url, {
-    prepare: (page) =>
-      page.route(url, (route) =>
+    prepare: async (page) => {
+      await prepare(page);
+      await page.route(url, (route) =>
         route.fulfill({
           contentType: "text/html",
           body: `<!doctype html><html lang="en"><title>WebGPU ${mode}</title>
             <script type="module" src="otlens.js"></script>
             <ot-lens src="catalog/manifest.json" gpu="${mode}"></ot-lens>`,
         }),
-      ),
+      );
+    },
   });
+}
+
+/**
+ * Makes the widget's worker keep the GPUDevice it asks for in `self.otlensDevice`, so a test can lose it
+ * (the device lives inside the GPU module, out of the page's reach). Resolves with the worker.
+ */
+function keepWorkerDevice(page) {
+  return new Promise((resolve) =>
+    page.once("worker", async (worker) => {
+      await worker.evaluate(() => {
+        const requestDevice = GPUAdapter.prototype.requestDevice;
+        GPUAdapter.prototype.requestDevice = async function (...args) {
+          self.otlensDevice = await requestDevice.apply(this, args);
+          return self.otlensDevice;
+        };
+      });
+      resolve(worker);
+    }),
+  );
 }
 
 /** The widget's search for darknet's dog photo: {results, timings}. */
@@ -114,6 +136,29 @@ describe("WebGPU", { skip: skipUnlessBuilt() || (!existsSync(join(WWW, "pkg/otle
     assert.ok(onTract, "the tract search ran first");
     assert.deepEqual(onGpu.ids.slice(0, 3), onTract.ids.slice(0, 3));
     onGpu.scores.slice(0, 3).forEach((score, i) => assert.ok(Math.abs(score - onTract.scores[i]) < 0.01));
+    assert.deepEqual(problems, []);
+  });
+
+  test("a device lost mid-session sends search back to tract, saying why", { timeout: LOAD_TIMEOUT }, async (t) => {
+    let worker;
+    const { page, problems } = await openWidget(gpuBrowser.context, server.url, "always", {
+      prepare: async (page) => {
+        worker = keepWorkerDevice(page);
+      },
+    });
+    assert.equal((await backendOf(page)).backend, "webgpu");
+    worker = await worker;
+    assert.ok(await worker.evaluate(() => Boolean(self.otlensDevice)), "the worker's GPUDevice was caught");
+    await worker.evaluate(() => self.otlensDevice.destroy());
+    const { timings, ids } = await searchDog(page);
+    assert.equal(timings.backend, "tract");
+    assert.ok(onTract, "the tract search ran first");
+    assert.deepEqual(ids.slice(0, 3), onTract.ids.slice(0, 3));
+    const [, back] = await waitForWidgetEvents(page, "otlens-backend", 2);
+    t.diagnostic(`after the loss: ${JSON.stringify(back)}`);
+    assert.equal(back.backend, "tract");
+    assert.match(back.reason, /device was lost/);
+    assert.equal(await page.evaluate(() => document.querySelector("ot-lens").backend.backend), "tract");
     assert.deepEqual(problems, []);
   });
 
