@@ -9,8 +9,8 @@
 //               {type: "embed", id, photo: Blob}
 // Messages out: {type: "progress", step, steps, label, loaded, total}
 //               {type: "ready", manifest, model, products, facets, backend: "tract"}
-//               {type: "backend", backend, adapter?, dispatches?, reason?} (after ready: the WebGPU path took
-//                                                         over, or why inference stays on tract)
+//               {type: "backend", backend, adapter?, dispatches?, weights?, reason?}
+//                                         (after ready: the WebGPU path took over, or why inference stays on tract)
 //               {type: "results", id, results, timings}
 //               {type: "embedding", id, embedding}
 //               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
@@ -244,7 +244,13 @@ async function startGpu(mode) {
     return stayOnTract(`the WebGPU path failed: ${error.message || error}`);
   }
   gpu = embedder;
-  post({ type: "backend", backend: "webgpu", adapter: gpu.adapter(), dispatches: gpu.dispatchCount() });
+  post({
+    type: "backend",
+    backend: "webgpu",
+    adapter: gpu.adapter(),
+    dispatches: gpu.dispatchCount(),
+    weights: gpu.weights(),
+  });
 }
 
 /** A photo search: decoding and the index on the CPU, the model on the GPU when it is ready. */

@@ -30,9 +30,10 @@
 //   otlens-ready    detail: {products, model, manifest, backend}  model and catalog loaded and checked (again
 //                                                          after a restart); model is null with `product`;
 //                                                          backend is "tract": the GPU path starts after
-//   otlens-backend  detail: {backend, adapter?, dispatches?, reason?}  where the model runs from now on:
-//                                                          "webgpu" (with the adapter's name and kernel
-//                                                          launches per photo) or "tract" (with the reason)
+//   otlens-backend  detail: {backend, adapter?, dispatches?, weights?, reason?}  where the model runs from
+//                                                          now on: "webgpu" (with the adapter's name, kernel
+//                                                          launches per photo, and weights "f16" or "f32")
+//                                                          or "tract" (with the reason)
 //   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first; photo is
 //                                                          absent for "more like this"; timings: {decode_ms,
 //                                                          embed_ms, search_ms, total_ms, backend}

@@ -12,6 +12,17 @@ struct Params {
 @group(0) @binding(3) var<storage, read> y: array<f32>;
 @group(0) @binding(4) var<storage, read> z: array<f32>;
 
+// Kernels read x and y through these. When the adapter has shader-f16, executor.rs stores the
+// weights of matrix products and convolutions as f16 and builds a copy of this file that begins
+// with `enable f16;` and declares that operand array<f16>; arithmetic stays f32.
+fn x_at(i: u32) -> f32 {
+    return f32(x[i]);
+}
+
+fn y_at(i: u32) -> f32 {
+    return f32(y[i]);
+}
+
 fn word(i: u32) -> u32 {
     return params.words[i / 4u][i % 4u];
 }
@@ -101,7 +112,7 @@ fn pointwise(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgrou
     if (i >= word(0u)) {
         return;
     }
-    var v = x[i];
+    var v = x_at(i);
     for (var op = 0u; op < word(1u); op++) {
         let at = 2u + 3u * op;
         let code = word(at);
@@ -123,7 +134,7 @@ fn binary(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
     if (i >= word(0u)) {
         return;
     }
-    output[i] = binary_op(word(1u), x[strided(i, 2u, 6u)], y[strided(i, 2u, 10u)]);
+    output[i] = binary_op(word(1u), x_at(strided(i, 2u, 6u)), y_at(strided(i, 2u, 10u)));
 }
 
 // words: 0 count, 2..6 output dims, 6..10 strides of the condition (x), 10..14 of then (y),
@@ -134,8 +145,8 @@ fn choose(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
     if (i >= word(0u)) {
         return;
     }
-    if (x[strided(i, 2u, 6u)] != 0.0) {
-        output[i] = y[strided(i, 2u, 10u)];
+    if (x_at(strided(i, 2u, 6u)) != 0.0) {
+        output[i] = y_at(strided(i, 2u, 10u));
     } else {
         output[i] = z[strided(i, 2u, 14u)];
     }
@@ -148,7 +159,7 @@ fn gather(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
     if (i >= word(0u)) {
         return;
     }
-    output[i] = x[word(1u) + strided(i, 2u, 6u)];
+    output[i] = x_at(word(1u) + strided(i, 2u, 6u));
 }
 
 // words: 0 count, 1 op, 2..6 output dims, 6..10 input strides of the output's axes,
@@ -163,9 +174,9 @@ fn reduce(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
     let base = strided(i, 2u, 6u);
     let op = word(1u);
     let count = word(18u);
-    var acc = x[base + strided(0u, 10u, 14u)];
+    var acc = x_at(base + strided(0u, 10u, 14u));
     for (var r = 1u; r < count; r++) {
-        let v = x[base + strided(r, 10u, 14u)];
+        let v = x_at(base + strided(r, 10u, 14u));
         switch op {
             case 2u: { acc = max(acc, v); }
             case 3u: { acc = min(acc, v); }
@@ -218,7 +229,7 @@ fn max_pool(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroup
         for (var kx = 0u; kx < word(7u); kx++) {
             let ix = tap_position(ox, kx, 1u, w.width);
             if (iy >= 0 && ix >= 0) {
-                best = max(best, x[(channel * w.height + u32(iy)) * w.width + u32(ix)]);
+                best = max(best, x_at((channel * w.height + u32(iy)) * w.width + u32(ix)));
             }
         }
     }
@@ -271,8 +282,8 @@ fn conv_direct(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgr
             for (var kx = 0u; kx < kernel_w; kx++) {
                 let ix = tap_position(ox, kx, 1u, w.width);
                 if (ix >= 0) {
-                    let value = x[((first_input + c) * w.height + u32(iy)) * w.width + u32(ix)];
-                    acc += value * y[((channel * per_group + c) * kernel_h + ky) * kernel_w + kx];
+                    let value = x_at(((first_input + c) * w.height + u32(iy)) * w.width + u32(ix));
+                    acc += value * y_at(((channel * per_group + c) * kernel_h + ky) * kernel_w + kx);
                 }
             }
         }
@@ -307,7 +318,7 @@ fn im2col(k: u32, n: u32, group: u32) -> f32 {
     if (iy < 0 || ix < 0 || iy >= i32(height) || ix >= i32(width)) {
         return 0.0;
     }
-    return y[((group * word(14u) + c) * height + u32(iy)) * width + u32(ix)];
+    return y_at(((group * word(14u) + c) * height + u32(iy)) * width + u32(ix));
 }
 
 @compute @workgroup_size(16, 16)
@@ -324,7 +335,7 @@ fn gemm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         let ka = k0 + local.x;
         var a = 0.0;
         if (row < m_size && ka < k_size) {
-            a = x[row * word(4u) + ka * word(5u) + batch * word(6u)];
+            a = x_at(row * word(4u) + ka * word(5u) + batch * word(6u));
         }
         tile_a[local.y][local.x] = a;
         let kb = k0 + local.y;
@@ -333,7 +344,7 @@ fn gemm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
             if (conv) {
                 b = im2col(kb, column, batch);
             } else {
-                b = y[kb * word(7u) + column * word(8u) + batch * word(9u)];
+                b = y_at(kb * word(7u) + column * word(8u) + batch * word(9u));
             }
         }
         tile_b[local.y][local.x] = b;

@@ -37,6 +37,11 @@ impl GpuEmbedder {
         self.model.adapter().to_string()
     }
 
+    /// "f16" when the weights are stored as f16 (the adapter has shader-f16), else "f32".
+    pub fn weights(&self) -> String {
+        if self.model.f16_weights() { "f16" } else { "f32" }.to_string()
+    }
+
     /// Kernel launches per image.
     #[wasm_bindgen(js_name = dispatchCount)]
     pub fn dispatch_count(&self) -> usize {

@@ -129,6 +129,7 @@ describe("WebGPU", { skip: skipUnlessBuilt() || (!existsSync(join(WWW, "pkg/otle
     t.diagnostic(`backend ${JSON.stringify(backend)}`);
     assert.equal(backend.backend, "webgpu", backend.reason);
     assert.ok(backend.adapter.length > 0 && backend.dispatches > 0);
+    assert.equal(backend.weights, "f32", "SwiftShader has no shader-f16");
     assert.equal(await page.evaluate(() => document.querySelector("ot-lens").backend.backend), "webgpu");
     const onGpu = await searchDog(page);
     t.diagnostic(`timings on WebGPU (SwiftShader): ${JSON.stringify(onGpu.timings)}`);
