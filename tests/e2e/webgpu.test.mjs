@@ -1,8 +1,8 @@
 // The WebGPU path in headless Chromium. With --enable-unsafe-webgpu Chromium has a SwiftShader adapter
 // (WebGPU on the CPU, far slower than tract): by default the widget says so and stays on tract; with
 // gpu="always" it moves inference there and finds what tract finds. The GPU module embeds like tract for
-// every EfficientNet-Lite0 precision. Without an adapter, when the GPU module fails, or when the device is
-// lost mid-session, the widget says why and searches on tract.
+// EfficientNet-Lite0 and ResNet-18 (a random checkpoint), fp32 and int8. Without an adapter, when the GPU
+// module fails, or when the device is lost mid-session, the widget says why and searches on tract.
 
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
@@ -180,12 +180,13 @@ describe("WebGPU", { skip: skipUnlessBuilt() || (!existsSync(join(WWW, "pkg/otle
     }
   });
 
-  test("the GPU module embeds like tract for every EfficientNet-Lite0 precision", { timeout: 4 * SEARCH_TIMEOUT }, async (t) => {
+  // ResNet-18 takes about 25 s a photo on SwiftShader, so one photo per model.
+  test("the GPU module embeds like tract: EfficientNet-Lite0 and ResNet-18, fp32 and int8", { timeout: 8 * SEARCH_TIMEOUT }, async (t) => {
     const models = [join(WWW, "catalog", readManifest().model.file)];
-    for (const precision of ["fp32", "int8"]) {
-      const path = join(IMPORTED, `efficientnet-lite0-${precision}.onnx`);
+    for (const name of ["efficientnet-lite0-fp32", "efficientnet-lite0-int8", "resnet18-fp32", "resnet18-int8"]) {
+      const path = join(IMPORTED, `${name}.onnx`);
       if (existsSync(path)) models.push(compiled(path));
-      else t.diagnostic(`skipped ${precision}: no ${path} (./build.sh test imports it)`);
+      else t.diagnostic(`skipped ${name}: no ${path} (./build.sh test imports it)`);
     }
     const page = await gpuBrowser.context.newPage();
     await page.goto(server.url);
