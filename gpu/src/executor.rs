@@ -737,8 +737,8 @@ impl<'a> Builder<'a> {
                     w.extend([s.row as u32, s.column as u32, s.batch as u32]);
                 }
                 w.push(self.bias_mode(bias, m)?);
-                // Words 14..26 describe a convolution's window; the bias is per row in every batch.
-                w.resize(27, 0);
+                // Words 14..27 describe a convolution's window; the bias is per row in every batch.
+                w.resize(28, 0);
                 w.extend(clamp_words(clamp));
                 Launch {
                     kernel: Kernel::Gemm,
@@ -818,11 +818,7 @@ impl<'a> Builder<'a> {
         w.extend([0, 0, 0]);
         w.extend([n as u32, 1, (m * n) as u32]);
         w.push(bias_mode);
-        w.extend([per_group, image[1], image[2], out[2]].map(|v| v as u32));
-        w.extend(geometry.kernel.map(|v| v as u32));
-        w.extend(geometry.strides.map(|v| v as u32));
-        w.extend(geometry.padding.map(|v| v as u32));
-        w.extend(geometry.dilations.map(|v| v as u32));
+        w.extend(window_words([per_group, image[1], image[2]], out, &geometry));
         w.push(m as u32);
         w.extend(clamp_words(clamp));
         Ok(Launch {

@@ -189,25 +189,41 @@ fn reduce(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups)
     output[i] = acc;
 }
 
-// Window geometry shared by pooling and convolution. words: 1 input channels, 2 input height,
-// 3 input width, 4 output height, 5 output width, 6 and 7 kernel, 8 and 9 strides,
-// 10 and 11 padding before, 12 and 13 dilations.
+// Window geometry shared by pooling and convolutions, 13 words from `start` (1 in max_pool and
+// conv_direct, 14 in gemm): input channels (per group), input height, input width, output height,
+// output width, then pairs (rows, columns): kernel, strides, padding before, dilations.
 struct Window {
+    start: u32,
     channels: u32,
     height: u32,
     width: u32,
     out_height: u32,
     out_width: u32,
+    kernel_h: u32,
+    kernel_w: u32,
 }
 
-fn window() -> Window {
-    return Window(word(1u), word(2u), word(3u), word(4u), word(5u));
+fn window(start: u32) -> Window {
+    return Window(
+        start,
+        word(start),
+        word(start + 1u),
+        word(start + 2u),
+        word(start + 3u),
+        word(start + 4u),
+        word(start + 5u),
+        word(start + 6u),
+    );
 }
 
 // The input row (or column, `axis` 1) under kernel tap `tap` for output position `at`,
 // or -1 in the padding.
-fn tap_position(at: u32, tap: u32, axis: u32, size: u32) -> i32 {
-    let position = i32(at * word(8u + axis) + tap * word(12u + axis)) - i32(word(10u + axis));
+fn tap_position(w: Window, at: u32, tap: u32, axis: u32) -> i32 {
+    let stride = word(w.start + 7u + axis);
+    let padding = word(w.start + 9u + axis);
+    let dilation = word(w.start + 11u + axis);
+    let position = i32(at * stride + tap * dilation) - i32(padding);
+    let size = select(w.width, w.height, axis == 0u);
     return select(-1, position, position >= 0 && position < i32(size));
 }
 
@@ -218,16 +234,16 @@ fn max_pool(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroup
     if (i >= word(0u)) {
         return;
     }
-    let w = window();
+    let w = window(1u);
     let ox = i % w.out_width;
     let oy = (i / w.out_width) % w.out_height;
     let channel = i / (w.out_width * w.out_height);
     // The lowest f32 (browsers refuse an infinite constant); a window always covers a real value.
     var best = bitcast<f32>(0xff7fffffu);
-    for (var ky = 0u; ky < word(6u); ky++) {
-        let iy = tap_position(oy, ky, 0u, w.height);
-        for (var kx = 0u; kx < word(7u); kx++) {
-            let ix = tap_position(ox, kx, 1u, w.width);
+    for (var ky = 0u; ky < w.kernel_h; ky++) {
+        let iy = tap_position(w, oy, ky, 0u);
+        for (var kx = 0u; kx < w.kernel_w; kx++) {
+            let ix = tap_position(w, ox, kx, 1u);
             if (iy >= 0 && ix >= 0) {
                 best = max(best, x_at((channel * w.height + u32(iy)) * w.width + u32(ix)));
             }
@@ -264,9 +280,9 @@ fn conv_direct(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgr
     if (i >= word(0u)) {
         return;
     }
-    let w = window();
-    let kernel_h = word(6u);
-    let kernel_w = word(7u);
+    let w = window(1u);
+    let kernel_h = w.kernel_h;
+    let kernel_w = w.kernel_w;
     let per_group = word(15u);
     let ox = i % w.out_width;
     let oy = (i / w.out_width) % w.out_height;
@@ -275,12 +291,12 @@ fn conv_direct(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgr
     var acc = bias(channel, word(17u));
     for (var c = 0u; c < per_group; c++) {
         for (var ky = 0u; ky < kernel_h; ky++) {
-            let iy = tap_position(oy, ky, 0u, w.height);
+            let iy = tap_position(w, oy, ky, 0u);
             if (iy < 0) {
                 continue;
             }
             for (var kx = 0u; kx < kernel_w; kx++) {
-                let ix = tap_position(ox, kx, 1u, w.width);
+                let ix = tap_position(w, ox, kx, 1u);
                 if (ix >= 0) {
                     let value = x_at(((first_input + c) * w.height + u32(iy)) * w.width + u32(ix));
                     acc += value * y_at(((channel * per_group + c) * kernel_h + ky) * kernel_w + kx);
@@ -295,30 +311,24 @@ fn conv_direct(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgr
 // memory 16 columns of k at a time. Workgroup (x, y, z) = (column tile, row tile, batch).
 // words: 0 mode (0 strided matrices, 1 convolution as an implicit im2col product), 1 M,
 // 2 N, 3 K, 4..7 strides of a (row, column, batch), 7..10 of b, 10..13 of the output,
-// 13 bias mode (per row), 26 the bias's stride per batch, 27..30 the activation.
-// In convolution mode a is the weights, b the input seen through the window (words 14 input
-// channels per group, 15 height, 16 width, 17 output width, 18 and 19 kernel, 20 and 21
-// strides, 22 and 23 padding, 24 and 25 dilations) and the batch is the group.
+// 13 bias mode (per row), 14..27 a convolution's window, 27 the bias's stride per batch, 28..31
+// the activation. In convolution mode a is the weights, b the input seen through the window and
+// the batch is the group.
 const TILE: u32 = 16u;
 var<workgroup> tile_a: array<array<f32, 16>, 16>;
 var<workgroup> tile_b: array<array<f32, 16>, 16>;
 
 fn im2col(k: u32, n: u32, group: u32) -> f32 {
-    let kernel_h = word(18u);
-    let kernel_w = word(19u);
-    let c = k / (kernel_h * kernel_w);
-    let ky = (k / kernel_w) % kernel_h;
-    let kx = k % kernel_w;
-    let oy = n / word(17u);
-    let ox = n % word(17u);
-    let iy = i32(oy * word(20u) + ky * word(24u)) - i32(word(22u));
-    let ix = i32(ox * word(21u) + kx * word(25u)) - i32(word(23u));
-    let height = word(15u);
-    let width = word(16u);
-    if (iy < 0 || ix < 0 || iy >= i32(height) || ix >= i32(width)) {
+    let w = window(14u);
+    let c = k / (w.kernel_h * w.kernel_w);
+    let ky = (k / w.kernel_w) % w.kernel_h;
+    let kx = k % w.kernel_w;
+    let iy = tap_position(w, n / w.out_width, ky, 0u);
+    let ix = tap_position(w, n % w.out_width, kx, 1u);
+    if (iy < 0 || ix < 0) {
         return 0.0;
     }
-    return y_at(((group * word(14u) + c) * height + u32(iy)) * width + u32(ix));
+    return y_at(((group * w.channels + c) * w.height + u32(iy)) * w.width + u32(ix));
 }
 
 @compute @workgroup_size(16, 16)
@@ -355,7 +365,7 @@ fn gemm(@builtin(local_invocation_id) local: vec3<u32>, @builtin(workgroup_id) g
         workgroupBarrier();
     }
     if (row < m_size && column < n_size) {
-        let value = acc + bias(batch * word(26u) + row, word(13u));
-        output[row * word(10u) + column * word(11u) + batch * word(12u)] = activate(value, 27u);
+        let value = acc + bias(batch * word(27u) + row, word(13u));
+        output[row * word(10u) + column * word(11u) + batch * word(12u)] = activate(value, 28u);
     }
 }
