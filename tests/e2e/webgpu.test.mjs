@@ -16,6 +16,7 @@ import {
   SEARCH_TIMEOUT,
   WWW,
   compiled,
+  cosine,
   launchBrowser,
   openDemo,
   readManifest,
@@ -194,7 +195,7 @@ describe("WebGPU", { skip: skipUnlessBuilt() || (!existsSync(join(WWW, "pkg/otle
       route.fulfill({ body: readFileSync(models[Number(request.url().split("-").pop())]) }),
     );
     for (let n = 0; n < models.length; n++) {
-      const similarity = await page.evaluate(
+      const [onTract, onGpu] = await page.evaluate(
         async ({ n, photo }) => {
           const tract = await import("/pkg/otlens.js");
           await tract.default();
@@ -204,15 +205,11 @@ describe("WebGPU", { skip: skipUnlessBuilt() || (!existsSync(join(WWW, "pkg/otle
           const model = new tract.Model(bytes);
           const input = model.prepare(Uint8Array.from(atob(photo), (c) => c.charCodeAt(0)));
           const embedder = await gpu.GpuEmbedder.create(tract.gpuPlan(bytes));
-          const [a, b] = [model.run_tensor(input), await embedder.run(input)];
-          let dot = 0;
-          let aa = 0;
-          let bb = 0;
-          for (let i = 0; i < a.length; i++) [dot, aa, bb] = [dot + a[i] * b[i], aa + a[i] ** 2, bb + b[i] ** 2];
-          return dot / Math.sqrt(aa * bb);
+          return [Array.from(model.run_tensor(input)), Array.from(await embedder.run(input))];
         },
         { n, photo: readFileSync(DOG_JPG).toString("base64") },
       );
+      const similarity = cosine(onGpu, onTract);
       t.diagnostic(`${models[n]}: cosine ${similarity}`);
       assert.ok(similarity >= AGREEMENT, `${models[n]}: cosine ${similarity}`);
     }
