@@ -260,18 +260,21 @@ async function search(photo, k, filter) {
   const tensor = lens.prepare(photo);
   const prepared = performance.now();
   let embedding;
+  let backend = "webgpu";
   try {
     embedding = await gpu.run(tensor);
   } catch (error) {
-    // The GPU failed mid-session (device lost, out of memory): this search and the next ones use tract.
+    // The GPU failed mid-session (device lost, out of memory): this search (on the photo already
+    // decoded) and the next ones use tract.
     gpu.free();
     gpu = null;
     post({ type: "backend", backend: "tract", reason: `the WebGPU path failed: ${error.message || error}` });
-    return onTract(photo, k, filter);
+    embedding = lens.run_tensor(tensor);
+    backend = "tract";
   }
   const embedded = performance.now();
   const response = lens.search_embedding(embedding, k, filter, prepared - started, embedded - prepared);
-  response.timings.backend = "webgpu";
+  response.timings.backend = backend;
   return response;
 }
 
@@ -297,8 +300,9 @@ async function answer(id, search) {
 async function handle(message) {
   if (message.type === "load") {
     await load(message.manifestUrl, message.withModel !== false);
-    // In the background: the widget is ready on tract already.
+    // In the background: the widget is ready on tract already. Without it, the model bytes go now.
     if (modelBytes && message.gpu !== "off") startGpu(message.gpu);
+    else modelBytes = null;
     return;
   }
   if (!lens) throw new Error("the search engine is not loaded yet");
