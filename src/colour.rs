@@ -195,11 +195,15 @@ fn histogram(labs: &[[f32; 3]], weights: &[f32]) -> Vec<f32> {
 /// Weighted k-means, started from the fullest histogram bins so the result is the same
 /// on every run and platform.
 fn dominant_colours(labs: &[[f32; 3]], weights: &[f32], histogram: &[f32]) -> Vec<Dominant> {
-    let mut fullest: Vec<usize> = (0..HISTOGRAM_LEN).filter(|&i| histogram[i] > 0.0).collect();
-    fullest.sort_by(|&x, &y| histogram[y].total_cmp(&histogram[x]).then(x.cmp(&y)));
-    let start: Vec<[f32; 3]> = fullest.iter().take(DOMINANT_COLOURS).map(|&i| bin_centre(i)).collect();
-    let mut clusters = kmeans(labs, weights, start);
-    clusters.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let start: Vec<[f32; 3]> = largest_first(histogram)
+        .into_iter()
+        .take_while(|&i| histogram[i] > 0.0)
+        .take(DOMINANT_COLOURS)
+        .map(bin_centre)
+        .collect();
+    let clusters = kmeans(labs, weights, start);
+    let shares: Vec<f32> = clusters.iter().map(|cluster| cluster.1).collect();
+    let clusters = largest_first(&shares).into_iter().map(|i| clusters[i]);
     // Two starting bins can fall on one colour: a cluster that close to a larger one joins it.
     let mut dominant: Vec<Dominant> = Vec::new();
     for (lab, share) in clusters {
@@ -214,8 +218,17 @@ fn dominant_colours(labs: &[[f32; 3]], weights: &[f32], histogram: &[f32]) -> Ve
         }
     }
     dominant.retain(|d| d.share >= MIN_SHARE);
-    dominant.sort_by(|x, y| y.share.total_cmp(&x.share));
-    dominant
+    let shares: Vec<f32> = dominant.iter().map(|d| d.share).collect();
+    largest_first(&shares).into_iter().map(|i| dominant[i]).collect()
+}
+
+/// Positions of `keys`, largest first, ties in position order. Every ranking here goes
+/// through it, so the widget's module carries the sorting code once (each `sort_by` with
+/// its own closure is another copy, 2 KB gzipped).
+fn largest_first(keys: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&x, &y| keys[y].total_cmp(&keys[x]).then(x.cmp(&y)));
+    order
 }
 
 /// Up to `k` starting centres, each the point farthest from those already chosen.
@@ -265,17 +278,84 @@ pub fn colour_similarity(x: &[f32], y: &[f32]) -> f32 {
     x.iter().zip(y).map(|(a, b)| a * b).sum()
 }
 
+/// Bins a [`CompactColour`] keeps: a garment of one colour fills the 8 bins around it (the
+/// histogram is trilinear), so 12 hold it and one more colour.
+pub const COMPACT_BINS: usize = 12;
+/// A bin's weight takes 7 bits of its word; the bin number the other 9 ([`HISTOGRAM_LEN`] < 512).
+const WEIGHT_BITS: u32 = 7;
+const WEIGHT_MAX: u16 = (1 << WEIGHT_BITS) - 1;
+
+/// A colour histogram in 24 bytes, as the catalog index stores one per product: the fullest
+/// bins, rescaled so that the kept part sums to one again, each as `bin << 7 | weight` in one
+/// u16. Unused words are 0 (weight 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CompactColour(pub [u16; COMPACT_BINS]);
+
+impl CompactColour {
+    pub fn from_histogram(histogram: &[f32]) -> CompactColour {
+        let histogram = &histogram[..histogram.len().min(HISTOGRAM_LEN)];
+        let fullest: Vec<usize> = largest_first(histogram)
+            .into_iter()
+            .take_while(|&i| histogram[i] > 0.0)
+            .take(COMPACT_BINS)
+            .collect();
+        let kept: f32 = fullest.iter().map(|&i| histogram[i] * histogram[i]).sum::<f32>().sqrt();
+        let mut words = [0u16; COMPACT_BINS];
+        let mut slot = 0;
+        for &bin in &fullest {
+            let weight = (histogram[bin] / kept * f32::from(WEIGHT_MAX)).round() as u16;
+            if weight > 0 {
+                words[slot] = (bin as u16) << WEIGHT_BITS | weight.min(WEIGHT_MAX);
+                slot += 1;
+            }
+        }
+        CompactColour(words)
+    }
+
+    /// (bin, weight) of the used words.
+    fn bins(&self) -> impl Iterator<Item = (usize, f32)> + '_ {
+        self.0.iter().filter(|word| *word & WEIGHT_MAX > 0).map(|word| {
+            let weight = f32::from(word & WEIGHT_MAX) / f32::from(WEIGHT_MAX);
+            (usize::from(word >> WEIGHT_BITS), weight)
+        })
+    }
+
+    /// Whether every used word names a histogram bin (a file read from the network may not).
+    pub fn is_valid(&self) -> bool {
+        self.bins().all(|(bin, _)| bin < HISTOGRAM_LEN)
+    }
+
+    /// [`colour_similarity`] with a full histogram of [`HISTOGRAM_LEN`] values.
+    pub fn similarity(&self, histogram: &[f32]) -> f32 {
+        self.bins()
+            .map(|(bin, weight)| histogram.get(bin).map_or(0.0, |value| value * weight))
+            .sum()
+    }
+
+    /// The histogram back, with zeros where bins were dropped.
+    pub fn to_histogram(&self) -> Vec<f32> {
+        let mut histogram = vec![0f32; HISTOGRAM_LEN];
+        for (bin, weight) in self.bins() {
+            if let Some(value) = histogram.get_mut(bin) {
+                *value = weight;
+            }
+        }
+        histogram
+    }
+}
+
 /// The colour name that the [`NAME_VOTERS`] most similar labelled photos vote for, each
 /// vote weighted by its similarity. `candidates` holds (similarity, name) for every
 /// labelled photo; `None` when there are none.
-pub fn vote_colour_name(mut candidates: Vec<(f32, u32)>) -> Option<u32> {
+pub fn vote_colour_name(candidates: Vec<(f32, u32)>) -> Option<u32> {
     let voters = NAME_VOTERS.min(candidates.len());
     if voters == 0 {
         return None;
     }
-    candidates.select_nth_unstable_by(voters - 1, |x, y| y.0.total_cmp(&x.0));
+    let similarities: Vec<f32> = candidates.iter().map(|candidate| candidate.0).collect();
     let mut tally: Vec<(u32, f32)> = Vec::new();
-    for &(similarity, name) in &candidates[..voters] {
+    for i in largest_first(&similarities).into_iter().take(voters) {
+        let (similarity, name) = candidates[i];
         match tally.iter_mut().find(|(n, _)| *n == name) {
             Some((_, votes)) => *votes += similarity,
             None => tally.push((name, similarity)),
@@ -332,6 +412,29 @@ mod tests {
         assert!((colour_similarity(&red_on_white, &red_on_white) - 1.0).abs() < 1e-4);
         assert!(colour_similarity(&red_on_white, &red_on_grey) > 0.95);
         assert!(colour_similarity(&red_on_white, &blue_on_white) < 0.1);
+    }
+
+    #[test]
+    fn a_compact_colour_compares_like_its_histogram() {
+        let photos = [
+            studio_photo([200, 30, 40], [255, 255, 255]),
+            studio_photo([190, 60, 40], [128, 128, 128]),
+            studio_photo([30, 40, 200], [255, 255, 255]),
+            studio_photo([240, 220, 60], [20, 20, 20]),
+        ];
+        let histograms: Vec<Vec<f32>> = photos.iter().map(|photo| describe(photo).histogram).collect();
+        for x in &histograms {
+            let compact = CompactColour::from_histogram(x);
+            assert!(compact.is_valid());
+            assert!(compact.similarity(x) > 0.97, "{}", compact.similarity(x));
+            for y in &histograms {
+                let error = (compact.similarity(y) - colour_similarity(x, y)).abs();
+                assert!(error < 0.05, "{error}");
+            }
+            assert!((compact.similarity(&compact.to_histogram()) - 1.0).abs() < 0.02);
+        }
+        assert!(!CompactColour([0xffff; COMPACT_BINS]).is_valid());
+        assert_eq!(CompactColour::default().similarity(&histograms[0]), 0.0);
     }
 
     #[test]
