@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{read_catalog, CatalogEntry};
+use crate::colour::{self, CompactColour};
 use crate::index::{Codec, FileEntry, Index, Manifest, MANIFEST_FORMAT};
 use crate::model::{self, Embedder};
 use crate::preprocess::{self, DecodeLimits};
@@ -182,6 +183,7 @@ fn stage(
     let photos = entries.len();
     let mut products = Vec::with_capacity(photos);
     let mut embeddings = Vec::with_capacity(photos);
+    let mut colours = Vec::with_capacity(photos);
     let mut reported = 0;
     // Two products with the same photo are usually a copy-paste slip in the catalog; both are kept.
     let mut first_with_photo: HashMap<[u8; 32], (u64, String)> = HashMap::new();
@@ -189,6 +191,7 @@ fn stage(
         match result {
             Ok(Embedded {
                 embedding,
+                colour,
                 photo_sha256,
             }) => {
                 if let Some((line, id)) = first_with_photo.get(&photo_sha256) {
@@ -204,6 +207,7 @@ fn stage(
                 product.thumbnail = format!("{THUMBS_DIR}/{position}.jpg");
                 products.push(product);
                 embeddings.push(embedding);
+                colours.push(colour);
             }
             Err(error) => {
                 eprintln!(
@@ -226,7 +230,7 @@ fn stage(
     );
 
     let info = embedder.info();
-    let index = Index::build_with(codec, &info.sha256, products, &embeddings)?;
+    let index = Index::build_with(codec, &info.sha256, products, &embeddings)?.with_colours(colours)?;
     let index_bytes = index.to_bytes();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -248,6 +252,7 @@ fn stage(
 
 struct Embedded {
     embedding: Vec<f32>,
+    colour: CompactColour,
     photo_sha256: [u8; 32],
 }
 
@@ -256,6 +261,7 @@ fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits,
     let photo_sha256 = Sha256::digest(&bytes).into();
     let photo = preprocess::decode(&bytes, limits)?;
     let embedding = embedder.embed_tensor(preprocess::to_tensor(&photo, &embedder.info().input))?;
+    let colour = CompactColour::from_histogram(&colour::describe(&photo).histogram);
     let (width, height) = photo.dimensions();
     let longest = width.max(height);
     // Never enlarged: a small catalog photo stays as sharp as it is.
@@ -273,6 +279,7 @@ fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits,
     write(thumbnail, &jpeg)?;
     Ok(Embedded {
         embedding,
+        colour,
         photo_sha256,
     })
 }

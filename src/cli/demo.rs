@@ -342,6 +342,7 @@ fn scale(args: &ScaleArgs) -> Result<()> {
     let noise = Normal::new(0.0, SCALE_NOISE).context("bad noise")?;
     let mut products = Vec::with_capacity(args.count);
     let mut embeddings = Vec::with_capacity(args.count);
+    let mut colours = Vec::with_capacity(args.count);
     for n in 0..args.count {
         let original = n % index.len();
         let copy = n / index.len();
@@ -354,10 +355,14 @@ fn scale(args: &ScaleArgs) -> Result<()> {
         }
         products.push(product);
         embeddings.push(embedding);
+        colours.extend(index.colour(original));
     }
     let started = Instant::now();
     let codec = args.codec.codec(args.pq_subspaces);
-    let scaled = Index::build_with(codec, &index.model_sha256(), products, &embeddings)?;
+    let mut scaled = Index::build_with(codec, &index.model_sha256(), products, &embeddings)?;
+    if index.has_colours() {
+        scaled = scaled.with_colours(colours)?;
+    }
     let index_bytes = scaled.to_bytes();
     eprintln!(
         "indexed {} products with {codec} in {:.1} s",

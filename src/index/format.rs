@@ -1,10 +1,10 @@
-//! The index file format, version 2. All integers are little-endian.
+//! The index file format, version 3. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (2)
-//!     12     4  header length (124; sections start at or after it)
+//!      8     4  format version (3)
+//!     12     4  header length (140; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
 //!     24     4  product count
@@ -12,6 +12,7 @@
 //!     60     8  metadata offset      68  8  metadata length
 //!     76     8  vectors offset       84  8  vectors length
 //!     92    32  sha256 of every byte after the header
+//!    124     8  colours offset      132  8  colours length (0: none)
 //! ```
 //!
 //! Metadata: the products as a JSON array, gzip-compressed (version 1, still read, stored it
@@ -23,6 +24,9 @@
 //!   `count * subspaces` u8 codes, row by row;
 //! - binary: `dims` f32 (the catalog mean), `count * ceil(dims / 64)` u64 sign words, then
 //!   the int8 layout.
+//!
+//! Colours (version 3; versions 1 and 2 end their header at 124 and have none): `count *`
+//! [`COMPACT_BINS`] u16 words, product by product, each [`CompactColour`]'s `bin << 7 | weight`.
 //!
 //! Reading checks every size against the buffer before allocating, so a hostile or
 //! damaged file costs at most a copy of itself, and its metadata at most
@@ -38,15 +42,19 @@ use sha2::{Digest, Sha256};
 use super::codec::Vectors;
 use super::{Index, IndexError};
 use crate::catalog::Product;
+use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
+/// The first version with a colours section, and a header long enough to locate it.
+const COLOURS_VERSION: u32 = 3;
+const HEADER_LEN_BEFORE_COLOURS: usize = 124;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
-pub const HEADER_LEN: usize = 124;
+pub const HEADER_LEN: usize = 140;
 const HEADER_LEN_AT: usize = 12;
 const CHECKSUM_AT: usize = 92;
 
@@ -60,7 +68,14 @@ impl Index {
         let mut vectors = Vec::new();
         self.vectors.write(&mut vectors);
         let vectors_len = vectors.len();
-        let mut bytes = Vec::with_capacity(HEADER_LEN + metadata.len() + vectors_len);
+        let colours: Vec<u8> = self
+            .colours
+            .iter()
+            .flatten()
+            .flat_map(|colour| colour.0)
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let mut bytes = Vec::with_capacity(HEADER_LEN + metadata.len() + vectors_len + colours.len());
         bytes.extend_from_slice(&MAGIC);
         for field in [
             FORMAT_VERSION,
@@ -77,9 +92,14 @@ impl Index {
         for field in [metadata_at, metadata.len(), vectors_at, vectors_len] {
             bytes.extend_from_slice(&(field as u64).to_le_bytes());
         }
-        bytes.resize(HEADER_LEN, 0);
+        bytes.resize(CHECKSUM_AT + 32, 0);
+        let colours_at = vectors_at + vectors_len;
+        for field in [colours_at, colours.len()] {
+            bytes.extend_from_slice(&(field as u64).to_le_bytes());
+        }
         bytes.extend_from_slice(&metadata);
         bytes.extend_from_slice(&vectors);
+        bytes.extend_from_slice(&colours);
         seal(&mut bytes, HEADER_LEN);
         bytes
     }
@@ -93,7 +113,7 @@ impl Index {
     }
 
     /// Reads an index file, refusing anything that is not a complete, intact index of version
-    /// 1 or 2.
+    /// 1 to 3.
     pub fn from_bytes(bytes: &[u8]) -> Result<Index, IndexError> {
         let found = bytes.len() as u64;
         let magic_part = bytes.len().min(MAGIC.len());
@@ -112,19 +132,35 @@ impl Index {
                 supported: FORMAT_VERSION,
             });
         }
-        if bytes.len() < HEADER_LEN {
-            return Err(truncated(HEADER_LEN as u64));
+        let min_header = if version >= COLOURS_VERSION {
+            HEADER_LEN
+        } else {
+            HEADER_LEN_BEFORE_COLOURS
+        };
+        if bytes.len() < min_header {
+            return Err(truncated(min_header as u64));
         }
         let header_len = read_u32(bytes, HEADER_LEN_AT) as u64;
-        if header_len < HEADER_LEN as u64 {
-            return Err(corrupt(format!("header length {header_len} is below {HEADER_LEN}")));
+        if header_len < min_header as u64 {
+            return Err(corrupt(format!("header length {header_len} is below {min_header}")));
         }
         let metadata = Section::read(bytes, 60, header_len, "metadata")?;
         let vectors = Section::read(bytes, 76, header_len, "vectors")?;
-        if metadata.start < vectors.end && vectors.start < metadata.end {
-            return Err(corrupt("the metadata and vectors sections overlap".into()));
+        // An index without colours stores a zero length, and whatever offset.
+        let colours = if version >= COLOURS_VERSION && read_u64(bytes, 132) > 0 {
+            Section::read(bytes, 124, header_len, "colours")?
+        } else {
+            Section::EMPTY
+        };
+        let sections = [(&metadata, "metadata"), (&vectors, "vectors"), (&colours, "colours")];
+        for (i, (x, x_name)) in sections.iter().enumerate() {
+            for (y, y_name) in &sections[i + 1..] {
+                if x.start < y.end && y.start < x.end {
+                    return Err(corrupt(format!("the {x_name} and {y_name} sections overlap")));
+                }
+            }
         }
-        let end = metadata.end.max(vectors.end).max(header_len);
+        let end = metadata.end.max(vectors.end).max(colours.end).max(header_len);
         if found < end {
             return Err(truncated(end));
         }
@@ -158,9 +194,12 @@ impl Index {
                 products.len()
             )));
         }
+        let colours = read_colours(colours.slice(bytes), count)?;
         let mut model_sha256 = [0u8; 32];
         model_sha256.copy_from_slice(&bytes[28..60]);
-        Ok(Index::from_parts(model_sha256, dims, products, vectors))
+        let mut index = Index::from_parts(model_sha256, dims, products, vectors);
+        index.colours = colours;
+        Ok(index)
     }
 }
 
@@ -171,6 +210,9 @@ struct Section {
 }
 
 impl Section {
+    /// An absent section: empty, and overlapping nothing.
+    const EMPTY: Section = Section { start: 0, end: 0 };
+
     fn read(bytes: &[u8], field_at: usize, header_len: u64, name: &str) -> Result<Section, IndexError> {
         let start = read_u64(bytes, field_at);
         let len = read_u64(bytes, field_at + 8);
@@ -187,6 +229,33 @@ impl Section {
     fn slice<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
         &bytes[self.start as usize..self.end as usize]
     }
+}
+
+/// The colours section: none when empty, else one valid [`CompactColour`] per product.
+fn read_colours(section: &[u8], count: usize) -> Result<Option<Vec<CompactColour>>, IndexError> {
+    if section.is_empty() {
+        return Ok(None);
+    }
+    let expected = count as u64 * COMPACT_BINS as u64 * 2;
+    if section.len() as u64 != expected {
+        return Err(corrupt(format!(
+            "the colours section has {} bytes, {count} products need {expected}",
+            section.len()
+        )));
+    }
+    let mut colours = Vec::with_capacity(count);
+    for (product, chunk) in section.chunks_exact(COMPACT_BINS * 2).enumerate() {
+        let mut words = [0u16; COMPACT_BINS];
+        for (word, pair) in words.iter_mut().zip(chunk.chunks_exact(2)) {
+            *word = u16::from_le_bytes([pair[0], pair[1]]);
+        }
+        let colour = CompactColour(words);
+        if !colour.is_valid() {
+            return Err(corrupt(format!("product {product} has an invalid colour")));
+        }
+        colours.push(colour);
+    }
+    Ok(Some(colours))
 }
 
 /// The gzip member `compressed`, if it inflates to at most `limit` bytes.

@@ -5,7 +5,8 @@
 //! product quantisation (a few bytes per product) or sign bits with int8 rescoring. The
 //! top `k` are kept in a bounded heap while scanning. A search may carry a
 //! [`Filter`] (category, colour, brand, price range, in stock), tested before a product's
-//! vector is read; "more like this" searches by a product's stored vector.
+//! vector is read; "more like this" searches by a product's stored vector. An index may also
+//! hold each product's colour ([`CompactColour`], 24 bytes), which a search can blend in.
 
 mod codec;
 mod filter;
@@ -15,6 +16,7 @@ mod manifest;
 use self::codec::Vectors;
 use self::filter::Columns;
 use crate::catalog::Product;
+use crate::colour::{vote_colour_name, CompactColour, NAME_VOTERS, NAMING_SHAPE_WEIGHT};
 
 pub use self::codec::{Codec, PQ_CENTROIDS};
 pub use self::filter::{FacetValue, Facets, Filter, PriceRange};
@@ -59,6 +61,8 @@ pub enum IndexError {
     BadSubspaces { subspaces: usize, dims: usize },
     #[error("the model sha256 must be 64 hex digits, not {0:?}")]
     BadModelHash(String),
+    #[error("there are {products} products but {colours} colours")]
+    ColourCountMismatch { products: usize, colours: usize },
 }
 
 /// A search result: position of the product in [`Index::products`] and its cosine similarity.
@@ -75,8 +79,19 @@ pub struct Index {
     dims: usize,
     products: Vec<Product>,
     vectors: Vectors,
+    /// One per product, when the index was built with colours.
+    colours: Option<Vec<CompactColour>>,
     /// Derived from `products`; not stored in the file.
     columns: Columns,
+}
+
+/// What a photo search ranks by besides the embedding: the photo's colour
+/// ([`crate::colour::ColourDescriptor::histogram`]) and how much it counts, from 0 (shape
+/// only) to 1 (colour only). The score is `(1 - weight) * cosine + weight * colour similarity`.
+#[derive(Clone, Copy, Debug)]
+pub struct ColourQuery<'a> {
+    pub histogram: &'a [f32],
+    pub weight: f32,
 }
 
 impl Index {
@@ -132,7 +147,31 @@ impl Index {
             columns: Columns::new(&products),
             products,
             vectors,
+            colours: None,
         }
+    }
+
+    /// The index with one colour per product (same order), which searches can then blend in.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_colours(mut self, colours: Vec<CompactColour>) -> Result<Index, IndexError> {
+        if colours.len() != self.len() {
+            return Err(IndexError::ColourCountMismatch {
+                products: self.len(),
+                colours: colours.len(),
+            });
+        }
+        self.colours = Some(colours);
+        Ok(self)
+    }
+
+    /// Whether the index holds the products' colours.
+    pub fn has_colours(&self) -> bool {
+        self.colours.is_some()
+    }
+
+    /// The colour stored for the product at `product`.
+    pub fn colour(&self, product: usize) -> Option<CompactColour> {
+        self.colours.as_ref()?.get(product).copied()
     }
 
     /// How the vectors are stored.
@@ -180,20 +219,68 @@ impl Index {
     /// `k` is clamped to the number of products. A query whose length is not [`Index::dims`]
     /// cannot come from the index's model and finds nothing.
     pub fn search(&self, query: &[f32], k: usize, filter: &Filter) -> Vec<Hit> {
+        self.search_with_colour(query, None, k, filter)
+    }
+
+    /// [`Index::search`], ranking by a blend of shape and `colour` when the index has colours.
+    pub fn search_with_colour(
+        &self,
+        query: &[f32],
+        colour: Option<ColourQuery>,
+        k: usize,
+        filter: &Filter,
+    ) -> Vec<Hit> {
         if query.len() != self.dims {
             return Vec::new();
         }
-        self.nearest(&unit_length(query), k, filter, None)
+        self.nearest(&unit_length(query), colour, k, filter, None)
     }
 
     /// "More like this": the `k` products passing `filter` most similar to the product at
     /// `product` (a position in [`Index::products`]), itself excluded. Uses the stored vector,
     /// so it needs no photo and no model.
     pub fn similar(&self, product: usize, k: usize, filter: &Filter) -> Vec<Hit> {
-        match self.stored_vector(product) {
-            Some(stored) => self.nearest(&stored, k, filter, Some(product)),
-            None => Vec::new(),
+        self.similar_with_colour(product, 0.0, k, filter)
+    }
+
+    /// [`Index::similar`], with the product's stored colour counting `colour_weight` (0 to 1).
+    pub fn similar_with_colour(&self, product: usize, colour_weight: f32, k: usize, filter: &Filter) -> Vec<Hit> {
+        let Some(stored) = self.stored_vector(product) else {
+            return Vec::new();
+        };
+        let histogram = self.colour(product).map(|colour| colour.to_histogram());
+        let colour = histogram.as_deref().map(|histogram| ColourQuery {
+            histogram,
+            weight: colour_weight,
+        });
+        self.nearest(&stored, colour, k, filter, Some(product))
+    }
+
+    /// The name of a photo's colour in the shop's own words: the catalog colour that the
+    /// products nearest in colour (and, less, in shape) vote for. `None` without colours
+    /// or colour names in the index.
+    pub fn colour_name(&self, query: &[f32], histogram: &[f32]) -> Option<&str> {
+        let colours = self.colours.as_ref()?;
+        if query.len() != self.dims {
+            return None;
         }
+        let named = |product: usize| !self.products[product].colour.is_empty();
+        let voters = self
+            .vectors
+            .nearest(&unit_length(query), NAME_VOTERS, named, |product, cosine| {
+                colours[product].similarity(histogram) + NAMING_SHAPE_WEIGHT * cosine
+            });
+        let mut names: Vec<&str> = Vec::new();
+        let mut ballots = Vec::with_capacity(voters.len());
+        for hit in voters {
+            let name = self.products[hit.product].colour.as_str();
+            let number = names.iter().position(|n| *n == name).unwrap_or_else(|| {
+                names.push(name);
+                names.len() - 1
+            });
+            ballots.push((hit.score, number as u32));
+        }
+        vote_colour_name(ballots).map(|number| names[number as usize])
     }
 
     /// The unit-length vector stored for the product at `product`, as its codec gives it back.
@@ -201,14 +288,29 @@ impl Index {
         (product < self.len()).then(|| unit_length(&self.vectors.reconstruct(product)))
     }
 
-    fn nearest(&self, query: &[f32], k: usize, filter: &Filter, skip: Option<usize>) -> Vec<Hit> {
+    fn nearest(
+        &self,
+        query: &[f32],
+        colour: Option<ColourQuery>,
+        k: usize,
+        filter: &Filter,
+        skip: Option<usize>,
+    ) -> Vec<Hit> {
         if k == 0 {
             return Vec::new();
         }
         let matcher = self.columns.matcher(filter);
-        self.vectors.nearest(query, k.min(self.len()), |product| {
-            Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product))
-        })
+        let keep = |product| Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product));
+        let k = k.min(self.len());
+        match (colour, &self.colours) {
+            (Some(ColourQuery { histogram, weight }), Some(colours)) if weight > 0.0 => {
+                let weight = weight.min(1.0);
+                self.vectors.nearest(query, k, keep, |product, cosine| {
+                    (1.0 - weight) * cosine + weight * colours[product].similarity(histogram)
+                })
+            }
+            _ => self.vectors.nearest(query, k, keep, |_, cosine| cosine),
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 use std::io::{Read, Write};
 
 use otlens::catalog::Product;
-use otlens::index::{Filter, Index, IndexError, FORMAT_VERSION, HEADER_LEN, METADATA_BYTES_PER_PRODUCT};
+use otlens::colour::{CompactColour, HISTOGRAM_LEN};
+use otlens::index::{ColourQuery, Filter, Index, IndexError, FORMAT_VERSION, HEADER_LEN, METADATA_BYTES_PER_PRODUCT};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -314,18 +315,21 @@ fn with_header_field(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
 #[test]
 fn hostile_headers_are_refused_without_allocating() {
     let (index, _) = sample_index(4, 8);
+    let index = index.with_colours(vec![CompactColour::default(); 4]).unwrap();
     let bytes = index.to_bytes();
     let hostile = [
-        (12, u32::MAX.to_le_bytes().to_vec()),     // header length beyond the file
-        (12, 10u32.to_le_bytes().to_vec()),        // header length inside the fixed header
-        (20, u32::MAX.to_le_bytes().to_vec()),     // dims that would need 16 GiB
-        (24, u32::MAX.to_le_bytes().to_vec()),     // product count that would need 16 GiB
-        (20, 0u32.to_le_bytes().to_vec()),         // zero dims
-        (60, u64::MAX.to_le_bytes().to_vec()),     // metadata offset overflowing
-        (68, u64::MAX.to_le_bytes().to_vec()),     // metadata length overflowing
-        (84, (1u64 << 40).to_le_bytes().to_vec()), // vectors section of 1 TiB
-        (60, 0u64.to_le_bytes().to_vec()),         // metadata overlapping the header
-        (76, 124u64.to_le_bytes().to_vec()),       // vectors overlapping the metadata
+        (12, u32::MAX.to_le_bytes().to_vec()),            // header length beyond the file
+        (12, 10u32.to_le_bytes().to_vec()),               // header length inside the fixed header
+        (20, u32::MAX.to_le_bytes().to_vec()),            // dims that would need 16 GiB
+        (24, u32::MAX.to_le_bytes().to_vec()),            // product count that would need 16 GiB
+        (20, 0u32.to_le_bytes().to_vec()),                // zero dims
+        (60, u64::MAX.to_le_bytes().to_vec()),            // metadata offset overflowing
+        (68, u64::MAX.to_le_bytes().to_vec()),            // metadata length overflowing
+        (84, (1u64 << 40).to_le_bytes().to_vec()),        // vectors section of 1 TiB
+        (60, 0u64.to_le_bytes().to_vec()),                // metadata overlapping the header
+        (76, (HEADER_LEN as u64).to_le_bytes().to_vec()), // vectors overlapping the metadata
+        (132, u64::MAX.to_le_bytes().to_vec()),           // colours length overflowing
+        (124, 0u64.to_le_bytes().to_vec()),               // colours overlapping the header
     ];
     for (at, value) in hostile {
         let result = Index::from_bytes(&with_header_field(&bytes, at, &value));
@@ -362,3 +366,47 @@ fn errors_read_well() {
 
 mod codecs;
 mod filters;
+
+/// A colour histogram with all its weight in one bin.
+fn one_bin(bin: usize) -> Vec<f32> {
+    let mut histogram = vec![0.0; HISTOGRAM_LEN];
+    histogram[bin] = 1.0;
+    histogram
+}
+
+#[test]
+fn colours_are_stored_and_blend_into_the_ranking() {
+    let (index, embeddings) = sample_index(20, 16);
+    let (red, blue) = (one_bin(10), one_bin(200));
+    let colours = (0..20)
+        .map(|product| CompactColour::from_histogram(if product == 3 { &red } else { &blue }))
+        .collect();
+    let index = index.with_colours(colours).unwrap();
+    let bytes = index.to_bytes();
+    let read = Index::from_bytes(&bytes).unwrap();
+    assert!(read.has_colours());
+    assert_eq!(read, index);
+
+    let query = &embeddings[0];
+    let by = |weight| {
+        let colour = ColourQuery {
+            histogram: &red,
+            weight,
+        };
+        read.search_with_colour(query, Some(colour), 1, &Filter::ANY)[0].product
+    };
+    assert_eq!(by(0.0), 0, "shape only: the product itself");
+    assert_eq!(by(1.0), 3, "colour only: the one red product");
+    assert_eq!(read.similar_with_colour(3, 1.0, 1, &Filter::ANY).len(), 1);
+
+    // A colour word naming a bin beyond the histogram is damage, not a panic.
+    let colours_at = header_u64(&bytes, 124);
+    let damaged = with_header_field(&bytes, colours_at, &0xffffu16.to_le_bytes());
+    assert!(matches!(Index::from_bytes(&damaged), Err(IndexError::Corrupt(_))));
+    let short = with_header_field(&bytes, 132, &(header_u64(&bytes, 132) as u64 - 2).to_le_bytes());
+    assert!(Index::from_bytes(&short).is_err());
+    assert!(matches!(
+        sample_index(2, 4).0.with_colours(Vec::new()),
+        Err(IndexError::ColourCountMismatch { .. })
+    ));
+}
