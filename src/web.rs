@@ -3,11 +3,13 @@
 //! Every fallible call returns a `JsError` whose message is the crate's own, written to be
 //! shown to the shopper as it is (e.g. "the file is empty").
 
+use image::RgbImage;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::catalog::Product;
-use crate::index::{Filter, Hit, Index};
+use crate::colour;
+use crate::index::{ColourQuery, Filter, Hit, Index};
 use crate::model::{self, sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits, ImageError};
 use crate::Error;
@@ -107,14 +109,33 @@ impl Model {
 pub struct Lens {
     index: Index,
     embedder: Option<Embedder>,
-    /// The last searched photo's embedding, so a filter change searches again without the model.
-    query: Option<Vec<f32>>,
+    /// The last photo, decoded and upright, so a new region of it is searched without decoding.
+    photo: Option<RgbImage>,
+    /// The colour of the region last prepared for the GPU path, until its embedding comes back.
+    prepared_colour: Option<colour::ColourDescriptor>,
+    /// What was last searched, so a filter or colour-weight change searches again without the model.
+    query: Option<Query>,
+}
+
+struct Query {
+    embedding: Vec<f32>,
+    colour: colour::ColourDescriptor,
 }
 
 #[derive(Serialize)]
 struct SearchResult<'a> {
     product: &'a Product,
     score: f32,
+}
+
+/// The searched photo's colour, for the widget's chip.
+#[derive(Serialize)]
+struct QueryColour<'a> {
+    /// The catalog's name for it (see [`Index::colour_name`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    /// The garment's main colour as 8-bit sRGB.
+    rgb: [u8; 3],
 }
 
 #[derive(Serialize)]
@@ -130,7 +151,34 @@ struct SearchResponse<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     product: Option<&'a Product>,
     results: Vec<SearchResult<'a>>,
+    /// For a photo search: the photo's colour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    colour: Option<QueryColour<'a>>,
     timings: Timings,
+}
+
+/// A region of a photo as fractions of its width and height: `[x, y, width, height]`.
+fn region_of(photo: &RgbImage, region: &[f32]) -> Result<RgbImage, JsError> {
+    let &[x, y, w, h] = region else {
+        return Err(JsError::new("a photo region is [x, y, width, height]"));
+    };
+    let inside = |start: f32, size: f32| (0.0..1.0).contains(&start) && size > 0.0 && start + size <= 1.0 + 1e-4;
+    if !(inside(x, w) && inside(y, h)) {
+        return Err(JsError::new(&format!(
+            "the region [{x}, {y}, {w}, {h}] is not inside the photo (fractions from 0 to 1)"
+        )));
+    }
+    let (width, height) = photo.dimensions();
+    let pixels = |fraction: f32, side: u32| (fraction * side as f32).round() as u32;
+    let (left, top) = (pixels(x, width).min(width - 1), pixels(y, height).min(height - 1));
+    let region_width = pixels(w, width).clamp(1, width - left);
+    let region_height = pixels(h, height).clamp(1, height - top);
+    Ok(image::imageops::crop_imm(photo, left, top, region_width, region_height).to_image())
+}
+
+/// A colour weight from the page: 0 (shape only) when absent or not a number.
+fn clamp_colour_weight(weight: Option<f32>) -> f32 {
+    weight.filter(|w| w.is_finite()).map_or(0.0, |w| w.clamp(0.0, 1.0))
 }
 
 /// A filter as JSON text (`undefined` for none). JSON rather than a JS object, because
@@ -150,6 +198,8 @@ impl Lens {
         Ok(Lens {
             index,
             embedder: None,
+            photo: None,
+            prepared_colour: None,
             query: None,
         })
     }
@@ -183,6 +233,11 @@ impl Lens {
         to_js(&self.index.facets())
     }
 
+    /// Whether the catalog holds its products' colours, so searches can match by colour.
+    pub fn has_colours(&self) -> bool {
+        self.index.has_colours()
+    }
+
     /// The embedding of a photo file's bytes.
     pub fn embed(&self, photo_bytes: &[u8]) -> Result<Vec<f32>, JsError> {
         self.embedder()?
@@ -190,11 +245,37 @@ impl Lens {
             .map_err(js_error)
     }
 
-    /// A photo file's bytes as the model's prepared 1x3xSxS input (for the GPU path, whose
-    /// embedding then goes to `search_embedding`).
-    pub fn prepare(&self, photo_bytes: &[u8]) -> Result<Vec<f32>, JsError> {
-        preprocess::preprocess(photo_bytes, &self.embedder()?.info().input, &DecodeLimits::default())
-            .map_err(|e| js_error(Error::from(e)))
+    /// Decodes a photo file and keeps it as the photo that [`Lens::prepare`] and
+    /// [`Lens::search_region`] take regions of.
+    pub fn open_photo(&mut self, photo_bytes: &[u8]) -> Result<(), JsError> {
+        self.photo = None;
+        self.photo =
+            Some(preprocess::decode(photo_bytes, &DecodeLimits::default()).map_err(|e| js_error(Error::from(e)))?);
+        Ok(())
+    }
+
+    fn open_region(&self, region: Option<Vec<f32>>) -> Result<(Vec<f32>, colour::ColourDescriptor), JsError> {
+        let spec = &self.embedder()?.info().input;
+        let photo = self
+            .photo
+            .as_ref()
+            .ok_or_else(|| JsError::new("there is no photo to search"))?;
+        let (tensor, colour) = match region {
+            Some(region) => {
+                let part = region_of(photo, &region)?;
+                (preprocess::to_tensor(&part, spec), colour::describe(&part))
+            }
+            None => (preprocess::to_tensor(photo, spec), colour::describe(photo)),
+        };
+        Ok((tensor, colour))
+    }
+
+    /// The open photo, or a `[x, y, width, height]` region of it, as the model's prepared
+    /// 1x3xSxS input (for the GPU path, whose embedding then goes to `search_embedding`).
+    pub fn prepare(&mut self, region: Option<Vec<f32>>) -> Result<Vec<f32>, JsError> {
+        let (tensor, colour) = self.open_region(region)?;
+        self.prepared_colour = Some(colour);
+        Ok(tensor)
     }
 
     /// The embedding of a prepared input on tract (the GPU path checks itself against it).
@@ -202,7 +283,9 @@ impl Lens {
         self.embedder()?.embed_tensor(input.to_vec()).map_err(js_error)
     }
 
-    /// `search` for an embedding computed elsewhere (the GPU path), with the times it took.
+    /// `search` for the input last prepared, whose embedding was computed elsewhere (the GPU
+    /// path), with the times it took.
+    #[allow(clippy::too_many_arguments)]
     pub fn search_embedding(
         &mut self,
         embedding: Vec<f32>,
@@ -210,6 +293,7 @@ impl Lens {
         filter: Option<String>,
         decode_ms: f64,
         embed_ms: f64,
+        colour_weight: Option<f32>,
     ) -> Result<JsValue, JsError> {
         let filter = parse_filter(filter)?;
         let dims = self.embedder()?.info().dims;
@@ -219,10 +303,14 @@ impl Lens {
                 embedding.len()
             )));
         }
+        let colour = self
+            .prepared_colour
+            .take()
+            .ok_or_else(|| JsError::new("no photo was prepared for this embedding"))?;
+        self.query = Some(Query { embedding, colour });
         let started = performance_now();
-        let hits = self.index.search(&embedding, k, &filter);
+        let hits = self.search_query(k, &filter, colour_weight)?;
         let search_ms = performance_now() - started;
-        self.query = Some(embedding);
         self.respond(
             None,
             &hits,
@@ -234,54 +322,101 @@ impl Lens {
         )
     }
 
-    /// `{results: [{product, score}], timings: {decode_ms, embed_ms, search_ms}}`, best first.
-    /// `filter` is the JSON of `{categories, colours, brands, min_price, max_price, in_stock}`, each
-    /// optional.
-    pub fn search(&mut self, photo_bytes: &[u8], k: usize, filter: Option<String>) -> Result<JsValue, JsError> {
+    /// `{results: [{product, score}], colour: {name?, rgb}, timings: {decode_ms, embed_ms,
+    /// search_ms}}`, best first. `filter` is the JSON of `{categories, colours, brands, min_price,
+    /// max_price, in_stock}`, each optional. `colour_weight` (0 to 1, default 0) is how much the
+    /// photo's colour counts next to its shape, when the catalog has colours.
+    pub fn search(
+        &mut self,
+        photo_bytes: &[u8],
+        k: usize,
+        filter: Option<String>,
+        colour_weight: Option<f32>,
+    ) -> Result<JsValue, JsError> {
         let filter = parse_filter(filter)?;
-        let embedder = self.embedder()?;
+        self.embedder()?;
         let started = performance_now();
-        let tensor = preprocess::preprocess(photo_bytes, &embedder.info().input, &DecodeLimits::default())
-            .map_err(|e| js_error(Error::from(e)))?;
-        let decoded = performance_now();
-        let embedding = embedder.embed_tensor(tensor).map_err(js_error)?;
-        let embedded = performance_now();
-        let hits = self.index.search(&embedding, k, &filter);
-        let searched = performance_now();
-        self.query = Some(embedding);
-        self.respond(
-            None,
-            &hits,
-            Timings {
-                decode_ms: decoded - started,
-                embed_ms: embedded - decoded,
-                search_ms: searched - embedded,
-            },
-        )
+        self.open_photo(photo_bytes)?;
+        let opened_ms = performance_now() - started;
+        let (hits, mut timings) = self.search_photo(None, k, &filter, colour_weight)?;
+        timings.decode_ms += opened_ms;
+        self.respond(None, &hits, timings)
     }
 
-    /// Searches the last photo again with another `k` or filter; no decoding, no model.
-    pub fn refine(&self, k: usize, filter: Option<String>) -> Result<JsValue, JsError> {
+    /// [`Lens::search`] on a `[x, y, width, height]` region (fractions) of the open photo, or
+    /// all of it; decodes nothing.
+    pub fn search_region(
+        &mut self,
+        region: Option<Vec<f32>>,
+        k: usize,
+        filter: Option<String>,
+        colour_weight: Option<f32>,
+    ) -> Result<JsValue, JsError> {
         let filter = parse_filter(filter)?;
+        let (hits, timings) = self.search_photo(region, k, &filter, colour_weight)?;
+        self.respond(None, &hits, timings)
+    }
+
+    fn search_photo(
+        &mut self,
+        region: Option<Vec<f32>>,
+        k: usize,
+        filter: &Filter,
+        colour_weight: Option<f32>,
+    ) -> Result<(Vec<Hit>, Timings), JsError> {
+        let started = performance_now();
+        let (tensor, colour) = self.open_region(region)?;
+        let prepared = performance_now();
+        let embedding = self.embedder()?.embed_tensor(tensor).map_err(js_error)?;
+        let embedded = performance_now();
+        self.query = Some(Query { embedding, colour });
+        let hits = self.search_query(k, filter, colour_weight)?;
+        let timings = Timings {
+            decode_ms: prepared - started,
+            embed_ms: embedded - prepared,
+            search_ms: performance_now() - embedded,
+        };
+        Ok((hits, timings))
+    }
+
+    fn search_query(&self, k: usize, filter: &Filter, colour_weight: Option<f32>) -> Result<Vec<Hit>, JsError> {
         let query = self
             .query
             .as_ref()
             .ok_or_else(|| JsError::new("there is no photo to search again"))?;
+        let colour = ColourQuery {
+            histogram: &query.colour.histogram,
+            weight: clamp_colour_weight(colour_weight),
+        };
+        Ok(self.index.search_with_colour(&query.embedding, Some(colour), k, filter))
+    }
+
+    /// Searches the last photo again with another `k`, filter or colour weight; no decoding, no model.
+    pub fn refine(&self, k: usize, filter: Option<String>, colour_weight: Option<f32>) -> Result<JsValue, JsError> {
+        let filter = parse_filter(filter)?;
         let started = performance_now();
-        let hits = self.index.search(query, k, &filter);
+        let hits = self.search_query(k, &filter, colour_weight)?;
         self.respond_searched(None, &hits, started)
     }
 
     /// "More like this": `{product, results, timings}`, the products most like the one with
     /// `product_id`, itself excluded. Needs no model.
-    pub fn similar(&self, product_id: &str, k: usize, filter: Option<String>) -> Result<JsValue, JsError> {
+    pub fn similar(
+        &self,
+        product_id: &str,
+        k: usize,
+        filter: Option<String>,
+        colour_weight: Option<f32>,
+    ) -> Result<JsValue, JsError> {
         let filter = parse_filter(filter)?;
         let product = self
             .index
             .position(product_id)
             .ok_or_else(|| JsError::new(&format!("the catalog has no product with id {product_id:?}")))?;
         let started = performance_now();
-        let hits = self.index.similar(product, k, &filter);
+        let hits = self
+            .index
+            .similar_with_colour(product, clamp_colour_weight(colour_weight), k, &filter);
         self.respond_searched(Some(product), &hits, started)
     }
 
@@ -300,8 +435,18 @@ impl Lens {
 
     fn respond(&self, like: Option<usize>, hits: &[Hit], timings: Timings) -> Result<JsValue, JsError> {
         let products = self.index.products();
+        // "More like this" is about a product, not the photo searched before it.
+        let query = self.query.as_ref().filter(|_| like.is_none());
+        let colour = query.and_then(|query| {
+            let main = query.colour.dominant.first()?;
+            Some(QueryColour {
+                name: self.index.colour_name(&query.embedding, &query.colour.histogram),
+                rgb: main.rgb(),
+            })
+        });
         to_js(&SearchResponse {
             product: like.map(|product| &products[product]),
+            colour,
             results: hits
                 .iter()
                 .map(|hit| SearchResult {

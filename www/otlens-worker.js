@@ -3,15 +3,19 @@
 //
 // Messages in:  {type: "load", manifestUrl, withModel, gpu} (without the model only "similar" works;
 //                                                         gpu: "auto", "always" or "off", see otlens.js)
-//               {type: "search", id, photo: Blob, k, filter}
-//               {type: "refine", id, k, filter}          (the last photo again, e.g. with a new filter)
-//               {type: "similar", id, product, k, filter} (products like the one with this id)
+//               {type: "search", id, photo: Blob, region?, k, filter, colourWeight}
+//               {type: "region", id, region, k, filter, colourWeight}  (another region of the last photo)
+//               {type: "refine", id, k, filter, colourWeight}  (the last photo again, e.g. with a new filter)
+//               {type: "similar", id, product, k, filter, colourWeight} (products like the one with this id)
+//               region: [x, y, width, height] as fractions of the upright photo, or absent for all of it;
+//               colourWeight: 0 (match by shape) to 1 (match by colour)
 //               {type: "embed", id, photo: Blob}
 // Messages out: {type: "progress", step, steps, label, loaded, total}
-//               {type: "ready", manifest, model, products, facets, backend: "tract"}
+//               {type: "ready", manifest, model, products, facets, colours, backend: "tract"}
+//                                         (colours: the catalog can be matched by colour)
 //               {type: "backend", backend, adapter?, dispatches?, weights?, reason?}
 //                                         (after ready: the WebGPU path took over, or why inference stays on tract)
-//               {type: "results", id, results, timings}
+//               {type: "results", id, results, colour?, timings}  (colour: {name?, rgb} of a photo)
 //               {type: "embedding", id, embedding}
 //               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
 
@@ -176,6 +180,7 @@ async function load(manifestUrl, withModel) {
     model: withModel ? lens.info() : null,
     products: lens.len(),
     facets: lens.facets(),
+    colours: lens.has_colours(),
     backend: "tract",
   });
 }
@@ -253,11 +258,20 @@ async function startGpu(mode) {
   });
 }
 
-/** A photo search: decoding and the index on the CPU, the model on the GPU when it is ready. */
-async function search(photo, k, filter) {
-  if (!gpu) return onTract(photo, k, filter);
+/**
+ * Searches a region of the open photo (all of it without one): preparing it and the index on the CPU, the
+ * model on the GPU when it is ready. `openMs`: the time the photo took to decode, if it was just opened.
+ */
+async function search(region, k, filter, colourWeight, openMs) {
+  region = region ? Float32Array.from(region) : undefined;
+  if (!gpu) {
+    const response = lens.search_region(region, k, filter, colourWeight);
+    response.timings.decode_ms += openMs;
+    response.timings.backend = "tract";
+    return response;
+  }
   const started = performance.now();
-  const tensor = lens.prepare(photo);
+  const tensor = lens.prepare(region);
   const prepared = performance.now();
   let embedding;
   let backend = "webgpu";
@@ -273,14 +287,9 @@ async function search(photo, k, filter) {
     backend = "tract";
   }
   const embedded = performance.now();
-  const response = lens.search_embedding(embedding, k, filter, prepared - started, embedded - prepared);
+  const decodeMs = openMs + prepared - started;
+  const response = lens.search_embedding(embedding, k, filter, decodeMs, embedded - prepared, colourWeight);
   response.timings.backend = backend;
-  return response;
-}
-
-function onTract(photo, k, filter) {
-  const response = lens.search(photo, k, filter);
-  response.timings.backend = "tract";
   return response;
 }
 
@@ -306,15 +315,22 @@ async function handle(message) {
     return;
   }
   if (!lens) throw new Error("the search engine is not loaded yet");
-  const { id, k } = message;
+  const { id, k, region, colourWeight } = message;
   const filter = message.filter && JSON.stringify(message.filter);
   switch (message.type) {
     case "search":
-      return answer(id, async () => search(await photoBytes(message.photo), k, filter));
+      return answer(id, async () => {
+        const bytes = await photoBytes(message.photo);
+        const started = performance.now();
+        lens.open_photo(bytes);
+        return search(region, k, filter, colourWeight, performance.now() - started);
+      });
+    case "region":
+      return answer(id, async () => search(region, k, filter, colourWeight, 0));
     case "refine":
-      return answer(id, async () => lens.refine(k, filter));
+      return answer(id, async () => lens.refine(k, filter, colourWeight));
     case "similar":
-      return answer(id, async () => lens.similar(message.product, k, filter));
+      return answer(id, async () => lens.similar(message.product, k, filter, colourWeight));
     case "embed": {
       const embedding = lens.embed(await photoBytes(message.photo));
       return post({ type: "embedding", id, embedding }, [embedding.buffer]);

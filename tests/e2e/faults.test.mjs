@@ -131,19 +131,19 @@ describe("faults", { skip: skipUnlessBuilt() }, () => {
     const demo = await openThroughProxy();
     const { page, status } = demo;
     await waitForWidgetEvents(page, "otlens-ready", 1);
-    // A search that jumps to an address outside wasm memory: a genuine trap (WebAssembly.RuntimeError),
+    // A photo that the engine opens at an address outside wasm memory: a genuine trap (WebAssembly.RuntimeError),
     // as a Rust panic or an engine bug raises. Only the worker it is put into is affected.
     const sabotage = (worker) =>
       worker.evaluate(async (pkg) => {
         const { Lens } = await import(pkg);
-        const search = Lens.prototype.search;
-        Lens.prototype.search = function (bytes, k) {
-          return search.call({ __wbg_ptr: 0xfffffff0 }, bytes, k);
+        const openPhoto = Lens.prototype.open_photo;
+        Lens.prototype.open_photo = function (bytes) {
+          return openPhoto.call({ __wbg_ptr: 0xfffffff0 }, bytes);
         };
       }, new URL("pkg/otlens.js", proxy.url).href);
 
     await sabotage(page.workers()[0]);
-    await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+    await page.locator("ot-lens #file").setInputFiles(DOG_JPG);
     await waitForWidgetEvents(page, "otlens-ready", 2);
     const [crash] = await widgetEvents(page, "otlens-error");
     assert.deepEqual(crash, { type: "otlens-error", message: "memory access out of bounds", fatal: false });
@@ -158,10 +158,10 @@ describe("faults", { skip: skipUnlessBuilt() }, () => {
     page.on("worker", sabotage);
     await sabotage(page.workers()[0]);
     for (let restart = 2; restart <= 3; restart++) {
-      await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+      await page.locator("ot-lens #file").setInputFiles(DOG_JPG);
       await waitForWidgetEvents(page, "otlens-ready", restart + 1);
     }
-    await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+    await page.locator("ot-lens #file").setInputFiles(DOG_JPG);
     await status
       .getByText(/^Visual search stopped working: memory access out of bounds\.$/)
       .waitFor({ timeout: SEARCH_TIMEOUT });

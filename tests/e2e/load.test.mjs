@@ -136,11 +136,12 @@ describe("under load", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
     // Counts the searches the engine actually runs.
     await worker.evaluate(async (pkg) => {
       const { Lens } = await import(pkg);
-      const search = Lens.prototype.search;
+      // Every photo search opens its photo once.
+      const openPhoto = Lens.prototype.open_photo;
       self.enginesSearches = 0;
-      Lens.prototype.search = function (...args) {
+      Lens.prototype.open_photo = function (...args) {
         self.enginesSearches += 1;
-        return search.apply(this, args);
+        return openPhoto.apply(this, args);
       };
     }, pkgUrl());
     const outcomes = await page.evaluate(async (catalog) => {
