@@ -122,7 +122,8 @@ demo() {
 serve() {
   setup
   build
-  [ -f www/catalog/manifest.json ] || demo fmnist
+  # Built again when otlens changed since: an older catalog still reads, but may lack newer parts (colours).
+  [ www/catalog/manifest.json -nt "$OTLENS" ] || demo fmnist
   log "open http://127.0.0.1:$PORT/ (Ctrl-C stops)"
   exec "$OTLENS" serve --root www --port "$PORT"
 }
@@ -160,7 +161,7 @@ bench_models() {
 bench() {
   setup
   build
-  [ -f www/catalog/manifest.json ] || demo fmnist
+  [ www/catalog/manifest.json -nt "$OTLENS" ] || demo fmnist
   bench_models
   local model models=()
   for model in efficientnet-lite0 resnet18; do

@@ -34,9 +34,11 @@
 //                                                          now on: "webgpu" (with the adapter's name, kernel
 //                                                          launches per photo, and weights "f16" or "f32")
 //                                                          or "tract" (with the reason)
-//   otlens-results  detail: {results, timings, photo}     results: [{product, score}], best first; photo is
-//                                                          absent for "more like this"; timings: {decode_ms,
-//                                                          embed_ms, search_ms, total_ms, backend}
+//   otlens-results  detail: {results, timings, photo, colour}  results: [{product, score}], best first; photo
+//                                                          and colour ({name?, rgb}: the photo's main colour,
+//                                                          named as the catalog names colours) are absent for
+//                                                          "more like this"; timings: {decode_ms, embed_ms,
+//                                                          search_ms, total_ms, backend}
 //   otlens-select   detail: {product}                     a result was chosen; cancelable: preventDefault()
 //                                                          keeps the link from being followed (for routers)
 //   otlens-error    detail: {message, fatal}              fatal: the widget could not start, or its engine
@@ -45,14 +47,18 @@
 //                                                          offline use (tried again on each load)
 //
 // Property `backend`: the last otlens-backend detail (or {backend: "tract"} before it).
+// Property `colourWeight`: how results are matched, 0 (by shape, the default) to 1 (by colour); the
+// "Match by" slider sets it. Only catalogs built with colours (otlens build-index does) show the slider.
+// Property `region`: the part of the photo searched, [x, y, width, height] as fractions; the crop box over
+// the photo sets it (drag it or its corners, or focus it and use the arrow keys, Shift to resize).
 // Methods: search(blob) -> Promise<{results, timings}> (also shows them), similar(productId) -> the same for
 // "more like this", embed(blob) -> Promise<Float32Array>. Property `filter`: {categories, colours, brands,
 // min_price, max_price, in_stock}, each optional; setting it searches again, as the filter controls do.
 // One search runs at a time. One given while one runs waits; a newer one replaces the waiting one, whose
 // promise rejects with an AbortError. If the engine crashes, the widget restarts it by itself.
 // Styling: CSS custom properties --otlens-accent, --otlens-text, --otlens-muted, --otlens-surface,
-// --otlens-radius on the element; ::part(button | drop-zone | filters | chip | status | offline | results |
-// result | more).
+// --otlens-radius on the element; ::part(button | camera | drop-zone | photo | crop | filters | chip | status |
+// offline | results | result | more).
 //
 // The model, index and wasm are loaded in a Web Worker (otlens-worker.js, next to this file);
 // decoding and inference run there, so the page stays responsive. Serve otlens.js,
@@ -71,6 +77,17 @@ const STRINGS = {
     choosePhoto: "Choose a photo",
     dropHint: "or drop a photo here",
     yourPhoto: "Your photo",
+    takePhoto: "Take a photo",
+    cropBox: "Search area",
+    cropHelp: "Drag the box or its corners to search part of the photo; with the keyboard, arrow keys move it "
+      + "and Shift with arrow keys resizes it.",
+    wholePhoto: "Whole photo",
+    detectedColour: (name) => `Colour: ${name}`,
+    onlyColour: (name) => `Show only ${name}`,
+    matchBy: "Match by",
+    shape: "Shape",
+    colourEnd: "Colour",
+    blend: (percent) => (percent === 0 ? "shape only" : percent === 100 ? "colour only" : `${percent}% colour`),
     results: "Search results",
     tryAgain: "Try again",
     loading: "Loading visual search…",
@@ -119,6 +136,17 @@ const STRINGS = {
     choosePhoto: "사진 선택",
     dropHint: "또는 여기에 사진을 끌어다 놓으세요",
     yourPhoto: "내 사진",
+    takePhoto: "사진 촬영",
+    cropBox: "검색 영역",
+    cropHelp: "상자나 모서리를 끌어 사진의 일부만 검색하세요. 키보드에서는 화살표 키로 옮기고 Shift+화살표 키로 "
+      + "크기를 바꿉니다.",
+    wholePhoto: "사진 전체",
+    detectedColour: (name) => `색상: ${name}`,
+    onlyColour: (name) => `${name}만 보기`,
+    matchBy: "일치 기준",
+    shape: "모양",
+    colourEnd: "색상",
+    blend: (percent) => (percent === 0 ? "모양만" : percent === 100 ? "색상만" : `색상 ${percent}%`),
     results: "검색 결과",
     tryAgain: "다시 시도",
     loading: "이미지 검색을 불러오는 중…",
@@ -259,8 +287,32 @@ STYLES.replaceSync(`
   .button:hover { filter: brightness(1.1); }
   input:focus-visible + .button, .button:focus-visible { outline: 3px solid var(--accent); outline-offset: 3px; }
   .hint { margin: 0; color: var(--muted); }
-  .query { display: flex; align-items: center; gap: .6rem; margin: 0 0 0 auto; color: var(--muted); font-size: .9em; }
-  .query canvas { width: 56px; height: 56px; border-radius: 8px; border: 1px solid var(--border-soft); }
+  .camera { background: var(--surface); color: var(--accent); border: 2px solid var(--accent); }
+  .query { display: flex; flex-wrap: wrap; align-items: flex-start; gap: .75rem 1.25rem; margin: 1rem 0 0; }
+  .query figcaption { display: flex; flex-direction: column; align-items: flex-start; gap: .5rem; flex: 1 1 12rem;
+    color: var(--muted); font-size: .9em; }
+  .frame { position: relative; max-width: 100%; line-height: 0; touch-action: none; user-select: none; }
+  .frame canvas { display: block; max-width: 100%; height: auto; max-height: 240px; }
+  .crop {
+    position: absolute; box-sizing: border-box; cursor: move; border: 2px solid #fff;
+    outline: 2px solid #000; box-shadow: 0 0 0 100vmax rgb(0 0 0 / .35);
+  }
+  .frame { overflow: hidden; } /* the box's shadow dims the rest of the photo, and only the photo */
+  .crop:focus-visible { border-color: var(--accent); outline: 3px solid var(--accent); outline-offset: 2px; }
+  .handle {
+    position: absolute; width: 22px; height: 22px; box-sizing: border-box; /* inside the box: never clipped */
+    border: 2px solid #000; background: #fff; border-radius: 50%;
+  }
+  .handle[data-corner="nw"] { left: 0; top: 0; cursor: nwse-resize; }
+  .handle[data-corner="ne"] { right: 0; top: 0; cursor: nesw-resize; }
+  .handle[data-corner="sw"] { left: 0; bottom: 0; cursor: nesw-resize; }
+  .handle[data-corner="se"] { right: 0; bottom: 0; cursor: nwse-resize; }
+  .crop-help { margin: 0; }
+  .whole { font: inherit; cursor: pointer; padding: .3rem .8rem; border-radius: 999px; border: 1px solid var(--border);
+    background: var(--surface); color: var(--text); }
+  .whole:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+  .blend-ends { display: flex; align-items: center; gap: .5rem; font-size: .9em; }
+  .blend input { accent-color: var(--accent); width: 9rem; }
   .loading { margin: .75rem 0 0; color: var(--muted); font-size: .9em; }
   .loading progress { display: block; width: 100%; height: .5rem; margin-top: .3rem; accent-color: var(--accent); }
   .status-row { display: flex; align-items: center; gap: .75rem; margin: .75rem 0; }
@@ -332,9 +384,25 @@ TEMPLATE.innerHTML = `
     </svg>
     <span class="label"></span>
   </label>
+  <input type="file" id="camera" accept="image/*" capture="environment" class="visually-hidden" hidden>
+  <label for="camera" class="button camera" part="camera" hidden><span class="camera-label"></span></label>
   <p class="hint"></p>
-  <figure class="query" hidden><canvas width="112" height="112"></canvas><figcaption></figcaption></figure>
 </div>
+<figure class="query" part="photo" hidden>
+  <div class="frame">
+    <canvas width="240" height="240"></canvas>
+    <div class="crop" part="crop" tabindex="0" role="group" aria-describedby="crop-help">
+      <span class="handle" data-corner="nw"></span><span class="handle" data-corner="ne"></span>
+      <span class="handle" data-corner="sw"></span><span class="handle" data-corner="se"></span>
+    </div>
+  </div>
+  <figcaption>
+    <span class="photo-title"></span>
+    <span class="crop-help" id="crop-help"></span>
+    <button type="button" class="whole" hidden></button>
+    <button type="button" class="chip detected" part="chip" hidden><span class="swatch"></span><span></span></button>
+  </figcaption>
+</figure>
 <div class="loading">
   <label for="progress" class="progress-text"></label>
   <progress id="progress" max="1" value="0"></progress>
@@ -350,6 +418,11 @@ TEMPLATE.innerHTML = `
       <label><span class="max-label"></span><input type="number" class="max-price" min="0" step="any"
         inputmode="decimal"></label>
     </div>
+  </fieldset>
+  <fieldset class="blend" hidden>
+    <legend></legend>
+    <span class="blend-ends"><span class="shape-end" aria-hidden="true"></span><input type="range" class="blend-input"
+      min="0" max="100" step="10" value="0"><span class="colour-end" aria-hidden="true"></span></span>
   </fieldset>
   <label class="stock"><input type="checkbox" class="in-stock"><span></span></label>
   <button type="button" class="clear"></button>
@@ -370,6 +443,32 @@ const sentence = (message) => {
   const trimmed = message.trim();
   return /[.!?]$/.test(trimmed) ? trimmed : `${trimmed}.`;
 };
+
+// The crop box: its smallest side and keyboard step (fractions of the photo), and how long after the last
+// key press the region is searched.
+const MIN_CROP = 0.1;
+const CROP_STEP = 0.05;
+const CROP_DELAY_MS = 400;
+const WHOLE_PHOTO = [0, 0, 1, 1];
+
+const clamp = (value, low, high) => Math.min(Math.max(value, low), high);
+
+/** A crop box [x, y, width, height] moved by (dx, dy), staying inside the photo. */
+function movedBox([x, y, width, height], dx, dy) {
+  return [clamp(x + dx, 0, 1 - width), clamp(y + dy, 0, 1 - height), width, height];
+}
+
+/** A crop box with one corner ("nw", "ne", "sw" or "se") moved by (dx, dy); never below MIN_CROP a side. */
+function resizedBox([x, y, width, height], corner, dx, dy) {
+  let [left, top, right, bottom] = [x, y, x + width, y + height];
+  if (corner.includes("w")) left = clamp(left + dx, 0, right - MIN_CROP);
+  else right = clamp(right + dx, left + MIN_CROP, 1);
+  if (corner.includes("n")) top = clamp(top + dy, 0, bottom - MIN_CROP);
+  else bottom = clamp(bottom + dy, top + MIN_CROP, 1);
+  return [left, top, right - left, bottom - top];
+}
+
+const isWholePhoto = (box) => box.every((value, i) => Math.abs(value - WHOLE_PHOTO[i]) < 1e-3);
 
 const MAX_CHIPS = 12; // the most common values; a long tail of chips would bury the results
 const PRICE_DELAY_MS = 400; // a price is searched once the shopper pauses typing
@@ -428,6 +527,12 @@ class OtLens extends HTMLElement {
   #filter = toFilterState();
   #facets = null; // what the catalog can be filtered by (from the engine)
   #backend = { backend: "tract" }; // where the model runs: the last "backend" detail from the worker
+  #cropBox = WHOLE_PHOTO; // the crop box as drawn, [x, y, width, height] in fractions of the photo
+  #region = WHOLE_PHOTO; // the region searched
+  #cropTimer = 0;
+  #colourWeight = 0; // 0: match by shape, 1: by colour
+  #hasColours = false; // the catalog stores its products' colours
+  #photoColour = null; // {name?, rgb} of the searched photo
   #priceTimer = 0;
   #readyPromise;
   #resolveReady;
@@ -439,11 +544,37 @@ class OtLens extends HTMLElement {
     this.#root.adoptedStyleSheets = [STYLES];
     this.#root.append(TEMPLATE.content.cloneNode(true));
     this.#newReadyPromise();
-    const input = this.#$("input");
-    input.addEventListener("change", () => {
-      if (input.files.length) this.#searchFromUi(input.files[0]);
-      // Choosing the same file again must search again.
-      input.value = "";
+    for (const input of this.#root.querySelectorAll('input[type="file"]')) {
+      input.addEventListener("change", () => {
+        if (input.files.length) this.#searchFromUi(input.files[0]);
+        // Choosing the same file again must search again.
+        input.value = "";
+      });
+    }
+    // Phones and tablets get a camera button too; on a desktop it would open the same file picker.
+    if (matchMedia("(pointer: coarse)").matches) {
+      this.#$("#camera").hidden = false;
+      this.#$(".camera").hidden = false;
+    }
+    this.#wireCrop();
+    this.#$(".whole").addEventListener("click", () => {
+      this.region = WHOLE_PHOTO;
+      this.#$(".crop").focus(); // the button just pressed is hidden now
+    });
+    this.#$(".detected").addEventListener("click", () => {
+      const name = this.#photoColour?.name;
+      if (!name) return;
+      if (this.#filter.colours.has(name)) this.#filter.colours.delete(name);
+      else this.#filter.colours.add(name);
+      this.#renderFilters();
+      this.#showPhotoColour();
+      this.#searchAgain();
+    });
+    const blend = this.#$(".blend-input");
+    blend.addEventListener("input", () => blend.setAttribute("aria-valuetext", this.#text.blend(Number(blend.value))));
+    blend.addEventListener("change", () => {
+      this.#colourWeight = Number(blend.value) / 100;
+      this.#searchAgain();
     });
     this.#$(".retry").addEventListener("click", () => this.#start());
     this.#wireFilters();
@@ -489,6 +620,30 @@ class OtLens extends HTMLElement {
     return this.#backend;
   }
 
+  /** How results are matched: 0 (by shape) to 1 (by colour). Setting it searches again. */
+  get colourWeight() {
+    return this.#colourWeight;
+  }
+
+  set colourWeight(value) {
+    this.#colourWeight = clamp(Number(value) || 0, 0, 1);
+    this.#renderBlend();
+    this.#searchAgain();
+  }
+
+  /** The searched part of the photo, [x, y, width, height] in fractions. Setting it searches that part. */
+  get region() {
+    return [...this.#region];
+  }
+
+  set region(value) {
+    const [x, y, width, height] = Array.isArray(value) && value.length === 4 ? value.map(Number) : WHOLE_PHOTO;
+    const box = resizedBox(movedBox([0, 0, MIN_CROP, MIN_CROP], x, y), "se", width - MIN_CROP, height - MIN_CROP);
+    this.#cropBox = box.every(Number.isFinite) ? box : WHOLE_PHOTO;
+    this.#drawCrop();
+    this.#searchRegion();
+  }
+
   get maxResults() {
     const value = Number.parseInt(this.getAttribute("max-results") ?? "", 10);
     return Number.isFinite(value) ? Math.min(Math.max(value, 1), 100) : DEFAULT_MAX_RESULTS;
@@ -499,6 +654,92 @@ class OtLens extends HTMLElement {
     await this.ready;
     this.#showPreview(photo);
     return this.#run({ type: "search", photo }, { photo });
+  }
+
+  /** The crop box moved: its region of the open photo is searched, unless it is the one already shown. */
+  #searchRegion() {
+    const box = this.#cropBox;
+    if (box.every((value, i) => value === this.#region[i])) return;
+    this.#region = box;
+    this.#$(".whole").hidden = isWholePhoto(box);
+    if (this.#state !== "ready" || !this.#query?.photo) return;
+    this.#run({ type: "region", region: isWholePhoto(box) ? undefined : box }, this.#query).catch(() => {});
+  }
+
+  #wireCrop() {
+    const box = this.#$(".crop");
+    const frame = this.#$(".frame");
+    let drag = null;
+    box.addEventListener("pointerdown", (event) => {
+      event.preventDefault();
+      box.setPointerCapture(event.pointerId);
+      const { corner } = event.target.dataset;
+      drag = { corner, x: event.clientX, y: event.clientY, start: this.#cropBox, size: frame.getBoundingClientRect() };
+    });
+    box.addEventListener("pointermove", (event) => {
+      if (!drag) return;
+      const dx = (event.clientX - drag.x) / drag.size.width;
+      const dy = (event.clientY - drag.y) / drag.size.height;
+      this.#cropBox = drag.corner ? resizedBox(drag.start, drag.corner, dx, dy) : movedBox(drag.start, dx, dy);
+      this.#drawCrop();
+    });
+    const drop = () => {
+      if (!drag) return;
+      drag = null;
+      this.#searchRegion();
+    };
+    box.addEventListener("pointerup", drop);
+    box.addEventListener("pointercancel", drop);
+    box.addEventListener("keydown", (event) => {
+      const step = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[event.key];
+      if (!step) return;
+      event.preventDefault();
+      const [dx, dy] = step.map((direction) => direction * CROP_STEP);
+      this.#cropBox = event.shiftKey ? resizedBox(this.#cropBox, "se", dx, dy) : movedBox(this.#cropBox, dx, dy);
+      this.#drawCrop();
+      clearTimeout(this.#cropTimer);
+      this.#cropTimer = setTimeout(() => this.#searchRegion(), CROP_DELAY_MS);
+    });
+  }
+
+  #drawCrop() {
+    const [x, y, width, height] = this.#cropBox;
+    const box = this.#$(".crop");
+    const percent = (fraction) => `${(fraction * 100).toFixed(2)}%`;
+    box.style.left = percent(x); // the CSSOM, which a style-src policy does not block
+    box.style.top = percent(y);
+    box.style.width = percent(width);
+    box.style.height = percent(height);
+    const size = isWholePhoto(this.#cropBox)
+      ? this.#text.wholePhoto
+      : `${Math.round(width * 100)}% × ${Math.round(height * 100)}%`;
+    box.setAttribute("aria-label", `${this.#text.cropBox}: ${size}`);
+  }
+
+  /** The searched photo's colour as a chip; pressing it shows only products of that colour. */
+  #showPhotoColour() {
+    const chip = this.#$(".detected");
+    const colour = this.#photoColour;
+    chip.hidden = !colour?.name;
+    if (chip.hidden) return;
+    chip.querySelector(".swatch").style.background = `rgb(${colour.rgb.join(" ")})`;
+    chip.lastElementChild.textContent = this.#text.detectedColour(colour.name);
+    const filtering = this.#filter.colours.has(colour.name);
+    chip.setAttribute("aria-pressed", String(filtering));
+    chip.title = this.#text.onlyColour(colour.name);
+  }
+
+  #renderBlend() {
+    const text = this.#text;
+    const fieldset = this.#$(".blend");
+    fieldset.hidden = !this.#hasColours;
+    fieldset.querySelector("legend").textContent = text.matchBy;
+    this.#$(".shape-end").textContent = text.shape;
+    this.#$(".colour-end").textContent = text.colourEnd;
+    const input = this.#$(".blend-input");
+    input.setAttribute("aria-label", text.matchBy);
+    input.value = String(Math.round(this.#colourWeight * 100));
+    input.setAttribute("aria-valuetext", text.blend(Number(input.value)));
   }
 
   /** Shows the products most like the one with this id ("more like this") and resolves with them. */
@@ -552,7 +793,13 @@ class OtLens extends HTMLElement {
     this.#renderFilters();
     this.#$(".label").textContent = this.getAttribute("label") || text.choosePhoto;
     this.#$(".hint").textContent = text.dropHint;
-    this.#$("figcaption").textContent = text.yourPhoto;
+    this.#$(".photo-title").textContent = text.yourPhoto;
+    this.#$(".camera-label").textContent = text.takePhoto;
+    this.#$(".crop-help").textContent = text.cropHelp;
+    this.#$(".whole").textContent = text.wholePhoto;
+    this.#renderBlend();
+    this.#drawCrop();
+    this.#showPhotoColour();
     this.#$(".retry").textContent = text.tryAgain;
     this.#$(".results").setAttribute("aria-label", text.results);
     if (this.#state === "idle") this.#$(".progress-text").textContent = text.loading;
@@ -682,7 +929,8 @@ class OtLens extends HTMLElement {
       this.#waiting?.reject(new DOMException("a newer search replaced this one", "AbortError"));
       return new Promise((resolve, reject) => (this.#waiting = { message, resolve, reject }));
     }
-    const request = this.#request({ ...message, k: this.maxResults, filter: this.filter });
+    const colourWeight = this.#colourWeight;
+    const request = this.#request({ ...message, k: this.maxResults, filter: this.filter, colourWeight });
     this.#inFlight = request;
     const next = () => {
       if (this.#inFlight !== request) return; // the worker was stopped meanwhile
@@ -716,7 +964,9 @@ class OtLens extends HTMLElement {
         );
         this.#restarting = false;
         this.#facets = data.facets;
+        this.#hasColours = data.colours;
         this.#renderFilters();
+        this.#renderBlend();
         this.#backend = { backend: data.backend };
         this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
         this.#emit("otlens-ready", {
@@ -933,25 +1183,33 @@ class OtLens extends HTMLElement {
     this.#$(".query").hidden = true;
   }
 
-  /** The photo, small, on a canvas: a blob: image would need the page's CSP to allow blob: images. */
+  /**
+   * The photo, whole and small, on a canvas (a blob: image would need the page's CSP to allow blob: images),
+   * with the crop box over it, back on the whole photo.
+   */
   async #showPreview(photo) {
     const figure = this.#$(".query");
     const canvas = figure.querySelector("canvas");
     const preview = ++this.#previews;
+    this.#cropBox = WHOLE_PHOTO;
+    this.#region = WHOLE_PHOTO;
+    this.#photoColour = null;
+    this.#$(".whole").hidden = true;
+    this.#drawCrop();
+    this.#showPhotoColour();
     let bitmap;
     try {
-      // Decoded off the main thread, and at preview size rather than the photo's own.
-      bitmap = await createImageBitmap(photo, { resizeHeight: canvas.height, resizeQuality: "medium" });
+      // Decoded off the main thread, and at preview size (twice the shown size, for sharp screens).
+      bitmap = await createImageBitmap(photo, { resizeHeight: 480, resizeQuality: "medium" });
     } catch {
       // A file that is not a displayable image simply shows no preview.
       if (preview === this.#previews) figure.hidden = true;
       return;
     }
     if (preview === this.#previews) {
-      // The middle square of the photo, like object-fit: cover.
-      const side = Math.min(bitmap.width, bitmap.height);
-      const [x, y] = [(bitmap.width - side) / 2, (bitmap.height - side) / 2];
-      canvas.getContext("2d").drawImage(bitmap, x, y, side, side, 0, 0, canvas.width, canvas.height);
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+      canvas.getContext("2d").drawImage(bitmap, 0, 0);
       figure.hidden = false;
     }
     bitmap.close();
@@ -982,7 +1240,11 @@ class OtLens extends HTMLElement {
     return `${new Intl.NumberFormat(locale).format(price)} ${currency}`.trim();
   }
 
-  #showResults({ results, timings, product }, query) {
+  #showResults({ results, timings, product, colour }, query) {
+    if (query.photo) {
+      this.#photoColour = colour ?? null;
+      this.#showPhotoColour();
+    }
     const list = this.#$(".results");
     list.replaceChildren(...results.map((result) => this.#renderResult(result)));
     list.removeAttribute("aria-busy");
@@ -994,7 +1256,8 @@ class OtLens extends HTMLElement {
       this.#setStatus(text.similarCount(results.length, formatted, product.title || product.id), { timing });
     }
     else this.#setStatus(text.resultCount(results.length, formatted), { timing });
-    this.#emit("otlens-results", query.photo ? { results, timings, photo: query.photo } : { results, timings });
+    const detail = query.photo ? { results, timings, photo: query.photo, colour } : { results, timings };
+    this.#emit("otlens-results", detail);
   }
 
   #renderResult({ product, score }) {

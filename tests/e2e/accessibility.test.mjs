@@ -42,7 +42,7 @@ describe("accessibility and layout", { skip: skipUnlessBuilt({ demoPhotos: true 
     const { page, problems } = await openPage(browser.context, server.url);
     const status = page.getByRole("status");
     await status.getByText(/Visual search ready/).waitFor({ timeout: LOAD_TIMEOUT });
-    await page.locator("ot-lens input[type=file]").setInputFiles(catalogProduct(42).photo);
+    await page.locator("ot-lens #file").setInputFiles(catalogProduct(42).photo);
     await status.getByText(/^\d+ results?/).waitFor({ timeout: SEARCH_TIMEOUT });
     // Thumbnails loaded, so the screenshot and the contrast checks see the finished page.
     await page.waitForFunction(() =>
@@ -51,10 +51,14 @@ describe("accessibility and layout", { skip: skipUnlessBuilt({ demoPhotos: true 
     return { browser, page, problems, status };
   }
 
-  /** axe-core's WCAG 2.2 A/AA violations on the page, as "rule: target" lines. */
-  async function violations(page) {
+  /** axe-core's WCAG 2.2 A/AA violations on the page (or the elements matching `only`), as "rule: target" lines. */
+  async function violations(page, only) {
     await page.addScriptTag({ path: AXE });
-    const found = await page.evaluate((tags) => window.axe.run(document, { runOnly: { type: "tag", values: tags } }), WCAG_22_AA);
+    const found = await page.evaluate(
+      ([tags, selector]) =>
+        window.axe.run(selector ? { include: [[selector]] } : document, { runOnly: { type: "tag", values: tags } }),
+      [WCAG_22_AA, only],
+    );
     return found.violations.flatMap((violation) =>
       violation.nodes.map((node) => `${violation.id}: ${node.target.join(" > ")} (${node.failureSummary})`),
     );
@@ -65,9 +69,33 @@ describe("accessibility and layout", { skip: skipUnlessBuilt({ demoPhotos: true 
     try {
       assert.deepEqual(await violations(page), []);
       const [notAnImage] = badPhotos().filter((photo) => photo.name === "notes.jpg");
-      await page.locator("ot-lens input[type=file]").setInputFiles(notAnImage);
+      await page.locator("ot-lens #file").setInputFiles(notAnImage);
       await status.getByText(/can't be used/).waitFor({ timeout: SEARCH_TIMEOUT });
       assert.deepEqual(await violations(page), []);
+      assert.deepEqual(problems, []);
+    } finally {
+      await browser.close();
+    }
+  });
+
+  test("theme=dark on a dark page: axe-core finds no WCAG 2.2 AA violation in the widget", async () => {
+    const { browser, page, problems } = await searchedDemo({ width: 1280, height: 900 });
+    try {
+      await page.evaluate(() => {
+        document.documentElement.style.background = "#121212";
+        document.body.style.background = "#121212";
+        const widget = document.querySelector("ot-lens");
+        // The demo shop's own light-theme colours give way to the widget's dark defaults.
+        for (const colour of ["--otlens-accent", "--otlens-surface"]) widget.style.setProperty(colour, "initial");
+        widget.setAttribute("theme", "dark");
+      });
+      // The drop zone's background fades to the new theme's (a transition) before colours are checked.
+      await page.waitForFunction(() => {
+        const drop = document.querySelector("ot-lens").shadowRoot.querySelector(".drop");
+        return getComputedStyle(drop).backgroundColor === "rgb(31, 31, 31)";
+      });
+      await page.screenshot({ path: join(OUTPUT, "demo-dark.png") });
+      assert.deepEqual(await violations(page, "ot-lens"), []);
       assert.deepEqual(problems, []);
     } finally {
       await browser.close();

@@ -56,11 +56,11 @@ describe("content security policy", { skip: skipUnlessBuilt({ demoPhotos: true }
     const { page, problems, widget, status } = await open(strict.url);
     await status.getByText(/Visual search ready/).waitFor({ timeout: LOAD_TIMEOUT });
     const { product, photo } = catalogProduct(11);
-    await widget.locator("input[type=file]").setInputFiles(photo);
+    await widget.locator("#file").setInputFiles(photo);
     await status.getByText(/^\d+ results?/).waitFor({ timeout: SEARCH_TIMEOUT });
     assert.equal(await widget.locator(".result .title").first().textContent(), product.title);
     // The widget's constructed style sheet and the page's own applied; the preview was drawn.
-    const button = widget.locator("label.button");
+    const button = widget.locator("label[for=file]");
     assert.equal(await button.evaluate((label) => getComputedStyle(label).borderRadius), "999px");
     assert.equal(await page.evaluate(() => getComputedStyle(document.body).backgroundColor), "rgb(246, 245, 242)");
     assert.equal(await widget.locator("figure").isVisible(), true, "the photo preview");

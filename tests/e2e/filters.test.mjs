@@ -6,11 +6,11 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import {
-  SEARCH_TIMEOUT,
   catalogProduct,
   launchBrowser,
   openDemo,
   readManifest,
+  resultsAfter,
   searchWith,
   skipUnlessBuilt,
   startServer,
@@ -40,13 +40,6 @@ describe("filters and similar items", { skip: skipUnlessBuilt({ demoPhotos: true
     await waitForWidgetEvents(demo.page, "otlens-ready");
     const searched = await searchWith(demo.page, catalogProduct(row).photo);
     return { ...demo, searched, widget: demo.page.locator("ot-lens") };
-  }
-
-  /** Does `change` to the page and resolves with the otlens-results event it causes. */
-  async function resultsAfter(page, change) {
-    const before = (await widgetEvents(page, "otlens-results")).length;
-    await change();
-    return (await waitForWidgetEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT)).at(-1);
   }
 
   test("chips, a price range and the stock switch narrow the results; clearing them restores them", async () => {

@@ -218,7 +218,14 @@ export async function waitForWidgetEvents(page, type, count = 1, timeout = LOAD_
 /** Gives the widget a photo file and resolves with the otlens-results event of that search. */
 export async function searchWith(page, file) {
   const before = (await widgetEvents(page, "otlens-results")).length;
-  await page.locator("ot-lens input[type=file]").setInputFiles(file);
+  await page.locator("ot-lens #file").setInputFiles(file);
+  return (await waitForWidgetEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT)).at(-1);
+}
+
+/** Does `change` to the page and resolves with the otlens-results event it causes. */
+export async function resultsAfter(page, change) {
+  const before = (await widgetEvents(page, "otlens-results")).length;
+  await change();
   return (await waitForWidgetEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT)).at(-1);
 }
 

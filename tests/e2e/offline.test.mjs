@@ -198,7 +198,7 @@ describe("offline", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
     assert.equal(full.saved, false);
     assert.match(await note.textContent(), /^Not saved for offline use: this device's storage is full\./);
     assert.deepEqual(await cachedPaths(page), { "otlens-1": [] }, "nothing half-saved");
-    await page.locator("ot-lens input[type=file]").setInputFiles(DOG_JPG);
+    await page.locator("ot-lens #file").setInputFiles(DOG_JPG);
     await status.getByText(/^12 results/).waitFor({ timeout: SEARCH_TIMEOUT });
 
     // Offline before anything was saved: a widget that starts now (another page of the shop) says why

@@ -31,7 +31,7 @@ describe("the <ot-lens> widget", { skip: skipUnlessBuilt({ demoPhotos: true }) }
   let status;
 
   async function upload(file) {
-    await widget.locator("input[type=file]").setInputFiles(file);
+    await widget.locator("#file").setInputFiles(file);
   }
 
   async function searchFor(file) {
@@ -173,13 +173,13 @@ describe("the <ot-lens> widget", { skip: skipUnlessBuilt({ demoPhotos: true }) }
     // chooser itself is not awaited: Playwright's filechooser event missed it now and then here.
     await page.evaluate(() => {
       window.fileInputClicks = [];
-      const input = document.querySelector("ot-lens").shadowRoot.querySelector("input[type=file]");
+      const input = document.querySelector("ot-lens").shadowRoot.querySelector("#file");
       input.addEventListener("click", (event) => window.fileInputClicks.push(event.isTrusted), { once: true });
     });
     await page.keyboard.press("Enter");
     await page.waitForFunction(() => window.fileInputClicks.length > 0, null, { timeout: SEARCH_TIMEOUT });
     assert.deepEqual(await page.evaluate(() => window.fileInputClicks), [true]);
-    await page.locator("ot-lens input[type=file]").setInputFiles(catalogProduct(3).photo);
+    await page.locator("ot-lens #file").setInputFiles(catalogProduct(3).photo);
     await status.getByText(/^\d+ results?/).waitFor({ timeout: SEARCH_TIMEOUT });
   });
 
@@ -291,7 +291,7 @@ describe("the <ot-lens> widget", { skip: skipUnlessBuilt({ demoPhotos: true }) }
       await koreanStatus.getByText(/^이미지 검색 준비 완료: 상품 1,000개\.$/).waitFor({ timeout: LOAD_TIMEOUT });
       assert.equal(await korean.getByLabel("사진 선택").getAttribute("type"), "file");
       assert.equal(await korean.getByText("또는 여기에 사진을 끌어다 놓으세요").count(), 1);
-      await korean.locator("input[type=file]").setInputFiles(catalogProduct(3).photo);
+      await korean.locator("#file").setInputFiles(catalogProduct(3).photo);
       await koreanStatus.getByText(/^결과 3개 · \d+ ms$/).waitFor({ timeout: SEARCH_TIMEOUT });
       assert.equal(await korean.getByRole("list", { name: "검색 결과" }).count(), 1);
       // Prices follow the language too: won, without decimals.
