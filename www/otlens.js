@@ -112,6 +112,7 @@ const STRINGS = {
     filters: "Filters",
     category: "Category",
     colour: "Colour",
+    brand: "Brand",
     price: (currency) => (currency ? `Price (${currency})` : "Price"),
     minPrice: "From",
     maxPrice: "To",
@@ -171,6 +172,7 @@ const STRINGS = {
     filters: "필터",
     category: "카테고리",
     colour: "색상",
+    brand: "브랜드",
     price: (currency) => (currency ? `가격 (${currency})` : "가격"),
     minPrice: "최저",
     maxPrice: "최고",
@@ -410,6 +412,7 @@ TEMPLATE.innerHTML = `
 <div class="filters" part="filters" role="group" hidden>
   <fieldset class="categories"><legend></legend><div class="chip-list"></div></fieldset>
   <fieldset class="colours"><legend></legend><div class="chip-list"></div></fieldset>
+  <fieldset class="brands"><legend></legend><div class="chip-list"></div></fieldset>
   <fieldset class="prices">
     <legend></legend>
     <div class="price-inputs">
@@ -1108,6 +1111,7 @@ class OtLens extends HTMLElement {
     };
     chips(".categories", text.category, facets.categories, this.#filter.categories, false);
     chips(".colours", text.colour, facets.colours, this.#filter.colours, true);
+    chips(".brands", text.brand, facets.brands, this.#filter.brands, false);
 
     const prices = this.#$(".prices");
     const range = facets.price;

@@ -96,6 +96,13 @@ describe("filters and similar items", { skip: skipUnlessBuilt({ demoPhotos: true
     const focused = () => page.evaluate(() => document.querySelector("ot-lens").shadowRoot.activeElement?.className);
     assert.equal(await focused(), "results", "focus leaves the hidden Clear button for the results");
 
+    // A brand chip narrows to that brand; pressed again, it lets every brand back.
+    const brand = filters.getByRole("group", { name: "Brand" }).getByRole("button").first();
+    const brandName = await brand.textContent();
+    const byBrand = await resultsAfter(page, () => brand.click());
+    assert.ok(byBrand.results.length > 0 && byBrand.results.every(({ product }) => product.brand === brandName));
+    assert.deepEqual(ids(await resultsAfter(page, () => brand.click())), ids(searched));
+
     // Setting the filter property searches again, as the controls do; a new photo is searched with it.
     const byProperty = await resultsAfter(page, () =>
       widget.evaluate((element, category) => (element.filter = { categories: [category] }), otherName),
