@@ -3,6 +3,8 @@
 //! Every fallible call returns a `JsError` whose message is the crate's own, written to be
 //! shown to the shopper as it is (e.g. "the file is empty").
 
+use std::borrow::Cow;
+
 use image::RgbImage;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -120,6 +122,8 @@ pub struct Lens {
 struct Query {
     embedding: Vec<f32>,
     colour: colour::ColourDescriptor,
+    /// What the page is told of that colour, worked out once: naming it scans the index.
+    shown_colour: Option<QueryColour>,
 }
 
 #[derive(Serialize)]
@@ -130,10 +134,10 @@ struct SearchResult<'a> {
 
 /// The searched photo's colour, for the widget's chip.
 #[derive(Serialize)]
-struct QueryColour<'a> {
+struct QueryColour {
     /// The catalog's name for it (see [`Index::colour_name`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
+    name: Option<String>,
     /// The garment's main colour as 8-bit sRGB.
     rgb: [u8; 3],
 }
@@ -153,7 +157,7 @@ struct SearchResponse<'a> {
     results: Vec<SearchResult<'a>>,
     /// For a photo search: the photo's colour.
     #[serde(skip_serializing_if = "Option::is_none")]
-    colour: Option<QueryColour<'a>>,
+    colour: Option<&'a QueryColour>,
     timings: Timings,
 }
 
@@ -260,14 +264,25 @@ impl Lens {
             .photo
             .as_ref()
             .ok_or_else(|| JsError::new("there is no photo to search"))?;
-        let (tensor, colour) = match region {
-            Some(region) => {
-                let part = region_of(photo, &region)?;
-                (preprocess::to_tensor(&part, spec), colour::describe(&part))
-            }
-            None => (preprocess::to_tensor(photo, spec), colour::describe(photo)),
+        let part = match region {
+            Some(region) => Cow::Owned(region_of(photo, &region)?),
+            None => Cow::Borrowed(photo),
         };
-        Ok((tensor, colour))
+        Ok((preprocess::to_tensor(&part, spec), colour::describe(&part)))
+    }
+
+    /// The query for a photo's embedding and colour, with the colour named once for every
+    /// search of it (a filter or colour-weight change searches again, the colour stays).
+    fn new_query(&self, embedding: Vec<f32>, colour: colour::ColourDescriptor) -> Query {
+        let shown_colour = colour.dominant.first().map(|main| QueryColour {
+            name: self.index.colour_name(&embedding, &colour.histogram).map(str::to_owned),
+            rgb: main.rgb(),
+        });
+        Query {
+            embedding,
+            colour,
+            shown_colour,
+        }
     }
 
     /// The open photo, or a `[x, y, width, height]` region of it, as the model's prepared
@@ -307,8 +322,9 @@ impl Lens {
             .prepared_colour
             .take()
             .ok_or_else(|| JsError::new("no photo was prepared for this embedding"))?;
-        self.query = Some(Query { embedding, colour });
+        // Search time includes naming the colour, as it does on tract.
         let started = performance_now();
+        self.query = Some(self.new_query(embedding, colour));
         let hits = self.search_query(k, &filter, colour_weight)?;
         let search_ms = performance_now() - started;
         self.respond(
@@ -369,7 +385,7 @@ impl Lens {
         let prepared = performance_now();
         let embedding = self.embedder()?.embed_tensor(tensor).map_err(js_error)?;
         let embedded = performance_now();
-        self.query = Some(Query { embedding, colour });
+        self.query = Some(self.new_query(embedding, colour));
         let hits = self.search_query(k, filter, colour_weight)?;
         let timings = Timings {
             decode_ms: prepared - started,
@@ -436,14 +452,10 @@ impl Lens {
     fn respond(&self, like: Option<usize>, hits: &[Hit], timings: Timings) -> Result<JsValue, JsError> {
         let products = self.index.products();
         // "More like this" is about a product, not the photo searched before it.
-        let query = self.query.as_ref().filter(|_| like.is_none());
-        let colour = query.and_then(|query| {
-            let main = query.colour.dominant.first()?;
-            Some(QueryColour {
-                name: self.index.colour_name(&query.embedding, &query.colour.histogram),
-                rgb: main.rgb(),
-            })
-        });
+        let colour = match like {
+            Some(_) => None,
+            None => self.query.as_ref().and_then(|query| query.shown_colour.as_ref()),
+        };
         to_js(&SearchResponse {
             product: like.map(|product| &products[product]),
             colour,

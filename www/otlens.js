@@ -641,7 +641,9 @@ class OtLens extends HTMLElement {
 
   set region(value) {
     const [x, y, width, height] = Array.isArray(value) && value.length === 4 ? value.map(Number) : WHOLE_PHOTO;
-    const box = resizedBox(movedBox([0, 0, MIN_CROP, MIN_CROP], x, y), "se", width - MIN_CROP, height - MIN_CROP);
+    // Inside the photo and at least MIN_CROP a side; a box running off the photo is cut at its edge.
+    const [left, top] = [clamp(x, 0, 1 - MIN_CROP), clamp(y, 0, 1 - MIN_CROP)];
+    const box = [left, top, clamp(width, MIN_CROP, 1 - left), clamp(height, MIN_CROP, 1 - top)];
     this.#cropBox = box.every(Number.isFinite) ? box : WHOLE_PHOTO;
     this.#drawCrop();
     this.#searchRegion();

@@ -7,12 +7,10 @@ import { after, before, describe, test } from "node:test";
 import {
   catalogProduct,
   launchBrowser,
-  openDemo,
   resultsAfter,
-  searchWith,
+  searchedDemo as searchedDemoAt,
   skipUnlessBuilt,
   startServer,
-  waitForWidgetEvents,
 } from "./helpers.mjs";
 
 const ids = (event) => event.results.map((result) => result.product.id);
@@ -31,12 +29,7 @@ describe("crop box and colour", { skip: skipUnlessBuilt({ demoPhotos: true }) },
     await server?.stop();
   });
 
-  async function searchedDemo(row) {
-    const demo = await openDemo(browser.context, server.url);
-    await waitForWidgetEvents(demo.page, "otlens-ready");
-    const searched = await searchWith(demo.page, catalogProduct(row).photo);
-    return { ...demo, searched, widget: demo.page.locator("ot-lens") };
-  }
+  const searchedDemo = (row) => searchedDemoAt(browser.context, server.url, row);
 
   test("moving the crop box with the keyboard or the mouse searches that part of the photo", async () => {
     const { page, problems, searched, widget } = await searchedDemo(3);

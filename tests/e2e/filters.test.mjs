@@ -11,6 +11,7 @@ import {
   openDemo,
   readManifest,
   resultsAfter,
+  searchedDemo as searchedDemoAt,
   searchWith,
   skipUnlessBuilt,
   startServer,
@@ -34,13 +35,7 @@ describe("filters and similar items", { skip: skipUnlessBuilt({ demoPhotos: true
     await server?.stop();
   });
 
-  /** The demo after one search for product `row`, with that search's otlens-results event. */
-  async function searchedDemo(row) {
-    const demo = await openDemo(browser.context, server.url);
-    await waitForWidgetEvents(demo.page, "otlens-ready");
-    const searched = await searchWith(demo.page, catalogProduct(row).photo);
-    return { ...demo, searched, widget: demo.page.locator("ot-lens") };
-  }
+  const searchedDemo = (row) => searchedDemoAt(browser.context, server.url, row);
 
   test("chips, a price range and the stock switch narrow the results; clearing them restores them", async () => {
     const { page, problems, searched, widget, status } = await searchedDemo(7);

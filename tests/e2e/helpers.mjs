@@ -222,6 +222,14 @@ export async function searchWith(page, file) {
   return (await waitForWidgetEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT)).at(-1);
 }
 
+/** The demo page after one search for catalog product `row`, with that search's otlens-results event. */
+export async function searchedDemo(context, url, row) {
+  const demo = await openDemo(context, url);
+  await waitForWidgetEvents(demo.page, "otlens-ready");
+  const searched = await searchWith(demo.page, catalogProduct(row).photo);
+  return { ...demo, searched, widget: demo.page.locator("ot-lens") };
+}
+
 /** Does `change` to the page and resolves with the otlens-results event it causes. */
 export async function resultsAfter(page, change) {
   const before = (await widgetEvents(page, "otlens-results")).length;
