@@ -1,11 +1,15 @@
 //! `otlens build-index`: embeds every catalog photo and writes the folder the widget loads:
 //! `manifest.json`, `model-<sha8>.nnef.tgz` (the model compiled for the widget),
-//! `index-<sha8>.otl` and `thumbs/<n>.jpg`.
+//! `index-<sha8>.otl` and `thumbs/<photo sha16>.jpg`.
 //!
-//! Everything is written into a staging folder first and moved into place at the end,
-//! manifest last, so an interrupted build leaves the previous catalog working.
+//! Rebuilds are incremental: embeddings are cached by photo sha256 ([`EmbeddingCache`]) and
+//! thumbnails are named by it, so an unchanged photo is read and hashed, never decoded.
+//!
+//! Publishing is atomic: every file is named by its content, the manifest that switches the
+//! widget over is moved into place last, and the files of the version before stay, so a page
+//! opened on it keeps working. An interrupted build leaves the previous catalog working.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,10 +20,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use super::embedding_cache::{Cached, EmbeddingCache};
 use crate::catalog::{read_catalog, CatalogEntry};
 use crate::colour::{self, CompactColour};
 use crate::index::{Codec, FileEntry, Index, Manifest, MANIFEST_FORMAT};
-use crate::model::{self, Embedder};
+use crate::model::{self, sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits};
 
 /// Longest side of a thumbnail, in pixels: sharp in a results grid on a phone, ~10 KB each.
@@ -55,6 +60,10 @@ pub struct Args {
     /// Bytes per product of the pq codec; must divide the embedding's dimensions.
     #[arg(long, default_value_t = 32)]
     pub pq_subspaces: usize,
+    /// Where embeddings are kept between builds, by photo and model, so that a rebuild embeds
+    /// only new and changed photos. Keep it out of the published folder.
+    #[arg(long, default_value = ".cache/embeddings")]
+    pub cache: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
         &args.model,
         &args.out,
         args.codec.codec(args.pq_subspaces),
+        &args.cache,
     )?;
     if args.strict && built.reported > 0 {
         bail!(
@@ -98,22 +108,24 @@ pub fn run(args: Args) -> Result<()> {
 pub struct Built {
     pub manifest: Manifest,
     pub reported: usize,
+    /// The products' thumbnails, relative to the manifest.
+    thumbnails: Vec<String>,
 }
 
 /// Reads the catalog file, reports the rows it skips, and writes the catalog folder `out`
-/// with its vectors stored by `codec`.
-pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path, codec: Codec) -> Result<Built> {
+/// with its vectors stored by `codec`, reusing the embeddings kept in the folder `cache`.
+pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path, codec: Codec, cache: &Path) -> Result<Built> {
     let catalog = read_catalog(catalog_path)?;
     for problem in &catalog.problems {
         eprintln!("{}: skipped {problem}", catalog_path.display());
     }
-    let mut built = build(model_path, catalog.entries, out, codec)?;
+    let mut built = build(model_path, catalog.entries, out, codec, cache)?;
     built.reported += catalog.problems.len();
     Ok(built)
 }
 
 /// Embeds `entries` with the model at `model_path` and writes the catalog folder `out`.
-fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec) -> Result<Built> {
+fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec, cache: &Path) -> Result<Built> {
     if entries.is_empty() {
         bail!("the catalog has no usable products");
     }
@@ -134,8 +146,9 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec
     if staging.exists() {
         fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
     }
-    let built = stage(&embedder, &model_bytes, entries, &staging, codec).and_then(|built| {
-        commit(&staging, out, &built.manifest)?;
+    let mut cache = EmbeddingCache::open(cache, &sha256_hex(&model_bytes), embedder.info().dims);
+    let built = stage(&embedder, &model_bytes, entries, out, &staging, codec, &mut cache).and_then(|built| {
+        commit(&staging, out, &built)?;
         eprintln!(
             "wrote {} products to {}",
             built.manifest.products,
@@ -150,29 +163,32 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec
     built
 }
 
-/// Writes thumbnails, index, model copy and manifest into `staging`.
+/// Embeds the photos the cache does not know, writes their thumbnails into `out`'s thumbnail
+/// folder (named by content, so the live catalog never sees them), and the index, model copy
+/// and manifest into `staging`.
 fn stage(
     embedder: &Embedder,
     model_bytes: &[u8],
     entries: Vec<CatalogEntry>,
+    out: &Path,
     staging: &Path,
     codec: Codec,
+    cache: &mut EmbeddingCache,
 ) -> Result<Built> {
-    let staged_thumbs = staging.join(THUMBS_DIR);
-    fs::create_dir_all(&staged_thumbs).with_context(|| format!("cannot create {}", staged_thumbs.display()))?;
+    let thumbs = out.join(THUMBS_DIR);
+    fs::create_dir_all(&thumbs).with_context(|| format!("cannot create {}", thumbs.display()))?;
+    fs::create_dir_all(staging).with_context(|| format!("cannot create {}", staging.display()))?;
     let started = Instant::now();
     let progress = ProgressBar::new(entries.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
             .expect("the template is valid"),
     );
     let limits = DecodeLimits::default();
-    // Thumbnails are named by catalog position: never by the shop's ids, which may hold any character.
+    let known: &EmbeddingCache = cache;
     let embedded: Vec<Result<Embedded>> = entries
         .par_iter()
-        .enumerate()
-        .map(|(position, entry)| {
-            let thumbnail = staged_thumbs.join(format!("{position}.jpg"));
-            let result = embed_entry(embedder, entry, &limits, &thumbnail);
+        .map(|entry| {
+            let result = embed_entry(embedder, entry, &limits, known, &thumbs);
             progress.inc(1);
             result
         })
@@ -185,29 +201,34 @@ fn stage(
     let mut embeddings = Vec::with_capacity(photos);
     let mut colours = Vec::with_capacity(photos);
     let mut reported = 0;
+    let mut fresh = 0;
     // Two products with the same photo are usually a copy-paste slip in the catalog; both are kept.
     let mut first_with_photo: HashMap<[u8; 32], (u64, String)> = HashMap::new();
-    for (position, (entry, result)) in entries.into_iter().zip(embedded).enumerate() {
+    for (entry, result) in entries.into_iter().zip(embedded) {
         match result {
-            Ok(Embedded {
-                embedding,
-                colour,
-                photo_sha256,
-            }) => {
-                if let Some((line, id)) = first_with_photo.get(&photo_sha256) {
+            Ok(embedded) => {
+                if let Some((line, id)) = first_with_photo.get(&embedded.photo_sha256) {
                     eprintln!(
                         "line {}: product {:?} has the same photo as product {id:?} on line {line}",
                         entry.line, entry.product.id
                     );
                     reported += 1;
                 } else {
-                    first_with_photo.insert(photo_sha256, (entry.line, entry.product.id.clone()));
+                    first_with_photo.insert(embedded.photo_sha256, (entry.line, entry.product.id.clone()));
+                }
+                if embedded.fresh {
+                    fresh += 1;
+                    let cached = Cached {
+                        embedding: embedded.embedding.clone(),
+                        colour: embedded.colour,
+                    };
+                    cache.insert(embedded.photo_sha256, cached);
                 }
                 let mut product = entry.product;
-                product.thumbnail = format!("{THUMBS_DIR}/{position}.jpg");
+                product.thumbnail = format!("{THUMBS_DIR}/{}", embedded.thumbnail);
                 products.push(product);
-                embeddings.push(embedding);
-                colours.push(colour);
+                embeddings.push(embedded.embedding);
+                colours.push(embedded.colour);
             }
             Err(error) => {
                 eprintln!(
@@ -220,13 +241,15 @@ fn stage(
             }
         }
     }
+    // Kept even when the build fails below: the embedding was the slow part.
+    cache.save()?;
     if products.is_empty() {
         bail!("none of the catalog's photos could be used");
     }
     eprintln!(
-        "embedded {} of {photos} photos in {seconds:.1} s ({:.1} photos/s)",
-        products.len(),
-        photos as f64 / seconds.max(1e-9)
+        "photos embedded: {fresh}, from the cache: {} ({}), in {seconds:.1} s",
+        products.len() - fresh,
+        cache.path().display()
     );
 
     let info = embedder.info();
@@ -247,21 +270,74 @@ fn stage(
         &staging.join("manifest.json"),
         &serde_json::to_vec_pretty(&manifest).context("cannot encode the manifest")?,
     )?;
-    Ok(Built { manifest, reported })
+    let thumbnails = index
+        .products()
+        .iter()
+        .map(|product| product.thumbnail.clone())
+        .collect();
+    Ok(Built {
+        manifest,
+        reported,
+        thumbnails,
+    })
 }
 
 struct Embedded {
     embedding: Vec<f32>,
     colour: CompactColour,
     photo_sha256: [u8; 32],
+    /// The thumbnail's file name in the thumbnail folder.
+    thumbnail: String,
+    /// Embedded now, not taken from the cache.
+    fresh: bool,
 }
 
-fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits, thumbnail: &Path) -> Result<Embedded> {
+/// The entry's embedding and colour (from `cache` when it has them), with its thumbnail
+/// written into `thumbs` unless it is there already.
+fn embed_entry(
+    embedder: &Embedder,
+    entry: &CatalogEntry,
+    limits: &DecodeLimits,
+    cache: &EmbeddingCache,
+    thumbs: &Path,
+) -> Result<Embedded> {
     let bytes = fs::read(&entry.image).context("cannot read the photo")?;
-    let photo_sha256 = Sha256::digest(&bytes).into();
+    let photo_sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    // 64 bits of the photo's sha256: a collision in one catalog is not a practical concern.
+    let thumbnail = format!("{}.jpg", &sha256_hex(&bytes)[..16]);
+    let thumbnail_path = thumbs.join(&thumbnail);
+    let cached = cache.get(&photo_sha256);
+    if let (Some(cached), true) = (cached, thumbnail_path.is_file()) {
+        return Ok(Embedded {
+            embedding: cached.embedding.clone(),
+            colour: cached.colour,
+            photo_sha256,
+            thumbnail,
+            fresh: false,
+        });
+    }
     let photo = preprocess::decode(&bytes, limits)?;
-    let embedding = embedder.embed_tensor(preprocess::to_tensor(&photo, &embedder.info().input))?;
-    let colour = CompactColour::from_histogram(&colour::describe(&photo).histogram);
+    let (embedding, colour, fresh) = match cached {
+        Some(cached) => (cached.embedding.clone(), cached.colour, false),
+        None => (
+            embedder.embed_tensor(preprocess::to_tensor(&photo, &embedder.info().input))?,
+            CompactColour::from_histogram(&colour::describe(&photo).histogram),
+            true,
+        ),
+    };
+    write_thumbnail(photo, &thumbnail_path)?;
+    Ok(Embedded {
+        embedding,
+        colour,
+        photo_sha256,
+        thumbnail,
+        fresh,
+    })
+}
+
+/// A small JPEG of `photo` at `path`, written whole or not at all: a half-written file would
+/// pass for a finished thumbnail on the next build.
+fn write_thumbnail(photo: image::RgbImage, path: &Path) -> Result<()> {
     let (width, height) = photo.dimensions();
     let longest = width.max(height);
     // Never enlarged: a small catalog photo stays as sharp as it is.
@@ -276,45 +352,83 @@ fn embed_entry(embedder: &Embedder, entry: &CatalogEntry, limits: &DecodeLimits,
     JpegEncoder::new_with_quality(&mut jpeg, THUMBNAIL_QUALITY)
         .encode_image(&small)
         .context("cannot encode the thumbnail")?;
-    write(thumbnail, &jpeg)?;
-    Ok(Embedded {
-        embedding,
-        colour,
-        photo_sha256,
-    })
+    // Unique per thread: two products with the same photo write the same thumbnail at once.
+    let partial = path.with_extension(format!("partial-{:?}", std::thread::current().id()));
+    write(&partial, &jpeg)?;
+    fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Moves the staged files into `out`: content-named model and index first, then the
-/// thumbnails, then the manifest that switches the widget over; then removes what the
-/// previous manifest used.
-fn commit(staging: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
+/// The files, relative to `out`, of the catalog published there: its model, index and
+/// thumbnails. Empty when there is none, or when it cannot be read.
+fn published_files(out: &Path) -> HashSet<String> {
+    let Some(manifest) = fs::read(out.join("manifest.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+    else {
+        return HashSet::new();
+    };
+    let thumbnails = fs::read(out.join(&manifest.index.file))
+        .ok()
+        .and_then(|bytes| Index::from_bytes(&bytes).ok())
+        .map(|index| {
+            index
+                .products()
+                .iter()
+                .map(|product| product.thumbnail.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut files: HashSet<String> = thumbnails;
+    files.extend([manifest.model.file, manifest.index.file]);
+    files
+}
+
+/// Moves the staged model and index into `out`, then the manifest that switches the widget
+/// over; then removes what neither this version nor the one before it uses.
+fn commit(staging: &Path, out: &Path, built: &Built) -> Result<()> {
+    let manifest = &built.manifest;
+    let mut in_use = published_files(out);
     let rename = |from: &Path, to: &Path| {
         fs::rename(from, to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
     };
-    for file in [&manifest.model.file, &manifest.index.file] {
+    for file in [manifest.model.file.as_str(), &manifest.index.file, "manifest.json"] {
         rename(&staging.join(file), &out.join(file))?;
     }
-    let thumbs = out.join(THUMBS_DIR);
-    let old_thumbs = staging.join("previous-thumbs");
-    if thumbs.exists() {
-        rename(&thumbs, &old_thumbs)?;
-    }
-    rename(&staging.join(THUMBS_DIR), &thumbs)?;
-    rename(&staging.join("manifest.json"), &out.join("manifest.json"))?;
+    fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))?;
 
+    in_use.extend([manifest.model.file.clone(), manifest.index.file.clone()]);
+    in_use.extend(built.thumbnails.iter().cloned());
+    let unused = |folder: &str, name: &str| {
+        let file = if folder.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{folder}/{name}")
+        };
+        !in_use.contains(&file)
+    };
     for stale in fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))? {
         let name = stale?.file_name();
         let name = name.to_string_lossy();
         // `.onnx`: the model file of catalogs built before the widget ran compiled models.
         let ours = (name.starts_with("model-") && (name.ends_with(".nnef.tgz") || name.ends_with(".onnx")))
             || (name.starts_with("index-") && name.ends_with(".otl"));
-        if ours && name != manifest.model.file && name != manifest.index.file {
+        if ours && unused("", &name) {
             fs::remove_file(out.join(name.as_ref())).with_context(|| format!("cannot remove the old {name}"))?;
         }
     }
-    fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))
+    // The thumbnail folder is the catalog's own: every file in it that no version uses goes.
+    let thumbs = out.join(THUMBS_DIR);
+    for stale in fs::read_dir(&thumbs).with_context(|| format!("cannot list {}", thumbs.display()))? {
+        let stale = stale?;
+        let name = stale.file_name();
+        if stale.file_type()?.is_file() && unused(THUMBS_DIR, &name.to_string_lossy()) {
+            fs::remove_file(stale.path())
+                .with_context(|| format!("cannot remove the old thumbnail {}", stale.path().display()))?;
+        }
+    }
+    Ok(())
 }

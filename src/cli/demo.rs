@@ -192,7 +192,13 @@ fn fmnist(args: &FmnistArgs) -> Result<()> {
     catalog.flush()?;
     drop(catalog);
     eprintln!("wrote {count} Fashion-MNIST products to {}", catalog_path.display());
-    build_index::build_catalog(&catalog_path, &args.model, &args.out, Codec::Int8)?;
+    build_index::build_catalog(
+        &catalog_path,
+        &args.model,
+        &args.out,
+        Codec::Int8,
+        &args.work.join("embeddings"),
+    )?;
     Ok(())
 }
 
@@ -289,7 +295,13 @@ fn fpi(args: &FpiArgs) -> Result<()> {
         "wrote {written} Fashion Product Images products to {}",
         catalog_path.display()
     );
-    build_index::build_catalog(&catalog_path, &args.model, &args.out, Codec::Int8)?;
+    build_index::build_catalog(
+        &catalog_path,
+        &args.model,
+        &args.out,
+        Codec::Int8,
+        &args.work.join("embeddings"),
+    )?;
     Ok(())
 }
 

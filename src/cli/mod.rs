@@ -5,6 +5,7 @@ pub mod build_index;
 pub mod compile;
 pub mod demo;
 pub mod embed;
+pub mod embedding_cache;
 pub mod eval;
 pub mod import;
 pub mod serve;

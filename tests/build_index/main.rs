@@ -23,8 +23,10 @@ fn otlens(args: &[&str]) -> Output {
     output
 }
 
-/// `otlens build-index` with `flags` after the model, catalog and output folder.
+/// `otlens build-index` with `flags` after the model, catalog, output folder and an embedding
+/// cache beside the output folder (never the repository's).
 fn build_index(model: &str, catalog: &Path, out: &Path, flags: &[&str]) -> Output {
+    let cache = out.with_extension("cache");
     let mut args = vec![
         "build-index",
         "--model",
@@ -33,6 +35,8 @@ fn build_index(model: &str, catalog: &Path, out: &Path, flags: &[&str]) -> Outpu
         catalog.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
     ];
     args.extend(flags);
     otlens(&args)
@@ -112,6 +116,10 @@ fn build_index_embed_and_serve() {
     let output = build_index(model, &catalog, &out, &[]);
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("photos embedded: {PHOTOS}, from the cache: 0")),
+        "{stderr}"
+    );
     assert!(stderr.contains("line 10: skipped product \"broken\""), "{stderr}");
     assert!(stderr.contains("line 11") && stderr.contains("no title"), "{stderr}");
 
@@ -165,13 +173,11 @@ fn build_index_embed_and_serve() {
         assert_eq!(index.products()[hits[0].product].id, format!("../id {n}/x"), "{hits:?}");
     }
 
-    // Thumbnails: small JPEGs with numeric names.
-    for product in index.products() {
-        let name = product.thumbnail.strip_prefix("thumbs/").unwrap();
-        assert!(
-            name.trim_end_matches(".jpg").chars().all(|c| c.is_ascii_digit()),
-            "{name}"
-        );
+    // Thumbnails: small JPEGs named by the photo's sha256, never by the shop's ids.
+    for (n, product) in index.products().iter().enumerate() {
+        let ext = if n % 2 == 0 { "jpg" } else { "png" };
+        let own = std::fs::read(work.path().join(format!("photos/p{n}.{ext}"))).unwrap();
+        assert_eq!(product.thumbnail, format!("thumbs/{}.jpg", &sha256_hex(&own)[..16]));
         let thumbnail = image::open(out.join(&product.thumbnail)).unwrap();
         assert_eq!((thumbnail.width(), thumbnail.height()), (144, 192));
     }
@@ -183,8 +189,9 @@ fn build_index_embed_and_serve() {
     assert!(leftovers.is_empty(), "staging files left behind: {leftovers:?}");
 
     check_embed_command(model, work.path(), &embedder);
-    check_serve(&out, &manifest);
-    check_failed_rebuild_keeps_the_previous_catalog(model, work.path(), &out, &manifest);
+    check_serve(&out, &manifest, &index.products()[0].thumbnail);
+    check_incremental_rebuild(model, work.path(), &catalog, &out, &manifest);
+    check_failed_rebuild_keeps_the_previous_catalog(model, work.path(), &out);
     check_strict_reports_bad_rows_and_shared_photos(model, work.path());
     check_codecs(model, &catalog, work.path());
     check_scale_demo(&out, work.path());
@@ -369,7 +376,7 @@ fn http(base: &str, method: &str, path: &str, extra: &str) -> HttpResponse {
     }
 }
 
-fn check_serve(out: &Path, manifest: &Manifest) {
+fn check_serve(out: &Path, manifest: &Manifest, thumbnail: &str) {
     std::fs::write(out.join("index.html"), "<!doctype html><title>shop</title>").unwrap();
     std::fs::write(out.join("otlens_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let server = start_server(out);
@@ -418,7 +425,7 @@ fn check_serve(out: &Path, manifest: &Manifest) {
         Some("/thumbs/")
     );
     assert_eq!(
-        http(&server.base, "GET", "/thumbs/0.jpg", "").header("Content-Type"),
+        http(&server.base, "GET", &format!("/{thumbnail}"), "").header("Content-Type"),
         Some("image/jpeg")
     );
     for hostile in [
@@ -446,26 +453,90 @@ fn check_serve(out: &Path, manifest: &Manifest) {
     }
 }
 
-fn check_failed_rebuild_keeps_the_previous_catalog(model: &str, dir: &Path, out: &Path, before: &Manifest) {
+/// Rebuilding embeds only new and changed photos, publishes a new version beside the one
+/// before it (so that open pages keep working) and removes the versions older than that.
+fn check_incremental_rebuild(model: &str, dir: &Path, catalog: &Path, out: &Path, first: &Manifest) {
+    let unchanged = build_index(model, catalog, out, &[]);
+    assert!(unchanged.status.success());
+    let stderr = String::from_utf8_lossy(&unchanged.stderr);
+    assert!(
+        stderr.contains(&format!("photos embedded: 0, from the cache: {PHOTOS}")),
+        "{stderr}"
+    );
+    // The same photos give the very same index, so the same published version.
+    assert_eq!(&read_manifest(out), first);
+
+    // A changed photo is embedded again; its old thumbnail stays for pages on the first version.
+    let old_thumbnail = read_index(out, first).products()[0].thumbnail.clone();
+    let mut inverted = photo(0);
+    image::imageops::invert(&mut inverted);
+    inverted.save(dir.join("photos/p0.jpg")).unwrap();
+    let changed = build_index(model, catalog, out, &[]);
+    assert!(changed.status.success());
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        stderr.contains(&format!("photos embedded: 1, from the cache: {}", PHOTOS - 1)),
+        "{stderr}"
+    );
+    let second = read_manifest(out);
+    assert_ne!(second.index.file, first.index.file);
+    let index = read_index(out, &second);
+    assert_ne!(index.products()[0].thumbnail, old_thumbnail);
+    assert_eq!(
+        index.products()[1].thumbnail,
+        read_index(out, first).products()[1].thumbnail
+    );
+    for file in [&first.index.file, &old_thumbnail, &index.products()[0].thumbnail] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+
+    // A third version: the first one's files go, the second one's stay.
+    let catalog_of_six = dir.join("six.csv");
+    let header_and_six: Vec<String> = std::fs::read_to_string(catalog)
+        .unwrap()
+        .lines()
+        .take(7)
+        .map(str::to_owned)
+        .collect();
+    std::fs::write(&catalog_of_six, header_and_six.join("\n")).unwrap();
+    let third = build_index(model, &catalog_of_six, out, &[]);
+    assert!(third.status.success());
+    assert_eq!(read_manifest(out).products, 6);
+    assert!(!out.join(&first.index.file).exists());
+    assert!(
+        !out.join(&old_thumbnail).exists(),
+        "the first version's own thumbnail is gone"
+    );
+    assert!(out.join(&second.index.file).is_file());
+    assert!(
+        out.join(&index.products()[7].thumbnail).is_file(),
+        "the second version still uses it"
+    );
+    // Nothing half-written is left behind.
+    let files = |folder: &Path| -> Vec<String> {
+        std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    assert!(files(out).iter().all(|name| !name.starts_with('.')), "{:?}", files(out));
+    assert!(files(&out.join("thumbs")).iter().all(|name| name.ends_with(".jpg")));
+}
+
+fn check_failed_rebuild_keeps_the_previous_catalog(model: &str, dir: &Path, out: &Path) {
+    let before = read_manifest(out);
     let catalog = dir.join("all-broken.csv");
     std::fs::write(&catalog, "id,title,image\nb,Broken,photos/broken.jpg\n").unwrap();
     let output = build_index(model, &catalog, out, &[]);
     assert!(!output.status.success());
-    assert_eq!(&read_manifest(out), before);
+    assert_eq!(read_manifest(out), before);
     assert!(out.join(&before.index.file).is_file());
-    assert!(out.join("thumbs/0.jpg").is_file());
-
-    // A successful rebuild replaces the index and removes the old file.
-    let catalog = dir.join("two.csv");
-    std::fs::write(&catalog, "id,title,image\na,A,photos/p0.jpg\nb,B,photos/p1.png\n").unwrap();
-    let output = build_index(model, &catalog, out, &[]);
-    assert!(output.status.success());
-    let after = read_manifest(out);
-    assert_eq!(after.products, 2);
-    assert_ne!(after.index.file, before.index.file);
-    assert!(!out.join(&before.index.file).exists());
-    assert!(out.join(&after.index.file).is_file());
-    assert!(!out.join("thumbs/2.jpg").exists(), "old thumbnails are gone");
+    let thumbnails: Vec<String> = read_index(out, &before)
+        .products()
+        .iter()
+        .map(|p| p.thumbnail.clone())
+        .collect();
+    assert!(thumbnails.iter().all(|file| out.join(file).is_file()));
 }
 
 /// Bad rows and shared photos are reported by line; `--strict` turns them into a failing exit
