@@ -2,6 +2,8 @@
 //!
 //! Always sends Content-Length (the widget shows download progress from it), answers
 //! single-range requests with 206, and never serves anything outside the root folder.
+//! Files that `otlens build-index` names by their content may be cached for good; everything
+//! else is fetched again on each load.
 //!
 //! Each connection gets its own thread, so a browser's idle keep-alive connections can never
 //! starve new ones (a fixed worker pool did exactly that under six parallel page fetches).
@@ -427,7 +429,7 @@ fn file_response(path: &Path, range: Option<&str>) -> Response {
     let mut headers = vec![
         ("Content-Type", content_type(path).to_owned()),
         ("Accept-Ranges", "bytes".to_owned()),
-        ("Cache-Control", "no-cache".to_owned()),
+        ("Cache-Control", cache_control(path).to_owned()),
         ("X-Content-Type-Options", "nosniff".to_owned()),
     ];
     if status == 206 {
@@ -438,6 +440,32 @@ fn file_response(path: &Path, range: Option<&str>) -> Response {
         status,
         headers,
         body: Body::File(file.take(count)),
+    }
+}
+
+/// A file named by its content never changes: a repeat visit then loads the model and index
+/// from the browser's cache without asking. Anything else is revalidated, so a new
+/// `manifest.json` or widget is seen at once.
+fn cache_control(path: &Path) -> &'static str {
+    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+    let in_thumbs = path
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|folder| folder == "thumbs");
+    let hex = |digits: &str| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    let catalog_file = ["model-", "index-"].iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(digits, _)| digits.len() >= 8 && hex(digits))
+    });
+    let thumbnail = in_thumbs
+        && name
+            .strip_suffix(".jpg")
+            .is_some_and(|digits| digits.len() == 16 && hex(digits));
+    if catalog_file || thumbnail {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
     }
 }
 
@@ -492,6 +520,29 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-0,5-9"), 100), Range::Whole);
         assert_eq!(parse_range(Some("items=0-9"), 100), Range::Whole);
         assert_eq!(parse_range(Some("bytes=x-9"), 100), Range::Whole);
+    }
+
+    #[test]
+    fn only_content_named_files_are_immutable() {
+        for (path, immutable) in [
+            ("catalog/model-9f6daa4d.nnef.tgz", true),
+            ("catalog/index-f53e8002.otl", true),
+            ("catalog/thumbs/0123456789abcdef.jpg", true),
+            ("catalog/manifest.json", false),
+            ("catalog/thumbs/12.jpg", false),
+            ("catalog/index-latest.otl", false),
+            ("catalog/model-.onnx", false),
+            ("thumbs.jpg", false),
+            ("otlens.js", false),
+            ("pkg/otlens_bg.wasm", false),
+        ] {
+            let expected = if immutable {
+                "public, max-age=31536000, immutable"
+            } else {
+                "no-cache"
+            };
+            assert_eq!(cache_control(Path::new(path)), expected, "{path}");
+        }
     }
 
     #[test]

@@ -397,7 +397,11 @@ fn check_serve(out: &Path, manifest: &Manifest, thumbnail: &str) {
     assert_eq!(whole.status, 200);
     assert_eq!(whole.header("Content-Length"), Some(total.to_string().as_str()));
     assert_eq!(whole.header("Content-Type"), Some("application/octet-stream"));
-    assert_eq!(whole.header("Cache-Control"), Some("no-cache"));
+    // Named by their content, model, index and thumbnails never change; the manifest may.
+    assert_eq!(
+        whole.header("Cache-Control"),
+        Some("public, max-age=31536000, immutable")
+    );
     assert_eq!(sha256_hex(&whole.body), manifest.index.sha256);
     assert_eq!(tail.body, whole.body[whole.body.len() - 4..]);
     let beyond = http(&server.base, "GET", &index_path, &format!("Range: bytes={total}-\r\n"));
@@ -413,6 +417,7 @@ fn check_serve(out: &Path, manifest: &Manifest, thumbnail: &str) {
 
     let json = http(&server.base, "GET", "/manifest.json?cache=1", "");
     assert_eq!(json.header("Content-Type"), Some("application/json"));
+    assert_eq!(json.header("Cache-Control"), Some("no-cache"));
     assert_eq!(
         http(&server.base, "GET", "/otlens_bg.wasm", "").header("Content-Type"),
         Some("application/wasm")
