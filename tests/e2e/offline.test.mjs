@@ -98,9 +98,10 @@ describe("offline", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
     writeFileSync(join(work, "catalog.csv"), [header, ...absolute].join("\n") + "\n");
     const model = join(ROOT, "models/efficientnet-lite0-int8-weights.onnx");
     const out = join(site, "catalog");
-    execFileSync(OTLENS, ["build-index", "--model", model, "--catalog", join(work, "catalog.csv"), "--out", out], {
-      stdio: "pipe",
-    });
+    // The demo's own embedding cache: its photos are not embedded again.
+    const cache = join(DEMO_WORK, "embeddings");
+    const args = ["--catalog", join(work, "catalog.csv"), "--out", out, "--cache", cache];
+    execFileSync(OTLENS, ["build-index", "--model", model, ...args], { stdio: "pipe" });
     rmSync(work, { recursive: true, force: true });
     return JSON.parse(readFileSync(join(out, "manifest.json"), "utf8"));
   }

@@ -53,9 +53,8 @@ describe("a trained model", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () 
     const catalog = join(work, "catalog");
     const csv = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n").slice(0, 41).join("\n");
     writeFileSync(join(work, "catalog.csv"), csv.replaceAll(",images/", `,${DEMO_WORK}/images/`) + "\n");
-    execFileSync(OTLENS, ["build-index", "--model", model, "--catalog", join(work, "catalog.csv"), "--out", catalog], {
-      stdio: "pipe",
-    });
+    const args = ["--catalog", join(work, "catalog.csv"), "--out", catalog, "--cache", join(work, "embeddings")];
+    execFileSync(OTLENS, ["build-index", "--model", model, ...args], { stdio: "pipe" });
     const manifest = JSON.parse(readFileSync(join(catalog, "manifest.json"), "utf8"));
     assert.equal(manifest.dims, 32);
     const lens = new wasm.Lens(readFileSync(join(catalog, manifest.index.file)));

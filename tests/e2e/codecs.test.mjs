@@ -1,0 +1,120 @@
+// The widget with each smaller vector codec `otlens build-index` offers: a binary and a pq catalog of
+// the demo's 1,000 products (its photos are not embedded again: the demo's embedding cache) load in
+// the browser, find a product from its own photo, keep a category filter exact and answer "more like
+// this" from the stored codes alone.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import {
+  DEMO_WORK,
+  OTLENS,
+  ROOT,
+  WWW,
+  catalogProduct,
+  launchBrowser,
+  openDemo,
+  readManifest,
+  resultsAfter,
+  searchWith,
+  skipUnlessBuilt,
+  startServer,
+  waitForWidgetEvents,
+} from "./helpers.mjs";
+
+const CODECS = {
+  binary: ["--codec", "binary"],
+  pq: ["--codec", "pq", "--pq-subspaces", "64"],
+};
+// The vector codec number in an index file's header (src/index/format.rs).
+const CODEC_IDS = { pq: 2, binary: 3 };
+const ids = (event) => event.results.map((result) => result.product.id);
+
+describe("binary and pq catalogs in the browser", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
+  const int8 = readManifest();
+  let site; // www/ with a catalog folder per codec beside the demo's
+  let server;
+  let browser;
+
+  before(async () => {
+    site = mkdtempSync(join(tmpdir(), "otlens-codecs-"));
+    cpSync(WWW, site, { recursive: true });
+    const [header, ...rows] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
+    const imageColumn = header.split(",").indexOf("image");
+    const absolute = rows.map((row) => {
+      const fields = row.split(",");
+      fields[imageColumn] = join(DEMO_WORK, fields[imageColumn]);
+      return fields.join(",");
+    });
+    writeFileSync(join(site, "catalog.csv"), [header, ...absolute].join("\n") + "\n");
+    const model = join(ROOT, "models/efficientnet-lite0-int8-weights.onnx");
+    for (const [codec, flags] of Object.entries(CODECS)) {
+      const args = ["--catalog", join(site, "catalog.csv"), "--out", join(site, codec), ...flags];
+      execFileSync(OTLENS, ["build-index", "--model", model, ...args, "--cache", join(DEMO_WORK, "embeddings")], {
+        stdio: "pipe",
+      });
+    }
+    server = await startServer(site);
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+    rmSync(site, { recursive: true, force: true });
+  });
+
+  for (const codec of Object.keys(CODECS)) {
+    test(`${codec}: a product's own photo finds it, more like this and a category filter work`, async () => {
+      const manifest = JSON.parse(readFileSync(join(site, codec, "manifest.json"), "utf8"));
+      assert.equal(manifest.products, int8.products);
+      const header = readFileSync(join(site, codec, manifest.index.file)).subarray(0, 20);
+      assert.equal(header.readUInt32LE(16), CODEC_IDS[codec], "the index is stored with the codec asked for");
+
+      const pageUrl = new URL(`${codec}.html`, server.url).href;
+      const { page, problems, status } = await openDemo(browser.context, pageUrl, {
+        prepare: (page) =>
+          page.route(pageUrl, (route) =>
+            route.fulfill({
+              contentType: "text/html",
+              body: `<!doctype html><html lang="en"><title>${codec}</title>
+                <script type="module" src="otlens.js"></script>
+                <ot-lens src="${codec}/manifest.json" max-results="12"></ot-lens>`,
+            }),
+          ),
+      });
+      const [ready] = await waitForWidgetEvents(page, "otlens-ready");
+      assert.equal(ready.products, int8.products);
+
+      const own = catalogProduct(7).product;
+      const searched = await searchWith(page, catalogProduct(7).photo);
+      assert.equal(searched.results.length, 12);
+      // Binary codes are rescored with int8 vectors; pq ranks by its codes alone, so near-ties may swap.
+      const rank = ids(searched).indexOf(own.id);
+      assert.ok(codec === "binary" ? rank === 0 : rank >= 0 && rank < 3, `rank ${rank}`);
+
+      const widget = page.locator("ot-lens");
+      const chosen = searched.results[1].product;
+      const similar = await resultsAfter(page, () =>
+        widget.getByRole("button", { name: `More like this: ${chosen.title}` }).click(),
+      );
+      assert.equal(similar.results.length, 12);
+      assert.ok(!ids(similar).includes(chosen.id), "the product itself is not listed");
+      assert.equal(similar.results[0].product.category, chosen.category);
+
+      const other = chosen.category === "Bag" ? "Sandal" : "Bag";
+      const filtered = await resultsAfter(page, () =>
+        widget.evaluate((element, category) => (element.filter = { categories: [category] }), other),
+      );
+      assert.equal(filtered.results.length, 12);
+      assert.ok(filtered.results.every((result) => result.product.category === other));
+      assert.match(await status.textContent(), new RegExp(`like “${chosen.title}”`));
+      assert.deepEqual(problems, []);
+      await page.close();
+    });
+  }
+});
