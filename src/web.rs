@@ -135,7 +135,7 @@ struct SearchResult<'a> {
 /// The searched photo's colour, for the widget's chip.
 #[derive(Serialize)]
 struct QueryColour {
-    /// The catalog's name for it (see [`Index::colour_name`]).
+    /// The catalog's name for it (see [`Index::search_photo`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     /// The garment's main colour as 8-bit sRGB.
@@ -271,18 +271,31 @@ impl Lens {
         Ok((preprocess::to_tensor(&part, spec), colour::describe(&part)))
     }
 
-    /// The query for a photo's embedding and colour, with the colour named once for every
-    /// search of it (a filter or colour-weight change searches again, the colour stays).
-    fn new_query(&self, embedding: Vec<f32>, colour: colour::ColourDescriptor) -> Query {
+    /// Searches a new photo's embedding and colour, and keeps them with the colour's name for
+    /// searching again (a filter or colour-weight change keeps the named colour).
+    fn search_new_photo(
+        &mut self,
+        embedding: Vec<f32>,
+        colour: colour::ColourDescriptor,
+        k: usize,
+        filter: &Filter,
+        colour_weight: Option<f32>,
+    ) -> Vec<Hit> {
+        let blend = ColourQuery {
+            histogram: &colour.histogram,
+            weight: clamp_colour_weight(colour_weight),
+        };
+        let (hits, name) = self.index.search_photo(&embedding, blend, k, filter);
         let shown_colour = colour.dominant.first().map(|main| QueryColour {
-            name: self.index.colour_name(&embedding, &colour.histogram).map(str::to_owned),
+            name: name.map(str::to_owned),
             rgb: main.rgb(),
         });
-        Query {
+        self.query = Some(Query {
             embedding,
             colour,
             shown_colour,
-        }
+        });
+        hits
     }
 
     /// The open photo, or a `[x, y, width, height]` region of it, as the model's prepared
@@ -322,10 +335,8 @@ impl Lens {
             .prepared_colour
             .take()
             .ok_or_else(|| JsError::new("no photo was prepared for this embedding"))?;
-        // Search time includes naming the colour, as it does on tract.
         let started = performance_now();
-        self.query = Some(self.new_query(embedding, colour));
-        let hits = self.search_query(k, &filter, colour_weight)?;
+        let hits = self.search_new_photo(embedding, colour, k, &filter, colour_weight);
         let search_ms = performance_now() - started;
         self.respond(
             None,
@@ -385,8 +396,7 @@ impl Lens {
         let prepared = performance_now();
         let embedding = self.embedder()?.embed_tensor(tensor).map_err(js_error)?;
         let embedded = performance_now();
-        self.query = Some(self.new_query(embedding, colour));
-        let hits = self.search_query(k, filter, colour_weight)?;
+        let hits = self.search_new_photo(embedding, colour, k, filter, colour_weight);
         let timings = Timings {
             decode_ms: prepared - started,
             embed_ms: embedded - prepared,

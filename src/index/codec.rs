@@ -84,15 +84,32 @@ impl Vectors {
         &self,
         query: &[f32],
         k: usize,
-        keep: impl Fn(usize) -> bool,
+        keep: &dyn Fn(usize) -> bool,
         rank: impl Fn(usize, f32) -> f32,
     ) -> Vec<Hit> {
+        let mut best = TopK::new(k);
+        self.scan(query, k, keep, &mut |product, cosine| {
+            best.push(product, rank(product, cosine))
+        });
+        best.into_best_first()
+    }
+
+    /// Calls `visit` with the cosine to a unit-length `query` of every product passing `keep`;
+    /// for binary, of the candidates its sign bits pick for `k` results. One pass can then
+    /// feed several rankings. (`dyn`: one copy of each scan in the widget's module.)
+    pub(super) fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: &dyn Fn(usize) -> bool,
+        visit: &mut dyn FnMut(usize, f32),
+    ) {
         match self {
-            Vectors::Int8(rows) => rows.nearest(query, k, keep, rank),
-            Vectors::ProductQuantised(pq) => pq.nearest(query, k, keep, rank),
+            Vectors::Int8(rows) => rows.scan(query, keep, visit),
+            Vectors::ProductQuantised(pq) => pq.scan(query, keep, visit),
             Vectors::Binary { signs, rows } => {
                 let candidates = signs.nearest(query, (k * RESCORED_PER_RESULT).max(MIN_RESCORED), keep);
-                rows.rescore(query, k, candidates.iter().map(|hit| hit.product), rank)
+                rows.rescore(query, candidates.iter().map(|hit| hit.product), visit);
             }
         }
     }
@@ -153,43 +170,26 @@ impl Int8Rows {
 
     /// The full scan walks the rows in order rather than calling [`Int8Rows::rescore`] on
     /// every product: indexing each row cost 10 % more time per query on FPI (8.4 vs 9.4 ms).
-    fn nearest(
-        &self,
-        query: &[f32],
-        k: usize,
-        keep: impl Fn(usize) -> bool,
-        rank: impl Fn(usize, f32) -> f32,
-    ) -> Vec<Hit> {
+    fn scan(&self, query: &[f32], keep: &dyn Fn(usize) -> bool, visit: &mut dyn FnMut(usize, f32)) {
         let mut query_codes = Vec::with_capacity(self.dims);
         let query_scale = quantise(query, &mut query_codes);
-        let mut best = TopK::new(k);
         for (product, (codes, scale)) in self.codes.chunks_exact(self.dims).zip(&self.scales).enumerate() {
             if keep(product) {
-                best.push(
-                    product,
-                    rank(product, dot(&query_codes, codes) as f32 * scale * query_scale),
-                );
+                visit(product, dot(&query_codes, codes) as f32 * scale * query_scale);
             }
         }
-        best.into_best_first()
     }
 
-    /// The best `k` of `candidates` by their int8 scores.
-    fn rescore(
-        &self,
-        query: &[f32],
-        k: usize,
-        candidates: impl Iterator<Item = usize>,
-        rank: impl Fn(usize, f32) -> f32,
-    ) -> Vec<Hit> {
+    /// The int8 cosines of `candidates`.
+    fn rescore(&self, query: &[f32], candidates: impl Iterator<Item = usize>, visit: &mut dyn FnMut(usize, f32)) {
         let mut query_codes = Vec::with_capacity(self.dims);
         let query_scale = quantise(query, &mut query_codes);
-        let mut best = TopK::new(k);
         for product in candidates {
-            let cosine = dot(&query_codes, self.row(product)) as f32 * self.scales[product] * query_scale;
-            best.push(product, rank(product, cosine));
+            visit(
+                product,
+                dot(&query_codes, self.row(product)) as f32 * self.scales[product] * query_scale,
+            );
         }
-        best.into_best_first()
     }
 
     fn reconstruct(&self, product: usize) -> Vec<f32> {
@@ -245,13 +245,7 @@ impl PqRows {
             .collect()
     }
 
-    fn nearest(
-        &self,
-        query: &[f32],
-        k: usize,
-        keep: impl Fn(usize) -> bool,
-        rank: impl Fn(usize, f32) -> f32,
-    ) -> Vec<Hit> {
+    fn scan(&self, query: &[f32], keep: &dyn Fn(usize) -> bool, visit: &mut dyn FnMut(usize, f32)) {
         let query = self.rotate(query);
         // The query's dot product with every centroid, so that a product costs one lookup per subspace.
         let table: Vec<f32> = (0..self.subspaces)
@@ -260,18 +254,16 @@ impl PqRows {
                 (0..PQ_CENTROIDS).map(move |code| dot_f32(part, self.centroid(subspace, code as u8)))
             })
             .collect();
-        let mut best = TopK::new(k);
         for (product, codes) in self.codes.chunks_exact(self.subspaces).enumerate() {
             if keep(product) {
-                let score = codes
+                let cosine = codes
                     .iter()
                     .zip(table.chunks_exact(PQ_CENTROIDS))
                     .map(|(&code, row)| row[code as usize])
                     .sum();
-                best.push(product, rank(product, score));
+                visit(product, cosine);
             }
         }
-        best.into_best_first()
     }
 
     fn reconstruct(&self, product: usize) -> Vec<f32> {
@@ -347,7 +339,7 @@ impl SignRows {
     }
 
     /// Candidates ranked by how many signs they share with the query (score = -Hamming distance).
-    fn nearest(&self, query: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<Hit> {
+    fn nearest(&self, query: &[f32], k: usize, keep: &dyn Fn(usize) -> bool) -> Vec<Hit> {
         let mut query_bits = Vec::with_capacity(self.words_per_row);
         SignRows::signs(&self.centre, query, &mut query_bits);
         let mut best = TopK::new(k);
@@ -604,7 +596,7 @@ mod encode {
 }
 
 /// Keeps the best `k` hits pushed into it: O(k) memory however many products are scanned.
-struct TopK {
+pub(super) struct TopK {
     k: usize,
     heap: BinaryHeap<Ranked>,
 }
@@ -638,14 +630,14 @@ impl PartialEq for Ranked {
 impl Eq for Ranked {}
 
 impl TopK {
-    fn new(k: usize) -> TopK {
+    pub(super) fn new(k: usize) -> TopK {
         TopK {
             k,
             heap: BinaryHeap::with_capacity(k.saturating_add(1).min(1 << 16)),
         }
     }
 
-    fn push(&mut self, product: usize, score: f32) {
+    pub(super) fn push(&mut self, product: usize, score: f32) {
         let hit = Ranked(Hit { product, score });
         if self.heap.len() < self.k {
             self.heap.push(hit);
@@ -656,7 +648,7 @@ impl TopK {
         }
     }
 
-    fn into_best_first(self) -> Vec<Hit> {
+    pub(super) fn into_best_first(self) -> Vec<Hit> {
         self.heap.into_sorted_vec().into_iter().map(|ranked| ranked.0).collect()
     }
 }

@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 
 use otlens::catalog::Product;
 use otlens::colour::{CompactColour, HISTOGRAM_LEN};
-use otlens::index::{ColourQuery, Filter, Index, IndexError, FORMAT_VERSION, HEADER_LEN, METADATA_BYTES_PER_PRODUCT};
+use otlens::index::{
+    Codec, ColourQuery, Filter, Index, IndexError, FORMAT_VERSION, HEADER_LEN, METADATA_BYTES_PER_PRODUCT,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -409,4 +411,70 @@ fn colours_are_stored_and_blend_into_the_ranking() {
         sample_index(2, 4).0.with_colours(Vec::new()),
         Err(IndexError::ColourCountMismatch { .. })
     ));
+}
+
+/// A photo search ranks as `search_with_colour` does and names the photo's colour from the
+/// same pass: the name the products nearest in colour carry, whatever the filter.
+#[test]
+fn a_photo_search_names_its_colour_in_the_catalogs_words() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let embeddings = random_unit_vectors(&mut rng, 30, 16);
+    let (red, blue) = (one_bin(10), one_bin(200));
+    let mut catalog = products(30);
+    for (n, product) in catalog.iter_mut().enumerate() {
+        // Every third product is red; one red product has no colour name and cannot vote.
+        product.colour = match n {
+            3 => String::new(),
+            _ if n % 3 == 0 => "red".into(),
+            _ => "blue".into(),
+        };
+    }
+    let colours: Vec<CompactColour> = (0..30)
+        .map(|n| CompactColour::from_histogram(if n % 3 == 0 { &red } else { &blue }))
+        .collect();
+    for codec in [Codec::Int8, Codec::Binary] {
+        let index = Index::build_with(codec, MODEL_SHA256, catalog.clone(), &embeddings)
+            .unwrap()
+            .with_colours(colours.clone())
+            .unwrap();
+        let blue_only = Filter {
+            colours: vec!["blue".into()],
+            ..Filter::ANY
+        };
+        for filter in [&Filter::ANY, &blue_only] {
+            for weight in [0.0, 0.5, 1.0] {
+                let colour = || ColourQuery {
+                    histogram: &red,
+                    weight,
+                };
+                // A blue product's shape with a red photo: the name follows the colour.
+                let (hits, name) = index.search_photo(&embeddings[4], colour(), 5, filter);
+                assert_eq!(name, Some("red"), "{codec:?}, weight {weight}");
+                assert_eq!(
+                    hits,
+                    index.search_with_colour(&embeddings[4], Some(colour()), 5, filter)
+                );
+                assert_eq!(hits.len(), 5);
+            }
+        }
+        let (_, name) = index.search_photo(
+            &embeddings[4],
+            ColourQuery {
+                histogram: &blue,
+                weight: 0.0,
+            },
+            5,
+            &Filter::ANY,
+        );
+        assert_eq!(name, Some("blue"));
+    }
+    // Without colours in the index: the same results, and no name.
+    let plain = Index::build(MODEL_SHA256, catalog, &embeddings).unwrap();
+    let colour = ColourQuery {
+        histogram: &red,
+        weight: 0.5,
+    };
+    let (hits, name) = plain.search_photo(&embeddings[4], colour, 3, &Filter::ANY);
+    assert_eq!(name, None);
+    assert_eq!(hits, plain.search(&embeddings[4], 3, &Filter::ANY));
 }
