@@ -24,7 +24,7 @@ use super::embedding_cache::{Cached, EmbeddingCache};
 use crate::catalog::{read_catalog, CatalogEntry};
 use crate::colour::{self, CompactColour};
 use crate::index::{Codec, FileEntry, Index, Manifest, MANIFEST_FORMAT};
-use crate::model::{self, sha256_hex, Embedder};
+use crate::model::{self, hex, sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits};
 
 /// Longest side of a thumbnail, in pixels: sharp in a results grid on a phone, ~10 KB each.
@@ -304,7 +304,7 @@ fn embed_entry(
     let bytes = fs::read(&entry.image).context("cannot read the photo")?;
     let photo_sha256: [u8; 32] = Sha256::digest(&bytes).into();
     // 64 bits of the photo's sha256: a collision in one catalog is not a practical concern.
-    let thumbnail = format!("{}.jpg", &sha256_hex(&bytes)[..16]);
+    let thumbnail = format!("{}.jpg", hex(&photo_sha256[..8]));
     let thumbnail_path = thumbs.join(&thumbnail);
     let cached = cache.get(&photo_sha256);
     if let (Some(cached), true) = (cached, thumbnail_path.is_file()) {

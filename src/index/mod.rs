@@ -181,7 +181,7 @@ impl Index {
 
     /// Lower-case hex sha256 of the model file the embeddings came from.
     pub fn model_sha256(&self) -> String {
-        self.model_sha256.iter().map(|byte| format!("{byte:02x}")).collect()
+        crate::model::hex(&self.model_sha256)
     }
 
     /// Length of the embeddings.

@@ -44,7 +44,12 @@ pub struct ModelInfo {
 
 /// Lower-case hex sha256, the form used in manifests, indexes and provenance files.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` as lower-case hex digits, two a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Photo in, embedding out.
