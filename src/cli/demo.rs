@@ -192,13 +192,13 @@ fn fmnist(args: &FmnistArgs) -> Result<()> {
     catalog.flush()?;
     drop(catalog);
     eprintln!("wrote {count} Fashion-MNIST products to {}", catalog_path.display());
-    build_index::build_catalog(
-        &catalog_path,
-        &args.model,
-        &args.out,
-        Codec::Int8,
-        &args.work.join("embeddings"),
-    )?;
+    build_demo_catalog(&catalog_path, &args.model, &args.out, &args.work)
+}
+
+/// Builds a demo's catalog folder from the catalog.csv it wrote, with the embeddings cached in
+/// its work folder, so that rebuilding a demo embeds nothing again.
+fn build_demo_catalog(catalog_path: &Path, model: &Path, out: &Path, work: &Path) -> Result<()> {
+    build_index::build_catalog(catalog_path, model, out, Codec::Int8, &work.join("embeddings"))?;
     Ok(())
 }
 
@@ -295,14 +295,7 @@ fn fpi(args: &FpiArgs) -> Result<()> {
         "wrote {written} Fashion Product Images products to {}",
         catalog_path.display()
     );
-    build_index::build_catalog(
-        &catalog_path,
-        &args.model,
-        &args.out,
-        Codec::Int8,
-        &args.work.join("embeddings"),
-    )?;
-    Ok(())
+    build_demo_catalog(&catalog_path, &args.model, &args.out, &args.work)
 }
 
 /// Invented shop data for demo product `n`, the same on every build. A multiply-xorshift hash

@@ -2,37 +2,17 @@
 // colour chip and the shape <-> colour slider.
 
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
-import {
-  catalogProduct,
-  launchBrowser,
-  resultsAfter,
-  searchedDemo as searchedDemoAt,
-  skipUnlessBuilt,
-  startServer,
-} from "./helpers.mjs";
+import { catalogProduct, resultsAfter, servedDemo, skipUnlessBuilt } from "./helpers.mjs";
 
 const ids = (event) => event.results.map((result) => result.product.id);
 
 describe("crop box and colour", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
-  let server;
-  let browser;
-
-  before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await server?.stop();
-  });
-
-  const searchedDemo = (row) => searchedDemoAt(browser.context, server.url, row);
+  const demo = servedDemo();
 
   test("moving the crop box with the keyboard or the mouse searches that part of the photo", async () => {
-    const { page, problems, searched, widget } = await searchedDemo(3);
+    const { page, problems, searched, widget } = await demo.searched(3);
     const crop = widget.getByRole("group", { name: /^Search area/ });
     assert.equal(await crop.getAttribute("aria-label"), "Search area: Whole photo");
     const region = () => widget.evaluate((element) => element.region);
@@ -72,7 +52,7 @@ describe("crop box and colour", { skip: skipUnlessBuilt({ demoPhotos: true }) },
   });
 
   test("the photo's colour is shown as a chip, and the slider matches by colour", async () => {
-    const { page, problems, searched, widget } = await searchedDemo(3);
+    const { page, problems, searched, widget } = await demo.searched(3);
     assert.equal(searched.colour.name, catalogProduct(3).product.colour, "named as the catalog names colours");
     assert.equal(searched.colour.rgb.length, 3);
     const chip = widget.getByRole("button", { name: `Colour: ${searched.colour.name}` });

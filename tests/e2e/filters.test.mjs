@@ -3,18 +3,16 @@
 // page, which loads only the catalog; and the otlens-select event a host page may cancel.
 
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import {
   catalogProduct,
-  launchBrowser,
   openDemo,
   readManifest,
   resultsAfter,
-  searchedDemo as searchedDemoAt,
   searchWith,
+  servedDemo,
   skipUnlessBuilt,
-  startServer,
   waitForWidgetEvents,
   widgetEvents,
 } from "./helpers.mjs";
@@ -22,23 +20,10 @@ import {
 const ids = (event) => event.results.map((result) => result.product.id);
 
 describe("filters and similar items", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
-  let server;
-  let browser;
-
-  before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await server?.stop();
-  });
-
-  const searchedDemo = (row) => searchedDemoAt(browser.context, server.url, row);
+  const demo = servedDemo();
 
   test("chips, a price range and the stock switch narrow the results; clearing them restores them", async () => {
-    const { page, problems, searched, widget, status } = await searchedDemo(7);
+    const { page, problems, searched, widget, status } = await demo.searched(7);
     const own = catalogProduct(7).product;
     assert.equal(searched.results[0].product.id, own.id);
 
@@ -112,7 +97,7 @@ describe("filters and similar items", { skip: skipUnlessBuilt({ demoPhotos: true
   });
 
   test("more like this shows products like the chosen one, and the keyboard carries on at the results", async () => {
-    const { page, problems, searched, widget, status } = await searchedDemo(3);
+    const { page, problems, searched, widget, status } = await demo.searched(3);
     const chosen = searched.results[1].product;
     const more = widget.getByRole("button", { name: `More like this: ${chosen.title}` });
     await more.focus();
@@ -135,10 +120,10 @@ describe("filters and similar items", { skip: skipUnlessBuilt({ demoPhotos: true
 
   test("a product page's <ot-lens product> shows similar items from the catalog alone", async () => {
     const { product } = catalogProduct(5);
-    const productPage = new URL("product.html", server.url).href;
+    const productPage = new URL("product.html", demo.server.url).href;
     const manifest = readManifest();
     const requests = [];
-    const { page, problems, status } = await openDemo(browser.context, productPage, {
+    const { page, problems, status } = await openDemo(demo.browser.context, productPage, {
       prepare: async (page) => {
         page.on("request", (request) => requests.push(request.url()));
         // A shop's product page: the widget only, three columns.
@@ -178,7 +163,7 @@ describe("filters and similar items", { skip: skipUnlessBuilt({ demoPhotos: true
   });
 
   test("choosing a result sends otlens-select, which the page may cancel to route by itself", async () => {
-    const { page, problems, searched, widget } = await searchedDemo(9);
+    const { page, problems, searched, widget } = await demo.searched(9);
     await page.evaluate(() => {
       window.selected = [];
       addEventListener("otlens-select", (event) => {

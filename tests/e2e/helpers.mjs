@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { crc32 } from "node:zlib";
 
@@ -223,11 +224,28 @@ export async function searchWith(page, file) {
 }
 
 /** The demo page after one search for catalog product `row`, with that search's otlens-results event. */
-export async function searchedDemo(context, url, row) {
+async function searchedDemo(context, url, row) {
   const demo = await openDemo(context, url);
   await waitForWidgetEvents(demo.page, "otlens-ready");
   const searched = await searchWith(demo.page, catalogProduct(row).photo);
   return { ...demo, searched, widget: demo.page.locator("ot-lens") };
+}
+
+/**
+ * The demo served by `otlens serve` and a headless Chromium, started before the tests of the `describe`
+ * this is called in and stopped after them. `demo.searched(row)` is `searchedDemo` in that browser.
+ */
+export function servedDemo() {
+  const demo = { searched: (row) => searchedDemo(demo.browser.context, demo.server.url, row) };
+  before(async () => {
+    demo.server = await startServer();
+    demo.browser = await launchBrowser();
+  });
+  after(async () => {
+    await demo.browser?.close();
+    await demo.server?.stop();
+  });
+  return demo;
 }
 
 /** Does `change` to the page and resolves with the otlens-results event it causes. */

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, describe, test } from "node:test";
+import { before, describe, test } from "node:test";
 
 import {
   DOG_JPG,
@@ -13,11 +13,10 @@ import {
   WWW,
   compiled,
   cosine,
-  launchBrowser,
   openPage,
   readManifest,
+  servedDemo,
   skipUnlessBuilt,
-  startServer,
 } from "./helpers.mjs";
 
 const SAME = 0.9999;
@@ -71,21 +70,10 @@ describe("embedding parity", { skip: skipUnlessBuilt() }, () => {
   });
 
   describe("in Chromium", () => {
-    let server;
-    let browser;
-
-    before(async () => {
-      server = await startServer();
-      browser = await launchBrowser();
-    });
-
-    after(async () => {
-      await browser?.close();
-      await server?.stop();
-    });
+    const demo = servedDemo();
 
     test("the widget's worker matches the native binary", async () => {
-      const { page, problems } = await openPage(browser.context, server.url);
+      const { page, problems } = await openPage(demo.browser.context, demo.server.url);
       const photo = readFileSync(DOG_JPG).toString("base64");
       const embedding = await page.evaluate(async (base64) => {
         const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
