@@ -168,7 +168,7 @@ bench() {
     models+=(.cache/bench-models/$model-{fp32,int8,int8-weights}.onnx)
   done
   # 100,000 products grown from the demo's, for the end-to-end query time at scale (pq64: ~2 minutes, once).
-  [ -f .cache/demo-scale/manifest.json ] || "$OTLENS" demo scale --from www/catalog --out .cache/demo-scale
+  [ .cache/demo-scale/manifest.json -nt "$OTLENS" ] || "$OTLENS" demo scale --from www/catalog --out .cache/demo-scale
   node bench/run.mjs "${models[@]}" --scale .cache/demo-scale
   # Index codecs on real embeddings: recall against exact search, bytes per product, speed.
   local fpi=../shared/data/fpi/products.csv

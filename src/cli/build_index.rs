@@ -64,6 +64,56 @@ pub struct Args {
     /// only new and changed photos. Keep it out of the published folder.
     #[arg(long, default_value = ".cache/embeddings")]
     pub cache: PathBuf,
+    #[command(flatten)]
+    pub partitions: PartitionArgs,
+}
+
+/// From this many products up, an index is partitioned unless `--lists 0` says otherwise.
+const PARTITION_FROM: usize = 50_000;
+
+/// How an index stores its products: the codec, and the inverted lists.
+#[derive(Clone, Copy, Debug)]
+pub struct Storage {
+    pub codec: Codec,
+    pub partitions: PartitionArgs,
+}
+
+/// Inverted lists, so that a search on a large catalog scans the part of it nearest the query.
+#[derive(Clone, Copy, Debug, Default, clap::Args)]
+pub struct PartitionArgs {
+    /// Inverted lists to group the products into (0 or 1: none; every search scans every
+    /// product). Default: none below 50,000 products, else about the square root of the
+    /// product count.
+    #[arg(long)]
+    pub lists: Option<usize>,
+    /// Lists a search scans at least, nearest the query first; more when its filter leaves
+    /// fewer products than results asked for. More lists: closer to an exact search, slower.
+    /// Default: a sixteenth of the lists, at least 8.
+    #[arg(long)]
+    pub probe: Option<usize>,
+}
+
+impl PartitionArgs {
+    /// `index` partitioned as these arguments say.
+    pub fn apply(&self, index: Index) -> Index {
+        let lists = self.lists.unwrap_or(if index.len() < PARTITION_FROM {
+            0
+        } else {
+            (index.len() as f64).sqrt().round() as usize
+        });
+        if lists < 2 {
+            return index;
+        }
+        let started = Instant::now();
+        let index = index.partitioned(lists, self.probe.unwrap_or((lists / 16).max(8)));
+        if let Some((lists, probe)) = index.lists() {
+            eprintln!(
+                "grouped the products into {lists} lists, of which a search scans {probe} or more, in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        index
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +141,10 @@ pub fn run(args: Args) -> Result<()> {
         &args.catalog,
         &args.model,
         &args.out,
-        args.codec.codec(args.pq_subspaces),
+        Storage {
+            codec: args.codec.codec(args.pq_subspaces),
+            partitions: args.partitions,
+        },
         &args.cache,
     )?;
     if args.strict && built.reported > 0 {
@@ -113,19 +166,26 @@ pub struct Built {
 }
 
 /// Reads the catalog file, reports the rows it skips, and writes the catalog folder `out`
-/// with its vectors stored by `codec`, reusing the embeddings kept in the folder `cache`.
-pub fn build_catalog(catalog_path: &Path, model_path: &Path, out: &Path, codec: Codec, cache: &Path) -> Result<Built> {
+/// with its products stored as `storage` says, reusing the embeddings kept in the folder
+/// `cache`.
+pub fn build_catalog(
+    catalog_path: &Path,
+    model_path: &Path,
+    out: &Path,
+    storage: Storage,
+    cache: &Path,
+) -> Result<Built> {
     let catalog = read_catalog(catalog_path)?;
     for problem in &catalog.problems {
         eprintln!("{}: skipped {problem}", catalog_path.display());
     }
-    let mut built = build(model_path, catalog.entries, out, codec, cache)?;
+    let mut built = build(model_path, catalog.entries, out, storage, cache)?;
     built.reported += catalog.problems.len();
     Ok(built)
 }
 
 /// Embeds `entries` with the model at `model_path` and writes the catalog folder `out`.
-fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec, cache: &Path) -> Result<Built> {
+fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, storage: Storage, cache: &Path) -> Result<Built> {
     if entries.is_empty() {
         bail!("the catalog has no usable products");
     }
@@ -147,7 +207,7 @@ fn build(model_path: &Path, entries: Vec<CatalogEntry>, out: &Path, codec: Codec
         fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
     }
     let mut cache = EmbeddingCache::open(cache, &sha256_hex(&model_bytes), embedder.info().dims);
-    let built = stage(&embedder, &model_bytes, entries, out, &staging, codec, &mut cache).and_then(|built| {
+    let built = stage(&embedder, &model_bytes, entries, out, &staging, storage, &mut cache).and_then(|built| {
         commit(&staging, out, &built)?;
         eprintln!(
             "wrote {} products to {}",
@@ -172,7 +232,7 @@ fn stage(
     entries: Vec<CatalogEntry>,
     out: &Path,
     staging: &Path,
-    codec: Codec,
+    storage: Storage,
     cache: &mut EmbeddingCache,
 ) -> Result<Built> {
     let thumbs = out.join(THUMBS_DIR);
@@ -253,7 +313,8 @@ fn stage(
     );
 
     let info = embedder.info();
-    let index = Index::build_with(codec, &info.sha256, products, &embeddings)?.with_colours(colours)?;
+    let index = Index::build_with(storage.codec, &info.sha256, products, &embeddings)?.with_colours(colours)?;
+    let index = storage.partitions.apply(index);
     let index_bytes = index.to_bytes();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::build_index::{self, write, CodecName};
+use super::build_index::{self, write, CodecName, PartitionArgs, Storage};
 use crate::index::{Codec, FileEntry, Index, Manifest};
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +89,8 @@ pub struct ScaleArgs {
     /// Bytes per product of the pq codec; must divide the embedding's dimensions.
     #[arg(long, default_value_t = 64)]
     pub pq_subspaces: usize,
+    #[command(flatten)]
+    pub partitions: PartitionArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -198,7 +200,12 @@ fn fmnist(args: &FmnistArgs) -> Result<()> {
 /// Builds a demo's catalog folder from the catalog.csv it wrote, with the embeddings cached in
 /// its work folder, so that rebuilding a demo embeds nothing again.
 fn build_demo_catalog(catalog_path: &Path, model: &Path, out: &Path, work: &Path) -> Result<()> {
-    build_index::build_catalog(catalog_path, model, out, Codec::Int8, &work.join("embeddings"))?;
+    let cache = work.join("embeddings");
+    let storage = Storage {
+        codec: Codec::Int8,
+        partitions: PartitionArgs::default(),
+    };
+    build_index::build_catalog(catalog_path, model, out, storage, &cache)?;
     Ok(())
 }
 
@@ -368,6 +375,7 @@ fn scale(args: &ScaleArgs) -> Result<()> {
     if index.has_colours() {
         scaled = scaled.with_colours(colours)?;
     }
+    let scaled = args.partitions.apply(scaled);
     let index_bytes = scaled.to_bytes();
     eprintln!(
         "indexed {} products with {codec} in {:.1} s",

@@ -10,6 +10,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::ops::Range;
 
 use super::{Hit, IndexError};
 
@@ -84,31 +85,35 @@ impl Vectors {
         &self,
         query: &[f32],
         k: usize,
+        lists: &mut dyn Iterator<Item = Range<usize>>,
         keep: &dyn Fn(usize) -> bool,
         rank: impl Fn(usize, f32) -> f32,
     ) -> Vec<Hit> {
         let mut best = TopK::new(k);
-        self.scan(query, k, keep, &mut |product, cosine| {
+        self.scan(query, k, lists, keep, &mut |product, cosine| {
             best.push(product, rank(product, cosine))
         });
         best.into_best_first()
     }
 
-    /// Calls `visit` with the cosine to a unit-length `query` of every product passing `keep`;
-    /// for binary, of the candidates its sign bits pick for `k` results. One pass can then
-    /// feed several rankings. (`dyn`: one copy of each scan in the widget's module.)
+    /// Calls `visit` with the cosine to a unit-length `query` of every product in `lists`
+    /// (runs of products, taken one at a time) passing `keep`; for binary, of the candidates
+    /// its sign bits pick there for `k` results. One pass can then feed several rankings.
+    /// (`dyn`: one copy of each scan in the widget's module.)
     pub(super) fn scan(
         &self,
         query: &[f32],
         k: usize,
+        lists: &mut dyn Iterator<Item = Range<usize>>,
         keep: &dyn Fn(usize) -> bool,
         visit: &mut dyn FnMut(usize, f32),
     ) {
         match self {
-            Vectors::Int8(rows) => rows.scan(query, keep, visit),
-            Vectors::ProductQuantised(pq) => pq.scan(query, keep, visit),
+            Vectors::Int8(rows) => rows.scan(query, lists, keep, visit),
+            Vectors::ProductQuantised(pq) => pq.scan(query, lists, keep, visit),
             Vectors::Binary { signs, rows } => {
-                let candidates = signs.nearest(query, (k * RESCORED_PER_RESULT).max(MIN_RESCORED), keep);
+                let wanted = (k * RESCORED_PER_RESULT).max(MIN_RESCORED);
+                let candidates = signs.nearest(query, wanted, lists, keep);
                 rows.rescore(query, candidates.iter().map(|hit| hit.product), visit);
             }
         }
@@ -135,7 +140,10 @@ impl Vectors {
 
     /// Reads the vectors section of a file whose header gave `codec`, `count` and `dims`.
     pub(super) fn read(codec: u32, section: &[u8], count: usize, dims: usize) -> Result<Vectors, IndexError> {
-        let mut reader = Reader { bytes: section };
+        let mut reader = Reader {
+            bytes: section,
+            section: "vectors",
+        };
         let vectors = match codec {
             INT8_ID => Vectors::Int8(Int8Rows::read(&mut reader, count, dims)?),
             PQ_ID => Vectors::ProductQuantised(PqRows::read(&mut reader, count, dims)?),
@@ -153,6 +161,35 @@ impl Vectors {
         }
         Ok(vectors)
     }
+
+    /// The same vectors with the products in `order` (a permutation of their positions).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn reorder(&self, order: &[usize]) -> Vectors {
+        match self {
+            Vectors::Int8(rows) => Vectors::Int8(rows.reorder(order)),
+            Vectors::ProductQuantised(pq) => Vectors::ProductQuantised(PqRows {
+                codes: reorder_rows(&pq.codes, pq.subspaces, order),
+                ..pq.clone()
+            }),
+            Vectors::Binary { signs, rows } => Vectors::Binary {
+                signs: SignRows {
+                    bits: reorder_rows(&signs.bits, signs.words_per_row, order),
+                    ..signs.clone()
+                },
+                rows: rows.reorder(order),
+            },
+        }
+    }
+}
+
+/// Rows of `width` values, in `order`.
+#[cfg(not(target_arch = "wasm32"))]
+fn reorder_rows<T: Copy>(values: &[T], width: usize, order: &[usize]) -> Vec<T> {
+    order
+        .iter()
+        .flat_map(|&row| &values[row * width..(row + 1) * width])
+        .copied()
+        .collect()
 }
 
 /// int8 codes plus, per product, the scale that brings them back to unit length.
@@ -168,14 +205,23 @@ impl Int8Rows {
         &self.codes[product * self.dims..(product + 1) * self.dims]
     }
 
-    /// The full scan walks the rows in order rather than calling [`Int8Rows::rescore`] on
+    /// The scan walks each list's rows in order rather than calling [`Int8Rows::rescore`] on
     /// every product: indexing each row cost 10 % more time per query on FPI (8.4 vs 9.4 ms).
-    fn scan(&self, query: &[f32], keep: &dyn Fn(usize) -> bool, visit: &mut dyn FnMut(usize, f32)) {
+    pub(super) fn scan(
+        &self,
+        query: &[f32],
+        lists: &mut dyn Iterator<Item = Range<usize>>,
+        keep: &dyn Fn(usize) -> bool,
+        visit: &mut dyn FnMut(usize, f32),
+    ) {
         let mut query_codes = Vec::with_capacity(self.dims);
         let query_scale = quantise(query, &mut query_codes);
-        for (product, (codes, scale)) in self.codes.chunks_exact(self.dims).zip(&self.scales).enumerate() {
-            if keep(product) {
-                visit(product, dot(&query_codes, codes) as f32 * scale * query_scale);
+        for list in lists {
+            let rows = self.codes[list.start * self.dims..list.end * self.dims].chunks_exact(self.dims);
+            for ((product, codes), scale) in list.clone().zip(rows).zip(&self.scales[list]) {
+                if keep(product) {
+                    visit(product, dot(&query_codes, codes) as f32 * scale * query_scale);
+                }
             }
         }
     }
@@ -197,14 +243,14 @@ impl Int8Rows {
         self.row(product).iter().map(|&code| f32::from(code) * scale).collect()
     }
 
-    fn write(&self, bytes: &mut Vec<u8>) {
+    pub(super) fn write(&self, bytes: &mut Vec<u8>) {
         for scale in &self.scales {
             bytes.extend_from_slice(&scale.to_le_bytes());
         }
         bytes.extend(self.codes.iter().map(|&code| code as u8));
     }
 
-    fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<Int8Rows, IndexError> {
+    pub(super) fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<Int8Rows, IndexError> {
         let scales = reader.f32s(count, "int8 scales")?;
         if let Some(product) = scales.iter().position(|scale| !(scale.is_finite() && *scale >= 0.0)) {
             return Err(corrupt(format!("product {product} has an invalid scale")));
@@ -215,6 +261,15 @@ impl Int8Rows {
             .map(|&byte| byte as i8)
             .collect();
         Ok(Int8Rows { dims, scales, codes })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn reorder(&self, order: &[usize]) -> Int8Rows {
+        Int8Rows {
+            dims: self.dims,
+            scales: order.iter().map(|&row| self.scales[row]).collect(),
+            codes: reorder_rows(&self.codes, self.dims, order),
+        }
     }
 }
 
@@ -245,7 +300,13 @@ impl PqRows {
             .collect()
     }
 
-    fn scan(&self, query: &[f32], keep: &dyn Fn(usize) -> bool, visit: &mut dyn FnMut(usize, f32)) {
+    fn scan(
+        &self,
+        query: &[f32],
+        lists: &mut dyn Iterator<Item = Range<usize>>,
+        keep: &dyn Fn(usize) -> bool,
+        visit: &mut dyn FnMut(usize, f32),
+    ) {
         let query = self.rotate(query);
         // The query's dot product with every centroid, so that a product costs one lookup per subspace.
         let table: Vec<f32> = (0..self.subspaces)
@@ -254,14 +315,17 @@ impl PqRows {
                 (0..PQ_CENTROIDS).map(move |code| dot_f32(part, self.centroid(subspace, code as u8)))
             })
             .collect();
-        for (product, codes) in self.codes.chunks_exact(self.subspaces).enumerate() {
-            if keep(product) {
-                let cosine = codes
-                    .iter()
-                    .zip(table.chunks_exact(PQ_CENTROIDS))
-                    .map(|(&code, row)| row[code as usize])
-                    .sum();
-                visit(product, cosine);
+        for list in lists {
+            let rows = self.codes[list.start * self.subspaces..list.end * self.subspaces].chunks_exact(self.subspaces);
+            for (product, codes) in list.zip(rows) {
+                if keep(product) {
+                    let cosine = codes
+                        .iter()
+                        .zip(table.chunks_exact(PQ_CENTROIDS))
+                        .map(|(&code, row)| row[code as usize])
+                        .sum();
+                    visit(product, cosine);
+                }
             }
         }
     }
@@ -339,14 +403,26 @@ impl SignRows {
     }
 
     /// Candidates ranked by how many signs they share with the query (score = -Hamming distance).
-    fn nearest(&self, query: &[f32], k: usize, keep: &dyn Fn(usize) -> bool) -> Vec<Hit> {
+    fn nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        lists: &mut dyn Iterator<Item = Range<usize>>,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Vec<Hit> {
         let mut query_bits = Vec::with_capacity(self.words_per_row);
         SignRows::signs(&self.centre, query, &mut query_bits);
         let mut best = TopK::new(k);
-        for (product, words) in self.bits.chunks_exact(self.words_per_row).enumerate() {
-            if keep(product) {
-                let distance: u32 = words.iter().zip(&query_bits).map(|(a, b)| (a ^ b).count_ones()).sum();
-                best.push(product, -(distance as f32));
+        for list in lists {
+            let width = self.words_per_row;
+            for (product, words) in list
+                .clone()
+                .zip(self.bits[list.start * width..list.end * width].chunks_exact(width))
+            {
+                if keep(product) {
+                    let distance: u32 = words.iter().zip(&query_bits).map(|(a, b)| (a ^ b).count_ones()).sum();
+                    best.push(product, -(distance as f32));
+                }
             }
         }
         best.into_best_first()
@@ -384,7 +460,9 @@ impl SignRows {
 
 /// Encoding, done by the companion binary when it builds an index.
 #[cfg(not(target_arch = "wasm32"))]
-mod encode {
+pub(super) mod encode {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
     use rayon::prelude::*;
 
     use super::*;
@@ -392,7 +470,7 @@ mod encode {
     /// Vectors sampled to train the quantiser's codebooks: enough for 256 centroids per
     /// subspace, few enough to train a 44k catalog in seconds.
     const PQ_TRAINING_SAMPLE: usize = 20_000;
-    const PQ_ITERATIONS: usize = 12;
+    const K_MEANS_ITERATIONS: usize = 12;
 
     impl Vectors {
         /// Encodes unit-length `vectors` (one per product, each `dims` long) with `codec`.
@@ -414,7 +492,7 @@ mod encode {
     }
 
     impl Int8Rows {
-        fn encode(vectors: &[Vec<f32>], dims: usize) -> Int8Rows {
+        pub(in crate::index) fn encode(vectors: &[Vec<f32>], dims: usize) -> Int8Rows {
             let mut codes = Vec::with_capacity(vectors.len() * dims);
             let scales = vectors.iter().map(|vector| quantise(vector, &mut codes)).collect();
             Int8Rows { dims, scales, codes }
@@ -463,7 +541,7 @@ mod encode {
                         .iter()
                         .map(|vector| &vector[subspace * sub_dims..(subspace + 1) * sub_dims])
                         .collect();
-                    k_means(&parts, sub_dims)
+                    k_means(&parts, sub_dims, PQ_CENTROIDS, false)
                 })
                 .collect();
             pq.codes = vectors
@@ -490,7 +568,7 @@ mod encode {
     }
 
     /// Position of the centroid nearest to `point` (squared Euclidean distance).
-    fn closest<'a>(centroids: impl Iterator<Item = &'a [f32]>, point: &[f32]) -> usize {
+    pub(in crate::index) fn closest<'a>(centroids: impl Iterator<Item = &'a [f32]>, point: &[f32]) -> usize {
         centroids
             .map(|centroid| squared_distance(centroid, point))
             .enumerate()
@@ -563,18 +641,24 @@ mod encode {
         lanes.iter().sum::<f32>() + tail
     }
 
-    /// Lloyd's k-means with `PQ_CENTROIDS` centroids, started from points spread evenly over
-    /// the sample. A catalog smaller than that repeats its points; a centroid left without
-    /// points keeps its place.
-    fn k_means(points: &[&[f32]], dims: usize) -> Vec<f32> {
-        let mut centroids: Vec<f32> = (0..PQ_CENTROIDS)
-            .flat_map(|i| points[i * points.len() / PQ_CENTROIDS].iter().copied())
+    /// Lloyd's k-means with `count` centroids, started from distinct points of the sample
+    /// picked at random (seeded: a rebuild gives the same index; evenly spaced points could
+    /// all fall in a few groups of a catalog listed in a repeating order). A sample smaller
+    /// than `count` repeats its points; a centroid left without points keeps its place.
+    /// `spherical` keeps the centroids unit length, for unit-length points compared by cosine.
+    pub(in crate::index) fn k_means(points: &[&[f32]], dims: usize, count: usize, spherical: bool) -> Vec<f32> {
+        let starts = rand::seq::index::sample(&mut StdRng::seed_from_u64(1), points.len(), count.min(points.len()));
+        let mut centroids: Vec<f32> = (0..count)
+            .flat_map(|i| points[starts.index(i % starts.len())].iter().copied())
             .collect();
-        for _ in 0..PQ_ITERATIONS {
-            let mut sums = vec![0f32; PQ_CENTROIDS * dims];
-            let mut counts = vec![0usize; PQ_CENTROIDS];
-            for point in points {
-                let nearest = closest(centroids.chunks_exact(dims), point);
+        for _ in 0..K_MEANS_ITERATIONS {
+            let nearest: Vec<usize> = points
+                .par_iter()
+                .map(|point| closest(centroids.chunks_exact(dims), point))
+                .collect();
+            let mut sums = vec![0f32; count * dims];
+            let mut counts = vec![0usize; count];
+            for (point, &nearest) in points.iter().zip(&nearest) {
                 counts[nearest] += 1;
                 sums[nearest * dims..(nearest + 1) * dims]
                     .iter_mut()
@@ -587,7 +671,12 @@ mod encode {
                 .zip(&counts)
             {
                 if count > 0 {
-                    centroid.iter_mut().zip(sum).for_each(|(c, s)| *c = s / count as f32);
+                    let scale = if spherical {
+                        1.0 / dot_f32(sum, sum).sqrt().max(f32::MIN_POSITIVE)
+                    } else {
+                        1.0 / count as f32
+                    };
+                    centroid.iter_mut().zip(sum).for_each(|(c, s)| *c = s * scale);
                 }
             }
         }
@@ -681,30 +770,35 @@ fn dot(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
 }
 
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn corrupt(message: String) -> IndexError {
+pub(super) fn corrupt(message: String) -> IndexError {
     IndexError::Corrupt(message)
 }
 
 /// Reads a section front to back, each read checked against what is left.
-struct Reader<'a> {
-    bytes: &'a [u8],
+pub(super) struct Reader<'a> {
+    pub(super) bytes: &'a [u8],
+    /// The section's name, for messages.
+    pub(super) section: &'static str,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], IndexError> {
+    pub(super) fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], IndexError> {
         if len > self.bytes.len() {
-            return Err(corrupt(format!("the vectors section is too short for its {what}")));
+            return Err(corrupt(format!(
+                "the {} section is too short for its {what}",
+                self.section
+            )));
         }
         let (taken, rest) = self.bytes.split_at(len);
         self.bytes = rest;
         Ok(taken)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, IndexError> {
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, IndexError> {
         let bytes = self.take(4, what)?;
         Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
     }

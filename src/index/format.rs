@@ -1,10 +1,10 @@
-//! The index file format, version 3. All integers are little-endian.
+//! The index file format, version 4. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (3)
-//!     12     4  header length (140; sections start at or after it)
+//!      8     4  format version (4)
+//!     12     4  header length (156; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
 //!     24     4  product count
@@ -13,6 +13,7 @@
 //!     76     8  vectors offset       84  8  vectors length
 //!     92    32  sha256 of every byte after the header
 //!    124     8  colours offset      132  8  colours length (0: none)
+//!    140     8  partitions offset   148  8  partitions length (0: none)
 //! ```
 //!
 //! Metadata: the products as a JSON array, gzip-compressed (version 1, still read, stored it
@@ -28,6 +29,9 @@
 //! Colours (version 3; versions 1 and 2 end their header at 124 and have none): `count *`
 //! [`COMPACT_BINS`] u16 words, product by product, each [`CompactColour`]'s `bin << 7 | weight`.
 //!
+//! Partitions (version 4; version 3 ends its header at 140 and has none): the inverted lists,
+//! laid out as [`super::partition`] describes.
+//!
 //! Reading checks every size against the buffer before allocating, so a hostile or
 //! damaged file costs at most a copy of itself, and its metadata at most
 //! [`METADATA_BYTES_PER_PRODUCT`] per product once inflated.
@@ -40,21 +44,25 @@ use flate2::Compression;
 use sha2::{Digest, Sha256};
 
 use super::codec::Vectors;
+use super::partition::Partitions;
 use super::{Index, IndexError};
 use crate::catalog::Product;
 use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
 const COLOURS_VERSION: u32 = 3;
 const HEADER_LEN_BEFORE_COLOURS: usize = 124;
+/// The first version with a partitions section.
+const PARTITIONS_VERSION: u32 = 4;
+const HEADER_LEN_BEFORE_PARTITIONS: usize = 140;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
-pub const HEADER_LEN: usize = 140;
+pub const HEADER_LEN: usize = 156;
 const HEADER_LEN_AT: usize = 12;
 const CHECKSUM_AT: usize = 92;
 
@@ -75,7 +83,12 @@ impl Index {
             .flat_map(|colour| colour.0)
             .flat_map(u16::to_le_bytes)
             .collect();
-        let mut bytes = Vec::with_capacity(HEADER_LEN + metadata.len() + vectors_len + colours.len());
+        let mut partitions = Vec::new();
+        if let Some(lists) = &self.partitions {
+            lists.write(&mut partitions);
+        }
+        let mut bytes =
+            Vec::with_capacity(HEADER_LEN + metadata.len() + vectors_len + colours.len() + partitions.len());
         bytes.extend_from_slice(&MAGIC);
         for field in [
             FORMAT_VERSION,
@@ -94,12 +107,14 @@ impl Index {
         }
         bytes.resize(CHECKSUM_AT + 32, 0);
         let colours_at = vectors_at + vectors_len;
-        for field in [colours_at, colours.len()] {
+        let partitions_at = colours_at + colours.len();
+        for field in [colours_at, colours.len(), partitions_at, partitions.len()] {
             bytes.extend_from_slice(&(field as u64).to_le_bytes());
         }
         bytes.extend_from_slice(&metadata);
         bytes.extend_from_slice(&vectors);
         bytes.extend_from_slice(&colours);
+        bytes.extend_from_slice(&partitions);
         seal(&mut bytes, HEADER_LEN);
         bytes
     }
@@ -113,7 +128,7 @@ impl Index {
     }
 
     /// Reads an index file, refusing anything that is not a complete, intact index of version
-    /// 1 to 3.
+    /// 1 to 4.
     pub fn from_bytes(bytes: &[u8]) -> Result<Index, IndexError> {
         let found = bytes.len() as u64;
         let magic_part = bytes.len().min(MAGIC.len());
@@ -132,10 +147,10 @@ impl Index {
                 supported: FORMAT_VERSION,
             });
         }
-        let min_header = if version >= COLOURS_VERSION {
-            HEADER_LEN
-        } else {
-            HEADER_LEN_BEFORE_COLOURS
+        let min_header = match version {
+            PARTITIONS_VERSION.. => HEADER_LEN,
+            COLOURS_VERSION => HEADER_LEN_BEFORE_PARTITIONS,
+            _ => HEADER_LEN_BEFORE_COLOURS,
         };
         if bytes.len() < min_header {
             return Err(truncated(min_header as u64));
@@ -152,7 +167,17 @@ impl Index {
         } else {
             Section::EMPTY
         };
-        let sections = [(&metadata, "metadata"), (&vectors, "vectors"), (&colours, "colours")];
+        let partitions = if version >= PARTITIONS_VERSION && read_u64(bytes, 148) > 0 {
+            Section::read(bytes, 140, header_len, "partitions")?
+        } else {
+            Section::EMPTY
+        };
+        let sections = [
+            (&metadata, "metadata"),
+            (&vectors, "vectors"),
+            (&colours, "colours"),
+            (&partitions, "partitions"),
+        ];
         for (i, (x, x_name)) in sections.iter().enumerate() {
             for (y, y_name) in &sections[i + 1..] {
                 if x.start < y.end && y.start < x.end {
@@ -160,7 +185,10 @@ impl Index {
                 }
             }
         }
-        let end = metadata.end.max(vectors.end).max(colours.end).max(header_len);
+        let end = sections
+            .iter()
+            .map(|(section, _)| section.end)
+            .fold(header_len, u64::max);
         if found < end {
             return Err(truncated(end));
         }
@@ -195,10 +223,15 @@ impl Index {
             )));
         }
         let colours = read_colours(colours.slice(bytes), count)?;
+        let partitions = partitions.slice(bytes);
+        let partitions = (!partitions.is_empty())
+            .then(|| Partitions::read(partitions, count, dims))
+            .transpose()?;
         let mut model_sha256 = [0u8; 32];
         model_sha256.copy_from_slice(&bytes[28..60]);
         let mut index = Index::from_parts(model_sha256, dims, products, vectors);
         index.colours = colours;
+        index.partitions = partitions;
         Ok(index)
     }
 }

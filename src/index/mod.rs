@@ -7,14 +7,21 @@
 //! [`Filter`] (category, colour, brand, price range, in stock), tested before a product's
 //! vector is read; "more like this" searches by a product's stored vector. An index may also
 //! hold each product's colour ([`CompactColour`], 24 bytes), which a search can blend in.
+//! A large index is partitioned into inverted lists ([`Index::partitioned`]); a search then
+//! scans the lists nearest the query.
 
 mod codec;
 mod filter;
 mod format;
 mod manifest;
+mod partition;
+
+use std::cell::Cell;
+use std::ops::Range;
 
 use self::codec::{TopK, Vectors};
 use self::filter::Columns;
+use self::partition::Partitions;
 use crate::catalog::Product;
 use crate::colour::{vote_colour_name, CompactColour, NAME_VOTERS, NAMING_SHAPE_WEIGHT};
 
@@ -81,6 +88,8 @@ pub struct Index {
     vectors: Vectors,
     /// One per product, when the index was built with colours.
     colours: Option<Vec<CompactColour>>,
+    /// The inverted lists, for a partitioned index.
+    partitions: Option<Partitions>,
     /// Derived from `products`; not stored in the file.
     columns: Columns,
 }
@@ -148,7 +157,47 @@ impl Index {
             products,
             vectors,
             colours: None,
+            partitions: None,
         }
+    }
+
+    /// The index with its products grouped into `lists` inverted lists (at most one per
+    /// product), of which a search scans the `probe` nearest the query, and more while
+    /// fewer than the results asked for pass its filter. Reorders the products, list by list.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn partitioned(self, lists: usize, probe: usize) -> Index {
+        use rayon::prelude::*;
+        let stored: Vec<Vec<f32>> = (0..self.len())
+            .into_par_iter()
+            .map(|product| unit_length(&self.vectors.reconstruct(product)))
+            .collect();
+        let (partitions, order) = Partitions::build(&stored, self.dims, lists, probe);
+        let products: Vec<Product> = order.iter().map(|&product| self.products[product].clone()).collect();
+        Index {
+            model_sha256: self.model_sha256,
+            dims: self.dims,
+            columns: Columns::new(&products),
+            products,
+            vectors: self.vectors.reorder(&order),
+            colours: self
+                .colours
+                .map(|colours| order.iter().map(|&product| colours[product]).collect()),
+            partitions: Some(partitions),
+        }
+    }
+
+    /// The index scanning at least `probe` of its inverted lists per search (at most all).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_probe(mut self, probe: usize) -> Index {
+        if let Some(partitions) = &mut self.partitions {
+            partitions.set_probe(probe);
+        }
+        self
+    }
+
+    /// The number of inverted lists and how many a search scans at least, when partitioned.
+    pub fn lists(&self) -> Option<(usize, usize)> {
+        self.partitions.as_ref().map(|p| (p.lists(), p.probe()))
     }
 
     /// The index with one colour per product (same order), which searches can then blend in.
@@ -274,12 +323,20 @@ impl Index {
         let shown = |product| matcher.as_ref().is_none_or(|m| m.matches(product));
         let named = |product: usize| !self.products[product].colour.is_empty();
         let weight = colour.weight.clamp(0.0, 1.0);
-        let mut best = TopK::new(k.min(self.len()));
+        let k = k.min(self.len());
+        let mut best = TopK::new(k);
         let mut voters = TopK::new(NAME_VOTERS);
-        let keep = |product| shown(product) || named(product);
+        let query = unit_length(query);
+        let shown_count = Cell::new(0);
+        let keep = |product| {
+            let is_shown = shown(product);
+            shown_count.set(shown_count.get() + usize::from(is_shown));
+            is_shown || named(product)
+        };
         self.vectors.scan(
-            &unit_length(query),
+            &query,
             k.max(NAME_VOTERS),
+            &mut self.runs_to_scan(&query, weight, k, &shown_count),
             &keep,
             &mut |product, cosine| {
                 let similarity = colours[product].similarity(colour.histogram);
@@ -326,16 +383,51 @@ impl Index {
             return Vec::new();
         }
         let matcher = self.columns.matcher(filter);
-        let keep = |product| Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product));
+        let kept = Cell::new(0);
+        let keep = |product| {
+            let is_kept = Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product));
+            kept.set(kept.get() + usize::from(is_kept));
+            is_kept
+        };
         let k = k.min(self.len());
         match (colour, &self.colours) {
             (Some(ColourQuery { histogram, weight }), Some(colours)) if weight > 0.0 => {
                 let weight = weight.min(1.0);
-                self.vectors.nearest(query, k, &keep, |product, cosine| {
+                let mut lists = self.runs_to_scan(query, weight, k, &kept);
+                self.vectors.nearest(query, k, &mut lists, &keep, |product, cosine| {
                     (1.0 - weight) * cosine + weight * colours[product].similarity(histogram)
                 })
             }
-            _ => self.vectors.nearest(query, k, &keep, |_, cosine| cosine),
+            _ => {
+                let mut lists = self.runs_to_scan(query, 0.0, k, &kept);
+                self.vectors.nearest(query, k, &mut lists, &keep, |_, cosine| cosine)
+            }
+        }
+    }
+
+    /// The runs of products a search for the unit-length `query` scans, in order: all of
+    /// them in one run when the index is not partitioned. Otherwise the `probe` lists nearest
+    /// the query, then the next ones while fewer than `wanted` products have been `kept`, so
+    /// that a narrow filter still fills its results. A search that weights colour above
+    /// shape scans every list: the lists group products by shape, not colour.
+    fn runs_to_scan<'a>(
+        &self,
+        query: &[f32],
+        colour_weight: f32,
+        wanted: usize,
+        kept: &'a Cell<usize>,
+    ) -> Box<dyn Iterator<Item = Range<usize>> + 'a> {
+        match &self.partitions {
+            Some(partitions) if colour_weight <= 0.5 => {
+                let probe = partitions.probe();
+                let ranked = partitions.ranked(query).into_iter().enumerate();
+                Box::new(
+                    ranked
+                        .take_while(move |(rank, _)| *rank < probe || kept.get() < wanted)
+                        .map(|(_, run)| run),
+                )
+            }
+            _ => Box::new(std::iter::once(0..self.len())),
         }
     }
 }

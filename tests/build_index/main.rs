@@ -272,6 +272,18 @@ fn check_codecs(model: &str, catalog: &Path, dir: &Path) {
         let index = read_index(&out, &manifest);
         assert_eq!(index.codec(), codec);
         assert_eq!(index.len(), PHOTOS);
+        assert_eq!(index.lists(), None, "a small catalog is scanned whole by default");
+    }
+    let out = dir.join("partitioned");
+    let output = build_index(model, catalog, &out, &["--lists", "3", "--probe", "2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("grouped the products into 3 lists"), "{stderr}");
+    let index = read_index(&out, &read_manifest(&out));
+    assert_eq!(index.lists(), Some((3, 2)));
+    for product in 0..index.len() {
+        let stored = index.stored_vector(product).unwrap();
+        assert_eq!(index.search(&stored, 1, &Filter::ANY)[0].product, product);
     }
     let output = build_index(
         model,

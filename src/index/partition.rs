@@ -1,0 +1,153 @@
+//! Inverted lists (IVF): the products grouped by the nearest of a few hundred centroids of the
+//! catalog, so that a search scans the lists whose centroids lie nearest the query rather
+//! than every product. The index stores the products list by list, so a list is a run of
+//! consecutive products.
+//!
+//! The partitions section: u32 list count, u32 lists to probe, then per list the u32 end of
+//! its run (the first list starts at product 0), then the unit-length centroids in the int8
+//! layout (`lists` f32 scales, then `lists * dims` i8 codes).
+
+use std::ops::Range;
+
+use super::codec::{corrupt, Int8Rows, Reader, TopK};
+use super::IndexError;
+
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Partitions {
+    /// List `l` holds the products from `ends[l - 1]` (0 for the first) to `ends[l]`.
+    ends: Vec<u32>,
+    /// How many of the nearest lists a search scans at least.
+    probe: usize,
+    centroids: Int8Rows,
+}
+
+impl Partitions {
+    pub(super) fn lists(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn probe(&self) -> usize {
+        self.probe
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn set_probe(&mut self, probe: usize) {
+        self.probe = probe.clamp(1, self.lists());
+    }
+
+    fn list(&self, list: usize) -> Range<usize> {
+        let start = list.checked_sub(1).map_or(0, |previous| self.ends[previous] as usize);
+        start..self.ends[list] as usize
+    }
+
+    /// Every non-empty list, the one whose centroid lies nearest the unit-length `query` first.
+    pub(super) fn ranked(&self, query: &[f32]) -> Vec<Range<usize>> {
+        // A top-k of all the lists: the widget's module already holds its sort.
+        let mut ranking = TopK::new(self.lists());
+        self.centroids.scan(
+            query,
+            &mut std::iter::once(0..self.lists()),
+            &|_| true,
+            &mut |list, score| ranking.push(list, score),
+        );
+        ranking
+            .into_best_first()
+            .into_iter()
+            .map(|hit| self.list(hit.product))
+            .filter(|run| !run.is_empty())
+            .collect()
+    }
+
+    pub(super) fn write(&self, bytes: &mut Vec<u8>) {
+        for field in [self.lists() as u32, self.probe as u32].iter().chain(&self.ends) {
+            bytes.extend_from_slice(&field.to_le_bytes());
+        }
+        self.centroids.write(bytes);
+    }
+
+    /// Reads the partitions section of an index of `count` products of `dims` dimensions.
+    pub(super) fn read(section: &[u8], count: usize, dims: usize) -> Result<Partitions, IndexError> {
+        let mut reader = Reader {
+            bytes: section,
+            section: "partitions",
+        };
+        let lists = reader.u32("list count")? as usize;
+        let probe = reader.u32("lists to probe")? as usize;
+        let ends: Vec<u32> = reader
+            .take(lists.saturating_mul(4), "list ends")?
+            .chunks_exact(4)
+            .map(|chunk| u32::from_le_bytes(chunk.try_into().expect("chunks of 4 bytes")))
+            .collect();
+        let centroids = Int8Rows::read(&mut reader, lists, dims)?;
+        // One message for every inconsistency: each means the same damage to a shopper.
+        let consistent = (1..=lists).contains(&probe)
+            && ends.windows(2).all(|pair| pair[0] <= pair[1])
+            && ends.last().is_some_and(|&end| end as usize == count)
+            && reader.bytes.is_empty();
+        if !consistent {
+            return Err(corrupt(format!(
+                "its {lists} inverted lists do not partition its {count} products"
+            )));
+        }
+        Ok(Partitions { ends, probe, centroids })
+    }
+}
+
+/// Partitioning, done by the companion binary when it builds an index.
+#[cfg(not(target_arch = "wasm32"))]
+mod build {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use rayon::prelude::*;
+
+    use super::super::codec::encode::{closest, k_means};
+    use super::*;
+
+    /// Points the centroids are trained on per list: plenty for a stable mean, and a 1M
+    /// catalog trains on 64k vectors rather than all of them.
+    const TRAINING_POINTS_PER_LIST: usize = 64;
+
+    impl Partitions {
+        /// Groups unit-length `vectors` into `lists` lists by spherical k-means. Returns the
+        /// partitions and the order to store the products in: list by list, each list in
+        /// the products' own order.
+        pub(in crate::index) fn build(
+            vectors: &[Vec<f32>],
+            dims: usize,
+            lists: usize,
+            probe: usize,
+        ) -> (Partitions, Vec<usize>) {
+            let lists = lists.clamp(1, vectors.len());
+            // At random (seeded): a stride could skip whole groups of a catalog listed in a
+            // repeating order.
+            let sampled = (lists * TRAINING_POINTS_PER_LIST).min(vectors.len());
+            let sample: Vec<&[f32]> = rand::seq::index::sample(&mut StdRng::seed_from_u64(2), vectors.len(), sampled)
+                .into_iter()
+                .map(|position| vectors[position].as_slice())
+                .collect();
+            let centroids = k_means(&sample, dims, lists, true);
+            let assigned: Vec<usize> = vectors
+                .par_iter()
+                .map(|vector| closest(centroids.chunks_exact(dims), vector))
+                .collect();
+            let mut order: Vec<usize> = (0..vectors.len()).collect();
+            order.sort_by_key(|&product| assigned[product]);
+            let mut ends = vec![0u32; lists];
+            for &list in &assigned {
+                ends[list] += 1;
+            }
+            let mut total = 0;
+            for end in &mut ends {
+                total += *end;
+                *end = total;
+            }
+            let centroid_rows: Vec<Vec<f32>> = centroids.chunks_exact(dims).map(<[f32]>::to_vec).collect();
+            let partitions = Partitions {
+                ends,
+                probe: probe.clamp(1, lists),
+                centroids: Int8Rows::encode(&centroid_rows, dims),
+            };
+            (partitions, order)
+        }
+    }
+}

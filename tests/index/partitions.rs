@@ -1,0 +1,149 @@
+//! Inverted lists: what a partitioned index finds against a flat scan, narrow filters,
+//! the products it regroups, and the partitions section of the file.
+
+use otlens::catalog::Product;
+use otlens::colour::CompactColour;
+use otlens::index::{Codec, Filter, Index, IndexError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use super::{header_u64, one_bin, random_unit_vectors, with_header_field, MODEL_SHA256};
+
+const DIMS: usize = 32;
+const GROUPS: usize = 40;
+
+/// Products in `GROUPS` groups (garments of a kind, near each other), every 50th of them
+/// in the category "Rare", so that a filter on it matches products all over the catalog.
+fn grouped_catalog(count: usize) -> (Vec<Product>, Vec<Vec<f32>>) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let centres = random_unit_vectors(&mut rng, GROUPS, DIMS);
+    let embeddings = (0..count)
+        .map(|n| {
+            centres[n % GROUPS]
+                .iter()
+                .map(|value| value + rng.random_range(-0.08..0.08))
+                .collect()
+        })
+        .collect();
+    let products = (0..count)
+        .map(|n| Product {
+            id: format!("sku-{n}"),
+            category: if n % 50 == 0 { "Rare" } else { "Common" }.into(),
+            ..Product::default()
+        })
+        .collect();
+    (products, embeddings)
+}
+
+fn ids(index: &Index, query: &[f32], k: usize, filter: &Filter) -> Vec<String> {
+    index
+        .search(query, k, filter)
+        .iter()
+        .map(|hit| index.products()[hit.product].id.clone())
+        .collect()
+}
+
+#[test]
+fn a_partitioned_index_finds_what_a_full_scan_finds() {
+    let (products, embeddings) = grouped_catalog(4000);
+    for codec in [Codec::Int8, Codec::Binary, Codec::ProductQuantised { subspaces: 8 }] {
+        let flat = Index::build_with(codec, MODEL_SHA256, products.clone(), &embeddings).unwrap();
+        let partitioned = flat.clone().partitioned(GROUPS, 2);
+        assert_eq!(partitioned.lists(), Some((GROUPS, 2)));
+        assert_eq!(partitioned.len(), flat.len());
+        let read = Index::from_bytes(&partitioned.to_bytes()).unwrap();
+        assert_eq!(read, partitioned, "{codec}: round trip");
+
+        let mut found = 0;
+        for query in embeddings.iter().step_by(97) {
+            let expected = ids(&flat, query, 10, &Filter::ANY);
+            let got = ids(&read, query, 10, &Filter::ANY);
+            found += got.iter().filter(|id| expected.contains(id)).count();
+        }
+        let queries = embeddings.iter().step_by(97).count();
+        let recall = found as f64 / (queries * 10) as f64;
+        assert!(recall >= 0.95, "{codec}: recall@10 {recall} against the full scan");
+    }
+}
+
+#[test]
+fn a_narrow_filter_still_fills_its_results() {
+    let (products, embeddings) = grouped_catalog(4000);
+    let index = Index::build(MODEL_SHA256, products, &embeddings)
+        .unwrap()
+        .partitioned(GROUPS, 1);
+    let rare = Filter {
+        categories: vec!["Rare".into()],
+        ..Filter::default()
+    };
+    // 80 products are rare, 2 in each group: one list cannot hold 10 of them.
+    let hits = index.search(&embeddings[1], 10, &rare);
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|hit| index.products()[hit.product].category == "Rare"));
+    let similar = index.similar(index.position("sku-0").unwrap(), 10, &rare);
+    assert_eq!(similar.len(), 10);
+    assert!(similar.iter().all(|hit| index.products()[hit.product].id != "sku-0"));
+}
+
+#[test]
+fn grouping_keeps_each_products_vector_and_colour() {
+    let (products, embeddings) = grouped_catalog(400);
+    let colours: Vec<CompactColour> = (0..400)
+        .map(|n| CompactColour::from_histogram(&one_bin(n % 200)))
+        .collect();
+    let flat = Index::build(MODEL_SHA256, products, &embeddings)
+        .unwrap()
+        .with_colours(colours)
+        .unwrap();
+    let partitioned = flat.clone().partitioned(8, 2);
+    for (position, product) in partitioned.products().iter().enumerate() {
+        let before = flat.position(&product.id).unwrap();
+        assert_eq!(partitioned.stored_vector(position), flat.stored_vector(before));
+        assert_eq!(partitioned.colour(position), flat.colour(before));
+        let first = partitioned.search(&embeddings[before], 1, &Filter::ANY)[0];
+        assert!(first.score > 0.99, "{} finds itself", product.id);
+    }
+    // More lists than products: one per product at most.
+    let tiny = Index::build(MODEL_SHA256, grouped_catalog(3).0, &grouped_catalog(3).1).unwrap();
+    assert_eq!(tiny.partitioned(10, 20).lists(), Some((3, 3)));
+}
+
+/// The bytes with the checksum made valid again from `header_len` on.
+fn resealed(mut bytes: Vec<u8>, header_len: usize) -> Vec<u8> {
+    let checksum = Sha256::digest(&bytes[header_len..]);
+    bytes[92..124].copy_from_slice(&checksum);
+    bytes
+}
+
+#[test]
+fn damaged_partitions_are_refused_and_version_3_files_still_read() {
+    let (products, embeddings) = grouped_catalog(100);
+    let flat = Index::build(MODEL_SHA256, products, &embeddings).unwrap();
+    let bytes = flat.clone().partitioned(4, 2).to_bytes();
+    let at = header_u64(&bytes, 140);
+    let corrupt = |offset: usize, value: u32| {
+        let damaged = with_header_field(&bytes, at + offset, &value.to_le_bytes());
+        match Index::from_bytes(&damaged) {
+            Err(IndexError::Corrupt(message)) => message,
+            other => panic!("{other:?}"),
+        }
+    };
+    for (offset, value) in [(0, 0), (0, 3), (4, 0), (4, 5), (8 + 4, 1), (8 + 3 * 4, 99)] {
+        let message = corrupt(offset, value);
+        assert!(
+            message.contains("inverted lists do not partition"),
+            "{offset}: {value}: {message}"
+        );
+    }
+    let short = with_header_field(&bytes, 148, &(header_u64(&bytes, 148) as u64 - 1).to_le_bytes());
+    assert!(matches!(Index::from_bytes(&short), Err(IndexError::Corrupt(_))));
+
+    // A version 3 file: a 140-byte header and no partitions section.
+    let mut version_3 = flat.to_bytes();
+    version_3[8..12].copy_from_slice(&3u32.to_le_bytes());
+    version_3[12..16].copy_from_slice(&140u32.to_le_bytes());
+    let read = Index::from_bytes(&resealed(version_3, 140)).unwrap();
+    assert_eq!(read, flat);
+    assert_eq!(read.lists(), None);
+}
