@@ -3,7 +3,7 @@
 
 use otlens::catalog::Product;
 use otlens::colour::CompactColour;
-use otlens::index::{Codec, Filter, Index, IndexError};
+use otlens::index::{Codec, ColourQuery, Filter, Index, IndexError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -146,4 +146,28 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
     let read = Index::from_bytes(&resealed(version_3, 140)).unwrap();
     assert_eq!(read, flat);
     assert_eq!(read.lists(), None);
+}
+
+#[test]
+fn a_colour_led_search_scans_every_list() {
+    let (products, embeddings) = grouped_catalog(200);
+    let colours = (0..200).map(|n| CompactColour::from_histogram(&one_bin(n))).collect();
+    let index = Index::build(MODEL_SHA256, products, &embeddings)
+        .unwrap()
+        .with_colours(colours)
+        .unwrap()
+        .partitioned(GROUPS, 1);
+    // sku-7 is the one product of this colour, and lies in another group than the query.
+    let histogram = one_bin(7);
+    let first = |weight| {
+        let colour = ColourQuery {
+            histogram: &histogram,
+            weight,
+        };
+        let hits = index.search_with_colour(&embeddings[0], Some(colour), 1, &Filter::ANY);
+        index.products()[hits[0].product].id.clone()
+    };
+    assert_eq!(first(1.0), "sku-7");
+    assert_eq!(first(0.6), "sku-7");
+    assert_eq!(first(0.0), "sku-0");
 }
