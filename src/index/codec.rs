@@ -182,6 +182,13 @@ impl Vectors {
     }
 }
 
+/// The rows of the products in `run`, each with its product, from `values` stored row by row,
+/// `width` values a row.
+fn rows_of<T>(values: &[T], width: usize, run: Range<usize>) -> impl Iterator<Item = (usize, &[T])> {
+    run.clone()
+        .zip(values[run.start * width..run.end * width].chunks_exact(width))
+}
+
 /// Rows of `width` values, in `order`.
 #[cfg(not(target_arch = "wasm32"))]
 fn reorder_rows<T: Copy>(values: &[T], width: usize, order: &[usize]) -> Vec<T> {
@@ -217,8 +224,7 @@ impl Int8Rows {
         let mut query_codes = Vec::with_capacity(self.dims);
         let query_scale = quantise(query, &mut query_codes);
         for list in lists {
-            let rows = self.codes[list.start * self.dims..list.end * self.dims].chunks_exact(self.dims);
-            for ((product, codes), scale) in list.clone().zip(rows).zip(&self.scales[list]) {
+            for ((product, codes), scale) in rows_of(&self.codes, self.dims, list.clone()).zip(&self.scales[list]) {
                 if keep(product) {
                     visit(product, dot(&query_codes, codes) as f32 * scale * query_scale);
                 }
@@ -316,8 +322,7 @@ impl PqRows {
             })
             .collect();
         for list in lists {
-            let rows = self.codes[list.start * self.subspaces..list.end * self.subspaces].chunks_exact(self.subspaces);
-            for (product, codes) in list.zip(rows) {
+            for (product, codes) in rows_of(&self.codes, self.subspaces, list) {
                 if keep(product) {
                     let cosine = codes
                         .iter()
@@ -414,11 +419,7 @@ impl SignRows {
         SignRows::signs(&self.centre, query, &mut query_bits);
         let mut best = TopK::new(k);
         for list in lists {
-            let width = self.words_per_row;
-            for (product, words) in list
-                .clone()
-                .zip(self.bits[list.start * width..list.end * width].chunks_exact(width))
-            {
+            for (product, words) in rows_of(&self.bits, self.words_per_row, list) {
                 if keep(product) {
                     let distance: u32 = words.iter().zip(&query_bits).map(|(a, b)| (a ^ b).count_ones()).sum();
                     best.push(product, -(distance as f32));

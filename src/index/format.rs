@@ -161,17 +161,8 @@ impl Index {
         }
         let metadata = Section::read(bytes, 60, header_len, "metadata")?;
         let vectors = Section::read(bytes, 76, header_len, "vectors")?;
-        // An index without colours stores a zero length, and whatever offset.
-        let colours = if version >= COLOURS_VERSION && read_u64(bytes, 132) > 0 {
-            Section::read(bytes, 124, header_len, "colours")?
-        } else {
-            Section::EMPTY
-        };
-        let partitions = if version >= PARTITIONS_VERSION && read_u64(bytes, 148) > 0 {
-            Section::read(bytes, 140, header_len, "partitions")?
-        } else {
-            Section::EMPTY
-        };
+        let colours = Section::optional(bytes, version >= COLOURS_VERSION, 124, header_len, "colours")?;
+        let partitions = Section::optional(bytes, version >= PARTITIONS_VERSION, 140, header_len, "partitions")?;
         let sections = [
             (&metadata, "metadata"),
             (&vectors, "vectors"),
@@ -256,6 +247,22 @@ impl Section {
             return Err(corrupt(format!("the {name} section overlaps the header")));
         }
         Ok(Section { start, end })
+    }
+
+    /// A section that files before some version lack (`in_version` false) and that an index
+    /// without it marks with a zero length, and whatever offset.
+    fn optional(
+        bytes: &[u8],
+        in_version: bool,
+        field_at: usize,
+        header_len: u64,
+        name: &str,
+    ) -> Result<Section, IndexError> {
+        if in_version && read_u64(bytes, field_at + 8) > 0 {
+            Section::read(bytes, field_at, header_len, name)
+        } else {
+            Ok(Section::EMPTY)
+        }
     }
 
     /// Only called once the file is known to be at least `end` bytes long.
