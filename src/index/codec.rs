@@ -127,14 +127,50 @@ impl Vectors {
         }
     }
 
-    pub(super) fn write(&self, bytes: &mut Vec<u8>) {
+    /// Bytes each product's row takes: in the vectors section, and in a list's block.
+    pub(super) fn row_bytes(&self) -> usize {
         match self {
-            Vectors::Int8(rows) => rows.write(bytes),
-            Vectors::ProductQuantised(pq) => pq.write(bytes),
-            Vectors::Binary { signs, rows } => {
-                signs.write(bytes);
-                rows.write(bytes);
+            Vectors::Int8(rows) => rows.row_bytes(),
+            Vectors::ProductQuantised(pq) => pq.subspaces,
+            Vectors::Binary { signs, rows } => signs.words_per_row * 8 + rows.row_bytes(),
+        }
+    }
+
+    /// The vectors section: the codec's parameters, then every product's row.
+    pub(super) fn write(&self, bytes: &mut Vec<u8>) {
+        self.write_parameters(bytes);
+        self.write_rows(0..self.len(), bytes);
+    }
+
+    /// What all products share: the pq rotation and codebooks, the binary codec's catalog mean.
+    pub(super) fn write_parameters(&self, bytes: &mut Vec<u8>) {
+        match self {
+            Vectors::Int8(_) => {}
+            Vectors::ProductQuantised(pq) => pq.write_parameters(bytes),
+            Vectors::Binary { signs, .. } => signs.write_parameters(bytes),
+        }
+    }
+
+    /// The rows of the products in `run`, laid out as the vectors section lays out all of them.
+    pub(super) fn write_rows(&self, run: Range<usize>, bytes: &mut Vec<u8>) {
+        match self {
+            Vectors::Int8(rows) => rows.write_rows(run, bytes),
+            Vectors::ProductQuantised(pq) => {
+                bytes.extend_from_slice(&pq.codes[run.start * pq.subspaces..run.end * pq.subspaces]);
             }
+            Vectors::Binary { signs, rows } => {
+                for word in &signs.bits[run.start * signs.words_per_row..run.end * signs.words_per_row] {
+                    bytes.extend_from_slice(&word.to_le_bytes());
+                }
+                rows.write_rows(run, bytes);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Vectors::Int8(rows) | Vectors::Binary { rows, .. } => rows.scales.len(),
+            Vectors::ProductQuantised(pq) => pq.codes.len() / pq.subspaces,
         }
     }
 
@@ -144,22 +180,67 @@ impl Vectors {
             bytes: section,
             section: "vectors",
         };
-        let vectors = match codec {
-            INT8_ID => Vectors::Int8(Int8Rows::read(&mut reader, count, dims)?),
-            PQ_ID => Vectors::ProductQuantised(PqRows::read(&mut reader, count, dims)?),
-            BINARY_ID => Vectors::Binary {
-                signs: SignRows::read(&mut reader, count, dims)?,
-                rows: Int8Rows::read(&mut reader, count, dims)?,
-            },
-            _ => return Err(IndexError::UnknownCodec(codec)),
-        };
-        if !reader.bytes.is_empty() {
+        let mut vectors = Vectors::read_parameters(codec, &mut reader, dims)?;
+        let expected = count as u64 * vectors.row_bytes() as u64;
+        if (reader.bytes.len() as u64) < expected {
             return Err(corrupt(format!(
-                "the vectors section has {} bytes more than {count} products of {dims} dimensions need",
-                reader.bytes.len()
+                "the vectors section is too short for {count} products of {dims} dimensions"
             )));
         }
+        vectors.make_room(count);
+        vectors.read_rows(0..count, &mut reader)?;
+        reader.finish(&format!("{count} products of {dims} dimensions need"))?;
         Ok(vectors)
+    }
+
+    /// Reads the codec's parameters (see [`Vectors::write_parameters`]); holds no rows yet.
+    pub(super) fn read_parameters(codec: u32, reader: &mut Reader, dims: usize) -> Result<Vectors, IndexError> {
+        Ok(match codec {
+            INT8_ID => Vectors::Int8(Int8Rows::empty(dims)),
+            PQ_ID => Vectors::ProductQuantised(PqRows::read_parameters(reader, dims)?),
+            BINARY_ID => Vectors::Binary {
+                signs: SignRows::read_parameters(reader, dims)?,
+                rows: Int8Rows::empty(dims),
+            },
+            _ => return Err(IndexError::UnknownCodec(codec)),
+        })
+    }
+
+    /// Zero rows for `count` products, to be read in run by run. Zeroed allocations come
+    /// straight from fresh memory, so rows never read cost address space, not pages.
+    pub(super) fn make_room(&mut self, count: usize) {
+        match self {
+            Vectors::Int8(rows) => rows.make_room(count),
+            Vectors::ProductQuantised(pq) => pq.codes = vec![0; count * pq.subspaces],
+            Vectors::Binary { signs, rows } => {
+                signs.bits = vec![0; count * signs.words_per_row];
+                rows.make_room(count);
+            }
+        }
+    }
+
+    /// Reads the rows of the products in `run` (as [`Vectors::write_rows`] wrote them) into
+    /// their places.
+    pub(super) fn read_rows(&mut self, run: Range<usize>, reader: &mut Reader) -> Result<(), IndexError> {
+        match self {
+            Vectors::Int8(rows) => rows.read_rows(run, reader),
+            Vectors::ProductQuantised(pq) => {
+                let codes = reader.take(run.len() * pq.subspaces, "quantisation codes")?;
+                pq.codes[run.start * pq.subspaces..run.end * pq.subspaces].copy_from_slice(codes);
+                Ok(())
+            }
+            Vectors::Binary { signs, rows } => {
+                let width = signs.words_per_row;
+                let words = reader.take(run.len() * width * 8, "sign bits")?;
+                for (word, bytes) in signs.bits[run.start * width..run.end * width]
+                    .iter_mut()
+                    .zip(words.chunks_exact(8))
+                {
+                    *word = u64::from_le_bytes(bytes.try_into().expect("chunks of 8 bytes"));
+                }
+                rows.read_rows(run, reader)
+            }
+        }
     }
 
     /// The same vectors with the products in `order` (a permutation of their positions).
@@ -249,24 +330,71 @@ impl Int8Rows {
         self.row(product).iter().map(|&code| f32::from(code) * scale).collect()
     }
 
-    pub(super) fn write(&self, bytes: &mut Vec<u8>) {
-        for scale in &self.scales {
-            bytes.extend_from_slice(&scale.to_le_bytes());
+    fn empty(dims: usize) -> Int8Rows {
+        Int8Rows {
+            dims,
+            scales: Vec::new(),
+            codes: Vec::new(),
         }
-        bytes.extend(self.codes.iter().map(|&code| code as u8));
     }
 
-    pub(super) fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<Int8Rows, IndexError> {
-        let scales = reader.f32s(count, "int8 scales")?;
-        if let Some(product) = scales.iter().position(|scale| !(scale.is_finite() && *scale >= 0.0)) {
-            return Err(corrupt(format!("product {product} has an invalid scale")));
+    fn row_bytes(&self) -> usize {
+        4 + self.dims
+    }
+
+    fn make_room(&mut self, count: usize) {
+        self.scales = vec![0.0; count];
+        self.codes = vec![0; count * self.dims];
+    }
+
+    pub(super) fn write(&self, bytes: &mut Vec<u8>) {
+        self.write_rows(0..self.scales.len(), bytes);
+    }
+
+    /// The scales of the products in `run`, then their codes.
+    fn write_rows(&self, run: Range<usize>, bytes: &mut Vec<u8>) {
+        for scale in &self.scales[run.clone()] {
+            bytes.extend_from_slice(&scale.to_le_bytes());
         }
-        let codes = reader
-            .take(count.saturating_mul(dims), "int8 codes")?
-            .iter()
-            .map(|&byte| byte as i8)
-            .collect();
-        Ok(Int8Rows { dims, scales, codes })
+        bytes.extend(
+            self.codes[run.start * self.dims..run.end * self.dims]
+                .iter()
+                .map(|&code| code as u8),
+        );
+    }
+
+    fn read_rows(&mut self, run: Range<usize>, reader: &mut Reader) -> Result<(), IndexError> {
+        let scales = reader.f32s(run.len(), "int8 scales")?;
+        if let Some(position) = scales.iter().position(|scale| !(scale.is_finite() && *scale >= 0.0)) {
+            return Err(corrupt(format!(
+                "product {} has an invalid scale",
+                run.start + position
+            )));
+        }
+        self.scales[run.clone()].copy_from_slice(&scales);
+        let codes = reader.take(run.len() * self.dims, "int8 codes")?;
+        for (code, &byte) in self.codes[run.start * self.dims..run.end * self.dims]
+            .iter_mut()
+            .zip(codes)
+        {
+            *code = byte as i8;
+        }
+        Ok(())
+    }
+
+    /// Reads `count` rows of `dims` codes, checking that the section holds them before
+    /// making room for them.
+    pub(super) fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<Int8Rows, IndexError> {
+        let mut rows = Int8Rows::empty(dims);
+        if (reader.bytes.len() as u64) < count as u64 * rows.row_bytes() as u64 {
+            return Err(corrupt(format!(
+                "the {} section is too short for its rows",
+                reader.section
+            )));
+        }
+        rows.make_room(count);
+        rows.read_rows(0..count, reader)?;
+        Ok(rows)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -350,15 +478,14 @@ impl PqRows {
         vector
     }
 
-    fn write(&self, bytes: &mut Vec<u8>) {
+    fn write_parameters(&self, bytes: &mut Vec<u8>) {
         bytes.extend_from_slice(&(self.subspaces as u32).to_le_bytes());
         for value in self.rotation.iter().chain(&self.codebooks) {
             bytes.extend_from_slice(&value.to_le_bytes());
         }
-        bytes.extend_from_slice(&self.codes);
     }
 
-    fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<PqRows, IndexError> {
+    fn read_parameters(reader: &mut Reader, dims: usize) -> Result<PqRows, IndexError> {
         let subspaces = reader.u32("the subspace count")? as usize;
         if subspaces == 0 || !dims.is_multiple_of(subspaces) {
             return Err(corrupt(format!(
@@ -373,15 +500,12 @@ impl PqRows {
                 "the quantiser holds a value that is not a finite number".into(),
             ));
         }
-        let codes = reader
-            .take(count.saturating_mul(subspaces), "quantisation codes")?
-            .to_vec();
         Ok(PqRows {
             subspaces,
             sub_dims,
             rotation,
             codebooks,
-            codes,
+            codes: Vec::new(),
         })
     }
 }
@@ -429,32 +553,23 @@ impl SignRows {
         best.into_best_first()
     }
 
-    fn write(&self, bytes: &mut Vec<u8>) {
+    fn write_parameters(&self, bytes: &mut Vec<u8>) {
         for value in &self.centre {
             bytes.extend_from_slice(&value.to_le_bytes());
         }
-        for word in &self.bits {
-            bytes.extend_from_slice(&word.to_le_bytes());
-        }
     }
 
-    fn read(reader: &mut Reader, count: usize, dims: usize) -> Result<SignRows, IndexError> {
+    fn read_parameters(reader: &mut Reader, dims: usize) -> Result<SignRows, IndexError> {
         let centre = reader.f32s(dims, "the catalog mean")?;
         if centre.iter().any(|value| !value.is_finite()) {
             return Err(corrupt(
                 "the catalog mean holds a value that is not a finite number".into(),
             ));
         }
-        let words_per_row = dims.div_ceil(64);
-        let bits = reader
-            .take(count.saturating_mul(words_per_row).saturating_mul(8), "sign bits")?
-            .chunks_exact(8)
-            .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("chunks of 8 bytes")))
-            .collect();
         Ok(SignRows {
             centre,
-            words_per_row,
-            bits,
+            words_per_row: dims.div_ceil(64),
+            bits: Vec::new(),
         })
     }
 }
@@ -802,6 +917,18 @@ impl<'a> Reader<'a> {
     pub(super) fn u32(&mut self, what: &str) -> Result<u32, IndexError> {
         let bytes = self.take(4, what)?;
         Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+    }
+
+    /// Fails unless the whole section was read; `needing` says what it should have held.
+    pub(super) fn finish(&self, needing: &str) -> Result<(), IndexError> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        Err(corrupt(format!(
+            "the {} section has {} bytes more than {needing}",
+            self.section,
+            self.bytes.len()
+        )))
     }
 
     fn f32s(&mut self, count: usize, what: &str) -> Result<Vec<f32>, IndexError> {
