@@ -202,10 +202,10 @@ fuzz() {
       extra=(-max_len=65536)
       ;;
     index)
-      # A three-product index, int8 and binary: small enough for libFuzzer's 1 MB inputs to
-      # hold it whole (a pq index of the 1280-dimension model carries a 6.5 MB rotation).
+      # A three-product index, int8, binary and a ranged head: small enough for libFuzzer's 1 MB
+      # inputs to hold it whole (a pq index of the 1280-dimension model carries a 6.5 MB rotation).
       local seed_catalog=.cache/fuzz-seed-catalog
-      if [ ! -f "$seed_catalog/binary/manifest.json" ]; then
+      if [ ! -f "$seed_catalog/ranged/manifest.json" ]; then
         [ -f "$OTLENS" ] || build
         mkdir -p "$seed_catalog"
         printf 'id,title,image\n' >"$seed_catalog/catalog.csv"
@@ -215,8 +215,10 @@ fuzz() {
         "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/out"
         "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/binary" \
           --codec binary
+        "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/ranged" \
+          --lists 2 --ranged
       fi
-      cp -n "$seed_catalog"/out/index-*.otl "$seed_catalog"/binary/index-*.otl "$seeds"/
+      cp -n "$seed_catalog"/{out,binary,ranged}/index-*.otl "$seeds"/
       ;;
     *) echo "unknown fuzz target '$target' (use photo or index)" >&2; exit 2 ;;
   esac

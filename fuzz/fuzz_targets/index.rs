@@ -1,4 +1,4 @@
-//! Any bytes served as an index file: parse, then search it. Must return a typed error or a
+//! Any bytes served as an index file (or a ranged catalog's head): parse, then search it. Must return a typed error or a
 //! usable index, never panic or allocate more than the file implies.
 #![no_main]
 
@@ -22,5 +22,11 @@ fuzz_target!(|data: &[u8]| {
             ..Filter::ANY
         };
         assert!(index.similar(0, 5, &filter).len() <= 5);
+        // A ranged head: its lists are not loaded, and no bytes are a whole lists file.
+        if index.is_ranged() {
+            assert!(index.lists_to_load(&query, 5, &filter, None).len() <= index.len());
+            let mut index = index;
+            assert!(index.load_lists_file(&[]).is_err());
+        }
     }
 });

@@ -1,10 +1,10 @@
-//! The index file format, version 4. All integers are little-endian.
+//! The index file format, version 5. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (4)
-//!     12     4  header length (156; sections start at or after it)
+//!      8     4  format version (5)
+//!     12     4  header length (172; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
 //!     24     4  product count
@@ -14,6 +14,7 @@
 //!     92    32  sha256 of every byte after the header
 //!    124     8  colours offset      132  8  colours length (0: none)
 //!    140     8  partitions offset   148  8  partitions length (0: none)
+//!    156     8  blocks offset       164  8  blocks length (0: none)
 //! ```
 //!
 //! Metadata: the products as a JSON array, gzip-compressed (version 1, still read, stored it
@@ -32,6 +33,10 @@
 //! Partitions (version 4; version 3 ends its header at 140 and has none): the inverted lists,
 //! laid out as [`super::partition`] describes.
 //!
+//! Blocks (version 5; version 4 ends its header at 156 and has none): present in the head of
+//! a ranged catalog only, whose vectors section then holds the codec's parameters alone and
+//! whose colours section is empty; see [`super::ranged`].
+//!
 //! Reading checks every size against the buffer before allocating, so a hostile or
 //! damaged file costs at most a copy of itself, and its metadata at most
 //! [`METADATA_BYTES_PER_PRODUCT`] per product once inflated.
@@ -43,14 +48,15 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
-use super::codec::Vectors;
+use super::codec::{Reader, Vectors};
 use super::partition::Partitions;
+use super::ranged::Blocks;
 use super::{Index, IndexError};
 use crate::catalog::Product;
 use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -59,36 +65,46 @@ const HEADER_LEN_BEFORE_COLOURS: usize = 124;
 /// The first version with a partitions section.
 const PARTITIONS_VERSION: u32 = 4;
 const HEADER_LEN_BEFORE_PARTITIONS: usize = 140;
+/// The first version with a blocks section.
+const BLOCKS_VERSION: u32 = 5;
+const HEADER_LEN_BEFORE_BLOCKS: usize = 156;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
-pub const HEADER_LEN: usize = 156;
+pub const HEADER_LEN: usize = 172;
 const HEADER_LEN_AT: usize = 12;
 const CHECKSUM_AT: usize = 92;
 
 impl Index {
     /// The index file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode(None)
+    }
+
+    /// The index file, or with `blocks` (a blocks section) the head of a ranged catalog: the
+    /// rows and colours then live in the lists file instead.
+    pub(super) fn encode(&self, blocks: Option<Vec<u8>>) -> Vec<u8> {
         let json = serde_json::to_vec(&self.products).expect("products are plain data and always serialise");
         let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
         encoder.write_all(&json).expect("writing to memory cannot fail");
         let metadata = encoder.finish().expect("writing to memory cannot fail");
         let mut vectors = Vec::new();
-        self.vectors.write(&mut vectors);
+        let mut colours = Vec::new();
+        if blocks.is_some() {
+            self.vectors.write_parameters(&mut vectors);
+        } else {
+            self.vectors.write(&mut vectors);
+            write_colours(self.colours.as_deref().unwrap_or_default(), &mut colours);
+        }
         let vectors_len = vectors.len();
-        let colours: Vec<u8> = self
-            .colours
-            .iter()
-            .flatten()
-            .flat_map(|colour| colour.0)
-            .flat_map(u16::to_le_bytes)
-            .collect();
+        let blocks = blocks.unwrap_or_default();
         let mut partitions = Vec::new();
         if let Some(lists) = &self.partitions {
             lists.write(&mut partitions);
         }
-        let mut bytes =
-            Vec::with_capacity(HEADER_LEN + metadata.len() + vectors_len + colours.len() + partitions.len());
+        let mut bytes = Vec::with_capacity(
+            HEADER_LEN + metadata.len() + vectors_len + colours.len() + partitions.len() + blocks.len(),
+        );
         bytes.extend_from_slice(&MAGIC);
         for field in [
             FORMAT_VERSION,
@@ -108,13 +124,22 @@ impl Index {
         bytes.resize(CHECKSUM_AT + 32, 0);
         let colours_at = vectors_at + vectors_len;
         let partitions_at = colours_at + colours.len();
-        for field in [colours_at, colours.len(), partitions_at, partitions.len()] {
+        let blocks_at = partitions_at + partitions.len();
+        for field in [
+            colours_at,
+            colours.len(),
+            partitions_at,
+            partitions.len(),
+            blocks_at,
+            blocks.len(),
+        ] {
             bytes.extend_from_slice(&(field as u64).to_le_bytes());
         }
         bytes.extend_from_slice(&metadata);
         bytes.extend_from_slice(&vectors);
         bytes.extend_from_slice(&colours);
         bytes.extend_from_slice(&partitions);
+        bytes.extend_from_slice(&blocks);
         seal(&mut bytes, HEADER_LEN);
         bytes
     }
@@ -128,7 +153,7 @@ impl Index {
     }
 
     /// Reads an index file, refusing anything that is not a complete, intact index of version
-    /// 1 to 4.
+    /// 1 to 5. The head of a ranged catalog reads with no list loaded.
     pub fn from_bytes(bytes: &[u8]) -> Result<Index, IndexError> {
         let found = bytes.len() as u64;
         let magic_part = bytes.len().min(MAGIC.len());
@@ -148,7 +173,8 @@ impl Index {
             });
         }
         let min_header = match version {
-            PARTITIONS_VERSION.. => HEADER_LEN,
+            BLOCKS_VERSION.. => HEADER_LEN,
+            PARTITIONS_VERSION => HEADER_LEN_BEFORE_BLOCKS,
             COLOURS_VERSION => HEADER_LEN_BEFORE_PARTITIONS,
             _ => HEADER_LEN_BEFORE_COLOURS,
         };
@@ -163,11 +189,13 @@ impl Index {
         let vectors = Section::read(bytes, 76, header_len, "vectors")?;
         let colours = Section::optional(bytes, version >= COLOURS_VERSION, 124, header_len, "colours")?;
         let partitions = Section::optional(bytes, version >= PARTITIONS_VERSION, 140, header_len, "partitions")?;
+        let blocks = Section::optional(bytes, version >= BLOCKS_VERSION, 156, header_len, "blocks")?;
         let sections = [
             (&metadata, "metadata"),
             (&vectors, "vectors"),
             (&colours, "colours"),
             (&partitions, "partitions"),
+            (&blocks, "blocks"),
         ];
         for (i, (x, x_name)) in sections.iter().enumerate() {
             for (y, y_name) in &sections[i + 1..] {
@@ -199,7 +227,6 @@ impl Index {
         if dims == 0 || count == 0 {
             return Err(corrupt(format!("{count} products of {dims} dimensions")));
         }
-        let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims)?;
         let json = if version == PLAIN_METADATA_VERSION {
             metadata.slice(bytes).to_vec()
         } else {
@@ -213,16 +240,47 @@ impl Index {
                 products.len()
             )));
         }
-        let colours = read_colours(colours.slice(bytes), count)?;
         let partitions = partitions.slice(bytes);
         let partitions = (!partitions.is_empty())
             .then(|| Partitions::read(partitions, count, dims))
             .transpose()?;
+        let blocks = blocks.slice(bytes);
+        // Read after the metadata: the product count a head's rows make room for is then one
+        // its own metadata lists, not any number a header may claim.
+        let (vectors, colours, blocks) = if blocks.is_empty() {
+            let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims)?;
+            (vectors, read_colours(colours.slice(bytes), count)?, None)
+        } else {
+            let Some(partitions) = &partitions else {
+                return Err(corrupt("it has list blocks but no inverted lists".into()));
+            };
+            if !colours.slice(bytes).is_empty() {
+                return Err(corrupt(
+                    "its colours lie both in its head and in its list blocks".into(),
+                ));
+            }
+            let mut reader = Reader {
+                bytes: vectors.slice(bytes),
+                section: "vectors",
+            };
+            let mut vectors = Vectors::read_parameters(codec, &mut reader, dims)?;
+            reader.finish("the codec's parameters need")?;
+            let blocks = Blocks::read(blocks, partitions, vectors.row_bytes())?;
+            if count as u64 * vectors.row_bytes() as u64 > isize::MAX as u64 {
+                return Err(corrupt(format!(
+                    "its {count} products of {dims} dimensions cannot fit in this device's memory"
+                )));
+            }
+            vectors.make_room(count);
+            let colours = blocks.has_colours().then(|| vec![CompactColour::default(); count]);
+            (vectors, colours, Some(blocks))
+        };
         let mut model_sha256 = [0u8; 32];
         model_sha256.copy_from_slice(&bytes[28..60]);
         let mut index = Index::from_parts(model_sha256, dims, products, vectors);
         index.colours = colours;
         index.partitions = partitions;
+        index.blocks = blocks;
         Ok(index)
     }
 }
@@ -271,31 +329,44 @@ impl Section {
     }
 }
 
+/// Bytes a product's colour takes in the colours section (and in a list's block).
+pub(super) const COLOUR_BYTES: usize = COMPACT_BINS * 2;
+
+/// `colours` as the colours section stores them.
+pub(super) fn write_colours(colours: &[CompactColour], bytes: &mut Vec<u8>) {
+    bytes.extend(colours.iter().flat_map(|colour| colour.0).flat_map(u16::to_le_bytes));
+}
+
 /// The colours section: none when empty, else one valid [`CompactColour`] per product.
 fn read_colours(section: &[u8], count: usize) -> Result<Option<Vec<CompactColour>>, IndexError> {
     if section.is_empty() {
         return Ok(None);
     }
-    let expected = count as u64 * COMPACT_BINS as u64 * 2;
+    let expected = count as u64 * COLOUR_BYTES as u64;
     if section.len() as u64 != expected {
         return Err(corrupt(format!(
             "the colours section has {} bytes, {count} products need {expected}",
             section.len()
         )));
     }
-    let mut colours = Vec::with_capacity(count);
-    for (product, chunk) in section.chunks_exact(COMPACT_BINS * 2).enumerate() {
+    let mut colours = vec![CompactColour::default(); count];
+    read_colours_into(section, &mut colours, 0)?;
+    Ok(Some(colours))
+}
+
+/// Fills `colours` (those of the products from `first` on) from `bytes`, exactly as long.
+pub(super) fn read_colours_into(bytes: &[u8], colours: &mut [CompactColour], first: usize) -> Result<(), IndexError> {
+    for (position, (colour, chunk)) in colours.iter_mut().zip(bytes.chunks_exact(COLOUR_BYTES)).enumerate() {
         let mut words = [0u16; COMPACT_BINS];
         for (word, pair) in words.iter_mut().zip(chunk.chunks_exact(2)) {
             *word = u16::from_le_bytes([pair[0], pair[1]]);
         }
-        let colour = CompactColour(words);
+        *colour = CompactColour(words);
         if !colour.is_valid() {
-            return Err(corrupt(format!("product {product} has an invalid colour")));
+            return Err(corrupt(format!("product {} has an invalid colour", first + position)));
         }
-        colours.push(colour);
     }
-    Ok(Some(colours))
+    Ok(())
 }
 
 /// The gzip member `compressed`, if it inflates to at most `limit` bytes.

@@ -8,13 +8,15 @@
 //! vector is read; "more like this" searches by a product's stored vector. An index may also
 //! hold each product's colour ([`CompactColour`], 24 bytes), which a search can blend in.
 //! A large index is partitioned into inverted lists ([`Index::partitioned`]); a search then
-//! scans the lists nearest the query.
+//! scans the lists nearest the query. A partitioned index may also be split into a head and a
+//! lists file ([`Index::to_ranged_bytes`]), whose lists a browser fetches as searches need them.
 
 mod codec;
 mod filter;
 mod format;
 mod manifest;
 mod partition;
+mod ranged;
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -22,6 +24,7 @@ use std::ops::Range;
 use self::codec::{TopK, Vectors};
 use self::filter::Columns;
 use self::partition::Partitions;
+use self::ranged::Blocks;
 use crate::catalog::Product;
 use crate::colour::{vote_colour_name, CompactColour, NAME_VOTERS, NAMING_SHAPE_WEIGHT};
 
@@ -70,6 +73,14 @@ pub enum IndexError {
     BadModelHash(String),
     #[error("there are {products} products but {colours} colours")]
     ColourCountMismatch { products: usize, colours: usize },
+    #[error("a catalog split for Range requests needs inverted lists; build it with --lists")]
+    NotPartitioned,
+    #[error("this catalog index is whole; it has no lists to load")]
+    NotRanged,
+    #[error("the catalog has {lists} inverted lists, so there is no list {list}")]
+    NoSuchList { list: usize, lists: usize },
+    #[error("part {list} of the catalog's lists file is damaged or comes from another build (its checksum does not match the index); download or build it again")]
+    BlockMismatch { list: usize },
 }
 
 /// A search result: position of the product in [`Index::products`] and its cosine similarity.
@@ -90,6 +101,8 @@ pub struct Index {
     colours: Option<Vec<CompactColour>>,
     /// The inverted lists, for a partitioned index.
     partitions: Option<Partitions>,
+    /// For the head of a ranged catalog: its lists' blocks, and which are loaded.
+    blocks: Option<Blocks>,
     /// Derived from `products`; not stored in the file.
     columns: Columns,
 }
@@ -158,6 +171,7 @@ impl Index {
             vectors,
             colours: None,
             partitions: None,
+            blocks: None,
         }
     }
 
@@ -183,6 +197,7 @@ impl Index {
                 .colours
                 .map(|colours| order.iter().map(|&product| colours[product]).collect()),
             partitions: Some(partitions),
+            blocks: None,
         }
     }
 
@@ -220,7 +235,11 @@ impl Index {
 
     /// The colour stored for the product at `product`.
     pub fn colour(&self, product: usize) -> Option<CompactColour> {
-        self.colours.as_ref()?.get(product).copied()
+        self.colours
+            .as_ref()
+            .filter(|_| self.is_loaded(product))?
+            .get(product)
+            .copied()
     }
 
     /// How the vectors are stored.
@@ -368,7 +387,8 @@ impl Index {
 
     /// The unit-length vector stored for the product at `product`, as its codec gives it back.
     pub fn stored_vector(&self, product: usize) -> Option<Vec<f32>> {
-        (product < self.len()).then(|| unit_length(&self.vectors.reconstruct(product)))
+        self.is_loaded(product)
+            .then(|| unit_length(&self.vectors.reconstruct(product)))
     }
 
     fn nearest(
@@ -409,7 +429,8 @@ impl Index {
     /// them in one run when the index is not partitioned. Otherwise the `probe` lists nearest
     /// the query, then the next ones while fewer than `wanted` products have been `kept`, so
     /// that a narrow filter still fills its results. A search that weights colour above
-    /// shape scans every list: the lists group products by shape, not colour.
+    /// shape scans every list (the lists group products by shape, not colour), unless the
+    /// catalog is ranged: that would download all of it. Lists not loaded are skipped.
     fn runs_to_scan<'a>(
         &self,
         query: &[f32],
@@ -418,13 +439,19 @@ impl Index {
         kept: &'a Cell<usize>,
     ) -> Box<dyn Iterator<Item = Range<usize>> + 'a> {
         match &self.partitions {
-            Some(partitions) if colour_weight <= 0.5 => {
+            Some(partitions) if colour_weight <= 0.5 || self.is_ranged() => {
                 let probe = partitions.probe();
-                let ranked = partitions.ranked(query).into_iter().enumerate();
+                let ranked: Vec<(Range<usize>, bool)> = partitions
+                    .ranked(query)
+                    .into_iter()
+                    .map(|list| (partitions.run(list), self.is_list_loaded(list)))
+                    .collect();
                 Box::new(
                     ranked
+                        .into_iter()
+                        .enumerate()
                         .take_while(move |(rank, _)| *rank < probe || kept.get() < wanted)
-                        .map(|(_, run)| run),
+                        .filter_map(|(_, (run, loaded))| loaded.then_some(run)),
                 )
             }
             _ => Box::new(std::iter::once(0..self.len())),

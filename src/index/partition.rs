@@ -35,13 +35,20 @@ impl Partitions {
         self.probe = probe.clamp(1, self.lists());
     }
 
-    fn list(&self, list: usize) -> Range<usize> {
+    /// The run of products in `list`.
+    pub(super) fn run(&self, list: usize) -> Range<usize> {
         let start = list.checked_sub(1).map_or(0, |previous| self.ends[previous] as usize);
         start..self.ends[list] as usize
     }
 
+    /// The list holding `product`, if the lists hold it.
+    pub(super) fn list_of(&self, product: usize) -> Option<usize> {
+        let list = self.ends.partition_point(|&end| end as usize <= product);
+        (list < self.lists()).then_some(list)
+    }
+
     /// Every non-empty list, the one whose centroid lies nearest the unit-length `query` first.
-    pub(super) fn ranked(&self, query: &[f32]) -> Vec<Range<usize>> {
+    pub(super) fn ranked(&self, query: &[f32]) -> Vec<usize> {
         // A top-k of all the lists: the widget's module already holds its sort.
         let mut ranking = TopK::new(self.lists());
         self.centroids.scan(
@@ -53,8 +60,8 @@ impl Partitions {
         ranking
             .into_best_first()
             .into_iter()
-            .map(|hit| self.list(hit.product))
-            .filter(|run| !run.is_empty())
+            .map(|hit| hit.product)
+            .filter(|&list| !self.run(list).is_empty())
             .collect()
     }
 

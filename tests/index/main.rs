@@ -369,6 +369,7 @@ fn errors_read_well() {
 mod codecs;
 mod filters;
 mod partitions;
+mod ranged;
 
 /// A colour histogram with all its weight in one bin.
 fn one_bin(bin: usize) -> Vec<f32> {

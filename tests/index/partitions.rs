@@ -10,12 +10,12 @@ use sha2::{Digest, Sha256};
 
 use super::{header_u64, one_bin, random_unit_vectors, with_header_field, MODEL_SHA256};
 
-const DIMS: usize = 32;
-const GROUPS: usize = 40;
+pub(super) const DIMS: usize = 32;
+pub(super) const GROUPS: usize = 40;
 
 /// Products in `GROUPS` groups (garments of a kind, near each other), every 50th of them
 /// in the category "Rare", so that a filter on it matches products all over the catalog.
-fn grouped_catalog(count: usize) -> (Vec<Product>, Vec<Vec<f32>>) {
+pub(super) fn grouped_catalog(count: usize) -> (Vec<Product>, Vec<Vec<f32>>) {
     let mut rng = StdRng::seed_from_u64(3);
     let centres = random_unit_vectors(&mut rng, GROUPS, DIMS);
     let embeddings = (0..count)
@@ -110,7 +110,7 @@ fn grouping_keeps_each_products_vector_and_colour() {
 }
 
 /// The bytes with the checksum made valid again from `header_len` on.
-fn resealed(mut bytes: Vec<u8>, header_len: usize) -> Vec<u8> {
+pub(super) fn resealed(mut bytes: Vec<u8>, header_len: usize) -> Vec<u8> {
     let checksum = Sha256::digest(&bytes[header_len..]);
     bytes[92..124].copy_from_slice(&checksum);
     bytes
@@ -146,6 +146,13 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
     let read = Index::from_bytes(&resealed(version_3, 140)).unwrap();
     assert_eq!(read, flat);
     assert_eq!(read.lists(), None);
+
+    // A version 4 file: a 156-byte header and no blocks section.
+    let partitioned = flat.partitioned(4, 2);
+    let mut version_4 = partitioned.to_bytes();
+    version_4[8..12].copy_from_slice(&4u32.to_le_bytes());
+    version_4[12..16].copy_from_slice(&156u32.to_le_bytes());
+    assert_eq!(Index::from_bytes(&resealed(version_4, 156)).unwrap(), partitioned);
 }
 
 #[test]

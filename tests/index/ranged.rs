@@ -1,0 +1,193 @@
+//! Ranged catalogs: a head that loads first and a lists file whose blocks load as searches
+//! reach them. The head with its lists loaded searches exactly as the whole index does.
+
+use otlens::colour::CompactColour;
+use otlens::index::{Codec, ColourQuery, Filter, Index, IndexError};
+
+use super::partitions::{grouped_catalog, resealed, GROUPS};
+use super::{header_u64, one_bin, MODEL_SHA256};
+
+/// A partitioned catalog of 2,000 products in `codec`, with colours.
+fn partitioned(codec: Codec) -> Index {
+    let (products, embeddings) = grouped_catalog(2000);
+    let colours = (0..2000)
+        .map(|n| CompactColour::from_histogram(&one_bin(n % 290)))
+        .collect();
+    Index::build_with(codec, MODEL_SHA256, products, &embeddings)
+        .unwrap()
+        .with_colours(colours)
+        .unwrap()
+        .partitioned(GROUPS, 3)
+}
+
+/// Loads the lists a search for `query` needs from `lists_file`, as the widget does with
+/// Range requests; returns how many it loaded.
+fn load_needed(head: &mut Index, lists_file: &[u8], query: &[f32], k: usize, filter: &Filter) -> usize {
+    let needed = head.lists_to_load(query, k, filter, None);
+    for &list in &needed {
+        let range = head.block_range(list).unwrap();
+        head.load_list(list, &lists_file[range.start as usize..range.end as usize])
+            .unwrap();
+    }
+    needed.len()
+}
+
+fn ids(index: &Index, hits: &[otlens::index::Hit]) -> Vec<String> {
+    hits.iter()
+        .map(|hit| index.products()[hit.product].id.clone())
+        .collect()
+}
+
+#[test]
+fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
+    let (_, embeddings) = grouped_catalog(2000);
+    let rare = Filter {
+        categories: vec!["Rare".into()],
+        ..Filter::default()
+    };
+    for codec in [Codec::Int8, Codec::Binary, Codec::ProductQuantised { subspaces: 8 }] {
+        let whole = partitioned(codec);
+        let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
+        // The rows and colours move to the lists file; the head adds 48 bytes per list.
+        assert_eq!(
+            head_bytes.len() + lists_file.len(),
+            whole.to_bytes().len() + 8 + 48 * GROUPS,
+            "{codec}"
+        );
+        let mut head = Index::from_bytes(&head_bytes).unwrap();
+        assert!(head.is_ranged() && !whole.is_ranged());
+        assert_eq!(head.products(), whole.products());
+        assert!(
+            head.search(&embeddings[0], 10, &Filter::ANY).is_empty(),
+            "nothing loaded, nothing found"
+        );
+
+        let mut loaded = 0;
+        for (n, query) in embeddings.iter().enumerate().step_by(131) {
+            let filter = if n % 2 == 0 { &Filter::ANY } else { &rare };
+            loaded += load_needed(&mut head, &lists_file, query, 10, filter);
+            assert!(head.lists_to_load(query, 10, filter, None).is_empty());
+            assert_eq!(
+                ids(&head, &head.search(query, 10, filter)),
+                ids(&whole, &whole.search(query, 10, filter)),
+                "{codec}: query {n}"
+            );
+            let histogram = one_bin(n % 290);
+            let colour = Some(ColourQuery {
+                histogram: &histogram,
+                weight: 0.3,
+            });
+            assert_eq!(
+                head.search_with_colour(query, colour, 10, filter),
+                whole.search_with_colour(query, colour, 10, filter),
+                "{codec}: query {n} with colour"
+            );
+        }
+        assert!(
+            loaded < GROUPS,
+            "{codec}: the queries loaded {loaded} of {GROUPS} lists"
+        );
+    }
+}
+
+#[test]
+fn more_like_this_needs_the_products_own_list_first() {
+    let whole = partitioned(Codec::Int8);
+    let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
+    let mut head = Index::from_bytes(&head_bytes).unwrap();
+    let product = head.position("sku-77").unwrap();
+    assert!(!head.is_loaded(product));
+    assert_eq!(head.stored_vector(product), None);
+    assert_eq!(head.colour(product), None);
+    assert!(head.similar(product, 5, &Filter::ANY).is_empty());
+
+    let own = head.list_of(product).unwrap();
+    let range = head.block_range(own).unwrap();
+    head.load_list(own, &lists_file[range.start as usize..range.end as usize])
+        .unwrap();
+    assert_eq!(head.stored_vector(product), whole.stored_vector(product));
+    assert_eq!(head.colour(product), whole.colour(product));
+    let stored = head.stored_vector(product).unwrap();
+    for list in head.lists_to_load(&stored, 5, &Filter::ANY, Some(product)) {
+        let range = head.block_range(list).unwrap();
+        head.load_list(list, &lists_file[range.start as usize..range.end as usize])
+            .unwrap();
+    }
+    assert_eq!(
+        head.similar(product, 5, &Filter::ANY),
+        whole.similar(product, 5, &Filter::ANY)
+    );
+}
+
+#[test]
+fn the_whole_lists_file_loads_every_list_and_damage_is_refused() {
+    let whole = partitioned(Codec::ProductQuantised { subspaces: 8 });
+    let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
+    let mut head = Index::from_bytes(&head_bytes).unwrap();
+
+    let range = head.block_range(5).unwrap();
+    let mut block = lists_file[range.start as usize..range.end as usize].to_vec();
+    block[3] ^= 1;
+    assert_eq!(head.load_list(5, &block), Err(IndexError::BlockMismatch { list: 5 }));
+    assert_eq!(
+        head.load_list(5, &block[..block.len() - 1]),
+        Err(IndexError::BlockMismatch { list: 5 })
+    );
+    let other = head.block_range(6).unwrap();
+    assert_eq!(
+        head.load_list(5, &lists_file[other.start as usize..other.end as usize]),
+        Err(IndexError::BlockMismatch { list: 5 }),
+        "another list's block"
+    );
+    assert_eq!(
+        head.load_list(GROUPS, &block),
+        Err(IndexError::NoSuchList {
+            list: GROUPS,
+            lists: GROUPS
+        })
+    );
+    assert_eq!(head.block_range(GROUPS), None);
+    assert!(matches!(
+        head.load_lists_file(&lists_file[..lists_file.len() - 1]),
+        Err(IndexError::BlockMismatch { .. })
+    ));
+    let mut longer = lists_file.clone();
+    longer.push(0);
+    assert!(matches!(
+        head.load_lists_file(&longer),
+        Err(IndexError::Truncated { .. })
+    ));
+
+    head.load_lists_file(&lists_file).unwrap();
+    assert!((0..head.len()).all(|product| head.is_loaded(product)));
+    let query = whole.stored_vector(0).unwrap();
+    assert!(head.lists_to_load(&query, 10, &Filter::ANY, None).is_empty());
+    assert_eq!(
+        head.search(&query, 10, &Filter::ANY),
+        whole.search(&query, 10, &Filter::ANY)
+    );
+    assert_eq!(whole.clone().load_lists_file(&lists_file), Err(IndexError::NotRanged));
+}
+
+#[test]
+fn only_a_partitioned_index_splits_and_a_damaged_blocks_section_is_corrupt() {
+    let (products, embeddings) = grouped_catalog(100);
+    let flat = Index::build(MODEL_SHA256, products, &embeddings).unwrap();
+    assert_eq!(flat.to_ranged_bytes(), Err(IndexError::NotPartitioned));
+
+    let (head, _) = flat.partitioned(4, 2).to_ranged_bytes().unwrap();
+    let blocks_at = header_u64(&head, 156);
+    let damaged = |offset: usize, value: &[u8]| {
+        let mut bytes = head.clone();
+        bytes[blocks_at + offset..blocks_at + offset + value.len()].copy_from_slice(value);
+        match Index::from_bytes(&resealed(bytes, otlens::index::HEADER_LEN)) {
+            Err(IndexError::Corrupt(message)) => message,
+            other => panic!("{offset}: {other:?}"),
+        }
+    };
+    // Unknown flags, a wrong list count, a gap before the second block, a wrong length.
+    for (offset, value) in [(0, 2u64), (4, 3), (8 + 48, 1), (8 + 8, 1)] {
+        let message = damaged(offset, &value.to_le_bytes()[..if offset < 8 { 4 } else { 8 }]);
+        assert!(message.contains("blocks"), "{offset}: {message}");
+    }
+}
