@@ -1,6 +1,7 @@
 //! `otlens build-index`: embeds every catalog photo and writes the folder the widget loads:
 //! `manifest.json`, `model-<sha8>.nnef.tgz` (the model compiled for the widget),
-//! `index-<sha8>.otl` and `thumbs/<photo sha16>.jpg`.
+//! `index-<sha8>.otl` and `thumbs/<photo sha16>.jpg`; with `--ranged`, the index is a head
+//! and `lists-<sha8>.otb` holds the inverted lists the widget fetches with Range requests.
 //!
 //! Rebuilds are incremental: embeddings are cached by photo sha256 ([`EmbeddingCache`]) and
 //! thumbnails are named by it, so an unchanged photo is read and hashed, never decoded.
@@ -91,6 +92,28 @@ pub struct PartitionArgs {
     /// Default: a sixteenth of the lists, at least 8.
     #[arg(long)]
     pub probe: Option<usize>,
+    /// Split the index into a small head and a lists file, which the widget fetches list by
+    /// list with HTTP Range requests as searches reach the lists (the whole file from hosts
+    /// that ignore Range). For large catalogs; needs inverted lists.
+    #[arg(long)]
+    pub ranged: bool,
+}
+
+/// The files an index is published as, each with its manifest entry.
+pub struct IndexFiles {
+    pub index: (FileEntry, Vec<u8>),
+    /// The lists file of a ranged catalog.
+    pub lists: Option<(FileEntry, Vec<u8>)>,
+}
+
+impl IndexFiles {
+    /// Writes the files into `folder`.
+    pub fn write(&self, folder: &Path) -> Result<()> {
+        for (entry, bytes) in std::iter::once(&self.index).chain(&self.lists) {
+            write(&folder.join(&entry.file), bytes)?;
+        }
+        Ok(())
+    }
 }
 
 impl PartitionArgs {
@@ -113,6 +136,29 @@ impl PartitionArgs {
             );
         }
         index
+    }
+
+    /// The files `index` is published as: one, or with `--ranged` a head and a lists file.
+    pub fn files(&self, index: &Index) -> Result<IndexFiles> {
+        if !self.ranged {
+            let bytes = index.to_bytes();
+            return Ok(IndexFiles {
+                index: (FileEntry::content_named("index", "otl", &bytes), bytes),
+                lists: None,
+            });
+        }
+        let (head, lists) = index
+            .to_ranged_bytes()
+            .context("--ranged needs inverted lists: pass --lists (at least 2)")?;
+        eprintln!(
+            "split the index into a {} KB head and a {} KB lists file",
+            head.len() / 1000,
+            lists.len() / 1000
+        );
+        Ok(IndexFiles {
+            index: (FileEntry::content_named("index", "otl", &head), head),
+            lists: Some((FileEntry::content_named("lists", "otb", &lists), lists)),
+        })
     }
 }
 
@@ -315,18 +361,19 @@ fn stage(
     let info = embedder.info();
     let index = Index::build_with(storage.codec, &info.sha256, products, &embeddings)?.with_colours(colours)?;
     let index = storage.partitions.apply(index);
-    let index_bytes = index.to_bytes();
+    let files = storage.partitions.files(&index)?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         model: FileEntry::content_named("model", "nnef.tgz", model_bytes),
-        index: FileEntry::content_named("index", "otl", &index_bytes),
+        index: files.index.0.clone(),
+        lists: files.lists.as_ref().map(|(entry, _)| entry.clone()),
         products: index.len(),
         dims: index.dims(),
         arch: info.arch.clone(),
         thumbnails: format!("{THUMBS_DIR}/"),
     };
     write(&staging.join(&manifest.model.file), model_bytes)?;
-    write(&staging.join(&manifest.index.file), &index_bytes)?;
+    files.write(staging)?;
     write(
         &staging.join("manifest.json"),
         &serde_json::to_vec_pretty(&manifest).context("cannot encode the manifest")?,
@@ -445,6 +492,7 @@ fn published_files(out: &Path) -> HashSet<String> {
         .unwrap_or_default();
     let mut files: HashSet<String> = thumbnails;
     files.extend([manifest.model.file, manifest.index.file]);
+    files.extend(manifest.lists.map(|lists| lists.file));
     files
 }
 
@@ -456,12 +504,18 @@ fn commit(staging: &Path, out: &Path, built: &Built) -> Result<()> {
     let rename = |from: &Path, to: &Path| {
         fs::rename(from, to).with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
     };
-    for file in [manifest.model.file.as_str(), &manifest.index.file, "manifest.json"] {
+    let lists = manifest.lists.as_ref().map(|lists| lists.file.as_str());
+    for file in [manifest.model.file.as_str(), &manifest.index.file]
+        .into_iter()
+        .chain(lists)
+        .chain(["manifest.json"])
+    {
         rename(&staging.join(file), &out.join(file))?;
     }
     fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))?;
 
     in_use.extend([manifest.model.file.clone(), manifest.index.file.clone()]);
+    in_use.extend(lists.map(str::to_owned));
     in_use.extend(built.thumbnails.iter().cloned());
     let unused = |folder: &str, name: &str| {
         let file = if folder.is_empty() {
@@ -476,7 +530,8 @@ fn commit(staging: &Path, out: &Path, built: &Built) -> Result<()> {
         let name = name.to_string_lossy();
         // `.onnx`: the model file of catalogs built before the widget ran compiled models.
         let ours = (name.starts_with("model-") && (name.ends_with(".nnef.tgz") || name.ends_with(".onnx")))
-            || (name.starts_with("index-") && name.ends_with(".otl"));
+            || (name.starts_with("index-") && name.ends_with(".otl"))
+            || (name.starts_with("lists-") && name.ends_with(".otb"));
         if ours && unused("", &name) {
             fs::remove_file(out.join(name.as_ref())).with_context(|| format!("cannot remove the old {name}"))?;
         }

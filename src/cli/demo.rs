@@ -15,7 +15,7 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use super::build_index::{self, write, CodecName, PartitionArgs, Storage};
-use crate::index::{Codec, FileEntry, Index, Manifest};
+use crate::index::{Codec, Index, Manifest};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -376,7 +376,7 @@ fn scale(args: &ScaleArgs) -> Result<()> {
         scaled = scaled.with_colours(colours)?;
     }
     let scaled = args.partitions.apply(scaled);
-    let index_bytes = scaled.to_bytes();
+    let files = args.partitions.files(&scaled)?;
     eprintln!(
         "indexed {} products with {codec} in {:.1} s",
         scaled.len(),
@@ -391,17 +391,18 @@ fn scale(args: &ScaleArgs) -> Result<()> {
             .with_context(|| format!("cannot copy {}", entry.path().display()))?;
     }
     let manifest = Manifest {
-        index: FileEntry::content_named("index", "otl", &index_bytes),
+        index: files.index.0.clone(),
+        lists: files.lists.as_ref().map(|(entry, _)| entry.clone()),
         products: scaled.len(),
         ..source
     };
     write(&args.out.join(&manifest.model.file), &model)?;
-    write(&args.out.join(&manifest.index.file), &index_bytes)?;
+    files.write(&args.out)?;
     write(&args.out.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
     eprintln!(
         "wrote {} products ({} index bytes) to {}",
         manifest.products,
-        index_bytes.len(),
+        manifest.index.bytes + manifest.lists.as_ref().map_or(0, |lists| lists.bytes),
         args.out.join("manifest.json").display()
     );
     Ok(())

@@ -453,7 +453,7 @@ fn cache_control(path: &Path) -> &'static str {
         .and_then(Path::file_name)
         .is_some_and(|folder| folder == "thumbs");
     let hex = |digits: &str| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_hexdigit());
-    let catalog_file = ["model-", "index-"].iter().any(|prefix| {
+    let catalog_file = ["model-", "index-", "lists-"].iter().any(|prefix| {
         name.strip_prefix(prefix)
             .and_then(|rest| rest.split_once('.'))
             .is_some_and(|(digits, _)| digits.len() >= 8 && hex(digits))
@@ -527,6 +527,7 @@ mod tests {
         for (path, immutable) in [
             ("catalog/model-9f6daa4d.nnef.tgz", true),
             ("catalog/index-f53e8002.otl", true),
+            ("catalog/lists-0a1b2c3d.otb", true),
             ("catalog/thumbs/0123456789abcdef.jpg", true),
             ("catalog/manifest.json", false),
             ("catalog/thumbs/12.jpg", false),

@@ -13,7 +13,11 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub struct Manifest {
     pub format: u32,
     pub model: FileEntry,
+    /// The index, or for a ranged catalog its head.
     pub index: FileEntry,
+    /// The lists file of a ranged catalog, fetched list by list with Range requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<FileEntry>,
     pub products: usize,
     pub dims: usize,
     pub arch: String,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use image::{Rgb, RgbImage};
-use otlens::index::{Codec, Filter, Index, Manifest};
+use otlens::index::{Codec, FileEntry, Filter, Index, Manifest};
 use otlens::model::{sha256_hex, Embedder};
 use otlens::preprocess::DecodeLimits;
 
@@ -285,6 +285,30 @@ fn check_codecs(model: &str, catalog: &Path, dir: &Path) {
         let stored = index.stored_vector(product).unwrap();
         assert_eq!(index.search(&stored, 1, &Filter::ANY)[0].product, product);
     }
+    assert!(read_manifest(&out).lists.is_none());
+
+    // Ranged: the same lists, as a head and a lists file the manifest names with its size and sha256.
+    let output = build_index(model, catalog, &out, &["--lists", "3", "--probe", "2", "--ranged"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let manifest = read_manifest(&out);
+    let lists_entry = manifest.lists.clone().expect("a ranged catalog names its lists file");
+    let lists_file = std::fs::read(out.join(&lists_entry.file)).unwrap();
+    assert_eq!(lists_entry, FileEntry::content_named("lists", "otb", &lists_file));
+    let mut head = read_index(&out, &manifest);
+    assert!(head.is_ranged() && !head.is_loaded(0));
+    head.load_lists_file(&lists_file).unwrap();
+    assert_eq!(head.products(), index.products());
+    for product in 0..head.len() {
+        assert_eq!(head.stored_vector(product), index.stored_vector(product));
+    }
+    // Back to a whole index: the ranged version's files stay for pages still open on it.
+    assert!(build_index(model, catalog, &out, &["--lists", "3"]).status.success());
+    assert!(out.join(&lists_entry.file).is_file());
+    let output = build_index(model, catalog, &dir.join("ranged-flat"), &["--ranged"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--ranged needs inverted lists"), "{stderr}");
+
     let output = build_index(
         model,
         catalog,
