@@ -180,6 +180,11 @@ fn region_of(photo: &RgbImage, region: &[f32]) -> Result<RgbImage, JsError> {
     Ok(image::imageops::crop_imm(photo, left, top, region_width, region_height).to_image())
 }
 
+/// List numbers for JS (a `Uint32Array`).
+fn to_u32(lists: Vec<usize>) -> Vec<u32> {
+    lists.into_iter().map(|list| list as u32).collect()
+}
+
 /// A colour weight from the page: 0 (shape only) when absent or not a number.
 fn clamp_colour_weight(weight: Option<f32>) -> f32 {
     weight.filter(|w| w.is_finite()).map_or(0.0, |w| w.clamp(0.0, 1.0))
@@ -444,6 +449,66 @@ impl Lens {
             .index
             .similar_with_colour(product, clamp_colour_weight(colour_weight), k, &filter);
         self.respond_searched(Some(product), &hits, started)
+    }
+
+    /// Whether the catalog is ranged: its lists load as searches need them ([`Lens::load_list`]).
+    pub fn is_ranged(&self) -> bool {
+        self.index.is_ranged()
+    }
+
+    /// `[start, end)`: where the block of `list` lies in the lists file.
+    pub fn block_range(&self, list: usize) -> Result<Vec<f64>, JsError> {
+        let range = self
+            .index
+            .block_range(list)
+            .ok_or_else(|| JsError::new(&format!("the catalog has no list {list}")))?;
+        Ok(vec![range.start as f64, range.end as f64])
+    }
+
+    /// Loads the block of `list`, refusing one that is not the block the index vouches for.
+    pub fn load_list(&mut self, list: usize, block: &[u8]) -> Result<(), JsError> {
+        self.index.load_list(list, block).map_err(|e| js_error(Error::from(e)))
+    }
+
+    /// Loads every list from the whole lists file (when the host ignores Range requests).
+    pub fn load_lists_file(&mut self, file: &[u8]) -> Result<(), JsError> {
+        self.index.load_lists_file(file).map_err(|e| js_error(Error::from(e)))
+    }
+
+    /// The lists to load before `search_embedding` can search `embedding` (empty when whole).
+    pub fn lists_for_embedding(
+        &self,
+        embedding: &[f32],
+        k: usize,
+        filter: Option<String>,
+    ) -> Result<Vec<u32>, JsError> {
+        Ok(to_u32(self.index.lists_to_load(
+            embedding,
+            k,
+            &parse_filter(filter)?,
+            None,
+        )))
+    }
+
+    /// The lists to load before `refine` can search the last photo again.
+    pub fn lists_for_refine(&self, k: usize, filter: Option<String>) -> Result<Vec<u32>, JsError> {
+        let filter = parse_filter(filter)?;
+        Ok(self.query.as_ref().map_or_else(Vec::new, |query| {
+            to_u32(self.index.lists_to_load(&query.embedding, k, &filter, None))
+        }))
+    }
+
+    /// The lists to load before `similar` can answer for the product with `product_id`: its
+    /// own list first (its stored vector is the query), then the lists that query needs.
+    pub fn lists_for_similar(&self, product_id: &str, k: usize, filter: Option<String>) -> Result<Vec<u32>, JsError> {
+        let filter = parse_filter(filter)?;
+        let Some(product) = self.index.position(product_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(match self.index.stored_vector(product) {
+            Some(stored) => to_u32(self.index.lists_to_load(&stored, k, &filter, Some(product))),
+            None => to_u32(self.index.list_of(product).into_iter().collect()),
+        })
     }
 
     fn respond_searched(&self, like: Option<usize>, hits: &[Hit], started: f64) -> Result<JsValue, JsError> {

@@ -11,11 +11,13 @@
 //               colourWeight: 0 (match by shape) to 1 (match by colour)
 //               {type: "embed", id, photo: Blob}
 // Messages out: {type: "progress", step, steps, label, loaded, total}
-//               {type: "ready", manifest, model, products, facets, colours, backend: "tract"}
-//                                         (colours: the catalog can be matched by colour)
+//               {type: "ready", manifest, model, products, facets, colours, ranged, backend: "tract"}
+//                                         (colours: the catalog can be matched by colour; ranged: its
+//                                          lists download as searches reach them, with Range requests)
 //               {type: "backend", backend, adapter?, dispatches?, weights?, reason?}
 //                                         (after ready: the WebGPU path took over, or why inference stays on tract)
-//               {type: "results", id, results, colour?, timings}  (colour: {name?, rgb} of a photo)
+//               {type: "results", id, results, colour?, timings}  (colour: {name?, rgb} of a photo;
+//                                         timings.lists_ms: time spent fetching lists of a ranged catalog)
 //               {type: "embedding", id, embedding}
 //               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
 
@@ -27,6 +29,8 @@ let lens = null;
 let gpu = null;
 // The model file, kept from loading until the GPU path has lowered it.
 let modelBytes = null;
+// The lists file of a ranged catalog, whose lists are fetched as searches need them.
+let listsUrl = null;
 // The GPU path must give tract's embedding; below this cosine it is not used.
 const GPU_AGREEMENT = 0.999;
 
@@ -41,10 +45,11 @@ function post(message, transfer = []) {
 const STALL_MS = 20_000;
 
 /**
- * Fetches a URL as bytes, reporting progress. `expectedBytes` (from the manifest) gives the total when the
- * Content-Length header is missing or counts compressed bytes.
+ * Fetches a URL as bytes, reporting progress when given a `step`. `expectedBytes` (from the manifest) gives the
+ * total when the Content-Length header is missing or counts compressed bytes. With `range` ([start, end)) it asks
+ * for those bytes only; `partial` says whether the host sent them (206) or, ignoring Range, the whole file.
  */
-async function download(url, label, step, steps, expectedBytes) {
+async function download(url, label, { step, steps, expectedBytes, range } = {}) {
   const stalled = new AbortController();
   let watchdog = setTimeout(() => stalled.abort(), STALL_MS);
   const failure = (loaded, total, error) => {
@@ -54,7 +59,8 @@ async function download(url, label, step, steps, expectedBytes) {
   };
   let response;
   try {
-    response = await fetch(url, { signal: stalled.signal });
+    const headers = range ? { Range: `bytes=${range[0]}-${range[1] - 1}` } : {};
+    response = await fetch(url, { signal: stalled.signal, headers });
   } catch (error) {
     clearTimeout(watchdog);
     throw failure(0, 0, error);
@@ -63,13 +69,15 @@ async function download(url, label, step, steps, expectedBytes) {
     clearTimeout(watchdog);
     throw new Error(`could not download ${label} (${url}): HTTP ${response.status} ${response.statusText}`);
   }
+  const partial = response.status === 206;
   const lengthHeader = Number(response.headers.get("Content-Length"));
   const compressed = response.headers.has("Content-Encoding");
-  const total = !compressed && lengthHeader > 0 ? lengthHeader : expectedBytes || 0;
+  const total = !compressed && lengthHeader > 0 ? lengthHeader : (!partial && expectedBytes) || 0;
   const chunks = [];
   let loaded = 0;
   let lastReport = 0;
-  post({ type: "progress", step, steps, label, loaded, total });
+  const report = () => step && post({ type: "progress", step, steps, label, loaded, total: total || loaded });
+  report();
   const reader = response.body.getReader();
   try {
     for (;;) {
@@ -83,7 +91,7 @@ async function download(url, label, step, steps, expectedBytes) {
       const now = performance.now();
       if (now - lastReport > 50) {
         lastReport = now;
-        post({ type: "progress", step, steps, label, loaded, total });
+        report();
       }
     }
   } catch (error) {
@@ -91,14 +99,14 @@ async function download(url, label, step, steps, expectedBytes) {
   } finally {
     clearTimeout(watchdog);
   }
-  post({ type: "progress", step, steps, label, loaded, total: total || loaded });
+  report();
   const bytes = new Uint8Array(loaded);
   let offset = 0;
   for (const chunk of chunks) {
     bytes.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  return bytes;
+  return { bytes, partial };
 }
 
 async function sha256(bytes) {
@@ -123,7 +131,7 @@ async function verify(bytes, entry, label) {
 async function load(manifestUrl, withModel) {
   const steps = withModel ? 3 : 2;
   const wasmUrl = new URL("./pkg/otlens_bg.wasm", import.meta.url);
-  const wasm = await download(wasmUrl, "search engine", 1, steps);
+  const { bytes: wasm } = await download(wasmUrl, "search engine", { step: 1, steps });
   try {
     await init({ module_or_path: wasm });
   } catch (error) {
@@ -164,11 +172,31 @@ async function load(manifestUrl, withModel) {
     throw new Error("the catalog manifest names no model or index file");
   }
   // The catalog comes first: it is smaller, and "more like this" needs nothing else.
-  const index = await download(new URL(manifest.index.file, manifestUrl), "catalog", 2, steps, manifest.index.bytes);
+  const indexUrl = new URL(manifest.index.file, manifestUrl);
+  const { bytes: index } = await download(indexUrl, "catalog", { step: 2, steps, expectedBytes: manifest.index.bytes });
   await verify(index, manifest.index, "index");
   lens = new Lens(index);
+  listsUrl = null;
+  if (lens.is_ranged()) {
+    if (!manifest.lists?.file) {
+      throw new Error(
+        "the catalog index is split into lists, but the catalog manifest names no lists file; " +
+          "deploy the catalog folder as otlens build-index wrote it",
+      );
+    }
+    listsUrl = new URL(manifest.lists.file, manifestUrl);
+    // The first list also tells whether the host answers Range requests; if not, the whole file came.
+    const { bytes, partial } = await download(listsUrl, "catalog lists", {
+      step: 2,
+      steps,
+      expectedBytes: manifest.lists.bytes,
+      range: lens.block_range(0),
+    });
+    loadListBytes(0, bytes, partial);
+  }
   if (withModel) {
-    const model = await download(new URL(manifest.model.file, manifestUrl), "model", 3, steps, manifest.model.bytes);
+    const modelUrl = new URL(manifest.model.file, manifestUrl);
+    const { bytes: model } = await download(modelUrl, "model", { step: 3, steps, expectedBytes: manifest.model.bytes });
     await verify(model, manifest.model, "model");
     post({ type: "progress", step: steps, steps, label: "preparing", loaded: 1, total: 1 });
     lens.load_model(model);
@@ -181,8 +209,34 @@ async function load(manifestUrl, withModel) {
     products: lens.len(),
     facets: lens.facets(),
     colours: lens.has_colours(),
+    ranged: lens.is_ranged(),
     backend: "tract",
   });
+}
+
+/**
+ * Loads a list's block, or every list when a host that ignores Range requests sent the whole lists file. The
+ * lens checks each block against its sha256 in the index, which the manifest vouches for.
+ */
+function loadListBytes(list, bytes, partial) {
+  if (partial) lens.load_list(list, bytes);
+  else lens.load_lists_file(bytes);
+}
+
+/**
+ * Fetches the lists of a ranged catalog that `needed` (list numbers from the lens) names, all at once, and
+ * returns the milliseconds it took: a search on a large catalog downloads only the lists it scans.
+ */
+async function loadLists(needed) {
+  if (!needed.length) return 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from(needed, async (list) => {
+      const { bytes, partial } = await download(listsUrl, "catalog lists", { range: lens.block_range(list) });
+      loadListBytes(list, bytes, partial);
+    }),
+  );
+  return performance.now() - started;
 }
 
 function cosine(a, b) {
@@ -260,11 +314,12 @@ async function startGpu(mode) {
 
 /**
  * Searches a region of the open photo (all of it without one): preparing it and the index on the CPU, the
- * model on the GPU when it is ready. `openMs`: the time the photo took to decode, if it was just opened.
+ * model on the GPU when it is ready. `openMs`: the time the photo took to decode, if it was just opened. A
+ * ranged catalog first fetches the lists that the photo's embedding reaches.
  */
 async function search(region, k, filter, colourWeight, openMs) {
   region = region ? Float32Array.from(region) : undefined;
-  if (!gpu) {
+  if (!gpu && !listsUrl) {
     const response = lens.search_region(region, k, filter, colourWeight);
     response.timings.decode_ms += openMs;
     response.timings.backend = "tract";
@@ -274,10 +329,11 @@ async function search(region, k, filter, colourWeight, openMs) {
   const tensor = lens.prepare(region);
   const prepared = performance.now();
   let embedding;
-  let backend = "webgpu";
+  let backend = gpu ? "webgpu" : "tract";
   try {
-    embedding = await gpu.run(tensor);
+    embedding = gpu ? await gpu.run(tensor) : lens.run_tensor(tensor);
   } catch (error) {
+    if (!gpu) throw error;
     // The GPU failed mid-session (device lost, out of memory): this search (on the photo already
     // decoded) and the next ones use tract.
     gpu.free();
@@ -287,15 +343,22 @@ async function search(region, k, filter, colourWeight, openMs) {
     backend = "tract";
   }
   const embedded = performance.now();
+  const listsMs = await loadLists(lens.lists_for_embedding(embedding, k, filter));
   const decodeMs = openMs + prepared - started;
   const response = lens.search_embedding(embedding, k, filter, decodeMs, embedded - prepared, colourWeight);
   response.timings.backend = backend;
+  response.timings.lists_ms = listsMs;
   return response;
 }
 
 async function photoBytes(photo) {
   checkPhotoSize(photo.size);
   return new Uint8Array(await photo.arrayBuffer());
+}
+
+function withListsMs(response, listsMs) {
+  response.timings.lists_ms = listsMs;
+  return response;
 }
 
 /** Runs one search request and posts its results with the time it took in the worker. */
@@ -328,9 +391,19 @@ async function handle(message) {
     case "region":
       return answer(id, async () => search(region, k, filter, colourWeight, 0));
     case "refine":
-      return answer(id, async () => lens.refine(k, filter, colourWeight));
+      return answer(id, async () => {
+        const listsMs = await loadLists(lens.lists_for_refine(k, filter));
+        return withListsMs(lens.refine(k, filter, colourWeight), listsMs);
+      });
     case "similar":
-      return answer(id, async () => lens.similar(message.product, k, filter, colourWeight));
+      return answer(id, async () => {
+        // Twice at most: the product's own list holds the vector that picks the others.
+        let listsMs = 0;
+        for (let needed; (needed = lens.lists_for_similar(message.product, k, filter)).length; ) {
+          listsMs += await loadLists(needed);
+        }
+        return withListsMs(lens.similar(message.product, k, filter, colourWeight), listsMs);
+      });
     case "embed": {
       const embedding = lens.embed(await photoBytes(message.photo));
       return post({ type: "embedding", id, embedding }, [embedding.buffer]);

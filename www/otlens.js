@@ -27,9 +27,11 @@
 //                otlens-sw.js before turning it on: its folder must contain the page. Default: absent
 //
 // Events (bubbling, composed), on the element:
-//   otlens-ready    detail: {products, model, manifest, backend}  model and catalog loaded and checked (again
-//                                                          after a restart); model is null with `product`;
-//                                                          backend is "tract": the GPU path starts after
+//   otlens-ready    detail: {products, model, manifest, backend, ranged}  model and catalog loaded and checked
+//                                                          (again after a restart); model is null with
+//                                                          `product`; backend is "tract": the GPU path starts
+//                                                          after; ranged: the catalog's lists download as
+//                                                          searches reach them (HTTP Range requests)
 //   otlens-backend  detail: {backend, adapter?, dispatches?, weights?, reason?}  where the model runs from
 //                                                          now on: "webgpu" (with the adapter's name, kernel
 //                                                          launches per photo, and weights "f16" or "f32")
@@ -38,7 +40,8 @@
 //                                                          and colour ({name?, rgb}: the photo's main colour,
 //                                                          named as the catalog names colours) are absent for
 //                                                          "more like this"; timings: {decode_ms, embed_ms,
-//                                                          search_ms, total_ms, backend}
+//                                                          search_ms, total_ms, backend, lists_ms}
+//                                                          (lists_ms: fetching a ranged catalog's lists)
 //   otlens-select   detail: {product}                     a result was chosen; cancelable: preventDefault()
 //                                                          keeps the link from being followed (for routers)
 //   otlens-error    detail: {message, fatal}              fatal: the widget could not start, or its engine
@@ -979,6 +982,7 @@ class OtLens extends HTMLElement {
           model: data.model,
           manifest: data.manifest,
           backend: data.backend,
+          ranged: data.ranged,
         });
         if (this.hasAttribute("product")) this.similar(this.getAttribute("product")).catch(() => {});
         if (this.#queuedPhoto) {

@@ -1,0 +1,170 @@
+// A ranged catalog (`otlens build-index --ranged`): the widget loads the index's head, then fetches the
+// inverted lists a search scans with HTTP Range requests from a static server, and only those. From a host
+// that ignores Range (a proxy that always sends whole files) it takes the whole lists file once; a damaged
+// lists file is refused with a message. The demo's 1,000 products in 16 lists, 2 probed per search.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import {
+  DEMO_WORK,
+  OTLENS,
+  ROOT,
+  WWW,
+  catalogProduct,
+  launchBrowser,
+  openDemo,
+  resultsAfter,
+  searchWith,
+  skipUnlessBuilt,
+  startProxy,
+  startServer,
+  waitForWidgetEvents,
+} from "./helpers.mjs";
+
+const LISTS = 16;
+const ids = (event) => event.results.map((result) => result.product.id);
+
+describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
+  let site; // www/ with the ranged catalog in ranged/ and a damaged copy in damaged/
+  let manifest;
+  let server;
+  let wholeFiles; // a proxy in front of the server that ignores Range requests
+  let browser;
+
+  before(async () => {
+    site = mkdtempSync(join(tmpdir(), "otlens-ranged-"));
+    cpSync(WWW, site, { recursive: true });
+    const [header, ...rows] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
+    const imageColumn = header.split(",").indexOf("image");
+    const absolute = rows.map((row) => {
+      const fields = row.split(",");
+      fields[imageColumn] = join(DEMO_WORK, fields[imageColumn]);
+      return fields.join(",");
+    });
+    writeFileSync(join(site, "catalog.csv"), [header, ...absolute].join("\n") + "\n");
+    const model = join(ROOT, "models/efficientnet-lite0-int8-weights.onnx");
+    execFileSync(
+      OTLENS,
+      [
+        ...["build-index", "--model", model, "--catalog", join(site, "catalog.csv"), "--out", join(site, "ranged")],
+        ...["--lists", String(LISTS), "--probe", "2", "--ranged", "--cache", join(DEMO_WORK, "embeddings")],
+      ],
+      { stdio: "pipe" },
+    );
+    manifest = JSON.parse(readFileSync(join(site, "ranged/manifest.json"), "utf8"));
+    // The same catalog with one byte of its first list changed: the head still vouches for the original.
+    cpSync(join(site, "ranged"), join(site, "damaged"), { recursive: true });
+    const lists = join(site, "damaged", manifest.lists.file);
+    const bytes = readFileSync(lists);
+    bytes[10] ^= 0xff;
+    writeFileSync(lists, bytes);
+
+    server = await startServer(site);
+    wholeFiles = await startProxy(server.url);
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await wholeFiles?.stop();
+    await server?.stop();
+    rmSync(site, { recursive: true, force: true });
+  });
+
+  /** The widget on a page of `origin` showing the catalog in `folder`, with every lists-file response. */
+  async function openCatalog(origin, folder) {
+    const lists = [];
+    browser.context.on("response", (response) => {
+      if (response.url().includes("/lists-")) {
+        lists.push({
+          status: response.status(),
+          range: response.request().headers().range,
+          bytes: Number(response.headers()["content-length"]),
+        });
+      }
+    });
+    const pageUrl = new URL(`${folder}.html`, origin).href;
+    const opened = await openDemo(browser.context, pageUrl, {
+      prepare: (page) =>
+        page.route(pageUrl, (route) =>
+          route.fulfill({
+            contentType: "text/html",
+            body: `<!doctype html><html lang="en"><title>${folder}</title>
+              <script type="module" src="otlens.js"></script>
+              <ot-lens src="${folder}/manifest.json" max-results="12"></ot-lens>`,
+          }),
+        ),
+    });
+    return { ...opened, lists };
+  }
+
+  test("searches fetch only the lists they scan, with Range requests", async () => {
+    assert.ok(manifest.lists.file.match(/^lists-[0-9a-f]{8}\.otb$/), manifest.lists.file);
+    const headBytes = manifest.index.bytes;
+    assert.ok(headBytes < manifest.lists.bytes / 4, `a ${headBytes}-byte head, ${manifest.lists.bytes} of lists`);
+
+    const { page, problems, lists } = await openCatalog(server.url, "ranged");
+    const [ready] = await waitForWidgetEvents(page, "otlens-ready");
+    assert.equal(ready.ranged, true);
+    assert.equal(ready.products, manifest.products);
+    assert.equal(lists.length, 1, "loading fetches one list, which also shows the host answers Range");
+
+    const { product, photo } = catalogProduct(7);
+    const searched = await searchWith(page, photo);
+    assert.equal(ids(searched)[0], product.id, "the product's own photo finds it first");
+    assert.equal(searched.results.length, 12);
+    assert.ok(searched.timings.lists_ms >= 0);
+    assert.ok(lists.length <= 3, `the search fetched ${lists.length - 1} lists; it scans 2`);
+
+    const widget = page.locator("ot-lens");
+    const chosen = searched.results[1].product;
+    const similar = await resultsAfter(page, () =>
+      widget.getByRole("button", { name: `More like this: ${chosen.title}` }).click(),
+    );
+    assert.equal(similar.results.length, 12);
+    assert.ok(!ids(similar).includes(chosen.id), "the product itself is not listed");
+    assert.equal(similar.results[0].product.category, chosen.category);
+
+    const other = chosen.category === "Bag" ? "Sandal" : "Bag";
+    const filtered = await resultsAfter(page, () =>
+      widget.evaluate((element, category) => (element.filter = { categories: [category] }), other),
+    );
+    assert.equal(filtered.results.length, 12, "a filter on another category fetches the lists it needs");
+    assert.ok(filtered.results.every((result) => result.product.category === other));
+
+    assert.ok(lists.length > 1 && lists.every((response) => response.status === 206 && response.range));
+    const fetched = lists.reduce((sum, response) => sum + response.bytes, 0);
+    assert.ok(fetched < manifest.lists.bytes, `${fetched} of ${manifest.lists.bytes} bytes of lists fetched`);
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+
+  test("a host that ignores Range requests sends the whole lists file, once", async () => {
+    const { page, problems, lists } = await openCatalog(wholeFiles.url, "ranged");
+    await waitForWidgetEvents(page, "otlens-ready");
+    const { product, photo } = catalogProduct(21);
+    const searched = await searchWith(page, photo);
+    assert.equal(ids(searched)[0], product.id);
+    assert.deepEqual(
+      lists.map(({ status, bytes }) => [status, bytes]),
+      [[200, manifest.lists.bytes]],
+    );
+    assert.deepEqual(problems, []);
+    await page.close();
+  });
+
+  test("a damaged lists file is refused with a clear message", async () => {
+    for (const origin of [server.url, wholeFiles.url]) {
+      const { page } = await openCatalog(origin, "damaged");
+      const [error] = await waitForWidgetEvents(page, "otlens-error");
+      assert.equal(error.fatal, true);
+      assert.match(error.message, /part 0 of the catalog's lists file is damaged/);
+      await page.close();
+    }
+  });
+});
