@@ -169,7 +169,10 @@ bench() {
   done
   # 100,000 products grown from the demo's, for the end-to-end query time at scale (pq64: ~2 minutes, once).
   [ .cache/demo-scale/manifest.json -nt "$OTLENS" ] || "$OTLENS" demo scale --from www/catalog --out .cache/demo-scale
-  node bench/run.mjs "${models[@]}" --scale .cache/demo-scale
+  # The same, as a head and a lists file that the widget fetches list by list (Range requests).
+  [ .cache/demo-scale-ranged/manifest.json -nt "$OTLENS" ] ||
+    "$OTLENS" demo scale --from www/catalog --out .cache/demo-scale-ranged --ranged
+  node bench/run.mjs "${models[@]}" --scale .cache/demo-scale --ranged .cache/demo-scale-ranged
   # Index codecs on real embeddings: recall against exact search, bytes per product, speed.
   local fpi=../shared/data/fpi/products.csv
   if [ -f "$fpi" ]; then

@@ -5,15 +5,18 @@
 // `otlens demo scale`), the end-to-end query time on it: photo in, results painted. Chromium runs
 // with WebGPU on: the WebGPU module is timed on each model too (--gpu-runs runs after one warm-up;
 // 0 skips it). Here that adapter is SwiftShader, WebGPU on the CPU: its column measures the path's
-// overhead, not a GPU.
+// overhead, not a GPU. With --ranged DIR (the same, written with `--ranged`), what a ranged catalog costs:
+// load to ready against the whole one, and per query of a distinct photo the lists fetched, their bytes and
+// the time, from a server that answers Range requests.
 //
 //   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--gpu-runs 2] [--scale DIR]
+//                      [--ranged DIR]
 //
 // Needs: www/pkg and target/release/otlens (./build.sh build), www/catalog (./build.sh demo),
 // tests/e2e/node_modules (npm ci).
 // One headless Chromium run; everything is served from 127.0.0.1 by a server started here.
 
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
 import { createServer } from "node:http";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -25,6 +28,9 @@ const BENCH = dirname(fileURLToPath(import.meta.url));
 const ORT_DIST = resolve(BENCH, "../tests/e2e/node_modules/onnxruntime-web/dist");
 const SITE = "/site/";
 const SCALE = "/scale/";
+const RANGED = "/ranged/";
+// Distinct query photos for the ranged catalog: thumbnails of the demo catalog's products.
+const QUERIES = 12;
 const TYPES = {
   ".html": "text/html; charset=utf-8",
   ".js": "text/javascript",
@@ -34,25 +40,42 @@ const TYPES = {
 };
 
 function parseArgs(argv) {
-  const options = { models: [], runs: 20, warmup: 3, gpuRuns: 2, scale: null };
+  const options = { models: [], runs: 20, warmup: 3, gpuRuns: 2, scale: null, ranged: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--runs") options.runs = Number(argv[++i]);
     else if (argv[i] === "--scale") options.scale = resolve(argv[++i]);
+    else if (argv[i] === "--ranged") options.ranged = resolve(argv[++i]);
     else if (argv[i] === "--warmup") options.warmup = Number(argv[++i]);
     else if (argv[i] === "--gpu-runs") options.gpuRuns = Number(argv[++i]);
     else options.models.push(resolve(argv[i]));
   }
   if (!options.models.length || !(options.runs > 0) || !(options.warmup >= 0) || !(options.gpuRuns >= 0)) {
     console.error(
-      "usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--gpu-runs 2] [--scale DIR]",
+      "usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--gpu-runs 2] [--scale DIR] " +
+        "[--ranged DIR]",
     );
     process.exit(2);
   }
   return options;
 }
 
-/** URL prefix -> folder, plus single files; nothing outside them is served. */
+function readRange(file, start, end) {
+  const descriptor = openSync(file, "r");
+  try {
+    const bytes = Buffer.alloc(end - start);
+    readSync(descriptor, bytes, 0, bytes.length, start);
+    return bytes;
+  } finally {
+    closeSync(descriptor);
+  }
+}
+
+/**
+ * URL prefix -> folder, plus single files; nothing outside them is served. Answers single-range requests with
+ * 206, as static hosts do, and counts the bytes sent per path in `server.sent`.
+ */
 function serve(routes, files) {
+  const sent = new Map();
   const server = createServer((request, response) => {
     const path = decodeURIComponent(new URL(request.url, "http://localhost").pathname);
     let file = files[path];
@@ -65,15 +88,23 @@ function serve(routes, files) {
       response.writeHead(404).end("not found");
       return;
     }
-    const body = readFileSync(file);
-    response.writeHead(200, {
+    const size = statSync(file).size;
+    const range = request.headers.range?.match(/^bytes=(\d+)-(\d+)$/);
+    const [start, end] = range ? [Number(range[1]), Math.min(Number(range[2]) + 1, size)] : [0, size];
+    const partial = range && start < end;
+    // Only the bytes asked for are read, as a static host's sendfile would.
+    const body = partial ? readRange(file, start, end) : readFileSync(file);
+    sent.set(path, (sent.get(path) ?? 0) + body.length);
+    response.writeHead(partial ? 206 : 200, {
       "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
       "Content-Length": body.length,
+      ...(partial ? { "Content-Range": `bytes ${start}-${end - 1}/${size}` } : {}),
       // The demo site is served as a static host would: cacheable, so a second visit is a warm cache.
       ...(path.startsWith(SITE) ? { "Cache-Control": "max-age=3600" } : {}),
     });
     response.end(body);
   });
+  server.sent = sent;
   return new Promise((done) => server.listen(0, "127.0.0.1", () => done(server)));
 }
 
@@ -155,6 +186,33 @@ async function endToEnd(context, url, { warmup, runs }) {
   };
 }
 
+/** Bytes the server has sent of files whose path contains `part`. */
+const sentOf = (server, part) => [...server.sent].reduce((sum, [path, bytes]) => sum + (path.includes(part) ? bytes : 0), 0);
+
+/**
+ * A large catalog whole (`wholeUrl`) against ranged (`rangedUrl`): first-visit load to ready of each, then on the
+ * ranged one, per query of a distinct photo (one page, so lists fetched before stay loaded), the bytes of lists
+ * fetched, the lists' fetch time and the worker's total.
+ */
+async function rangedQueries(context, server, wholeUrl, rangedUrl) {
+  const whole = await openReady(context, wholeUrl, 300_000);
+  await whole.page.close();
+  const ranged = await openReady(context, rangedUrl, 300_000);
+  const headBytes = sentOf(server, `${RANGED}catalog/index-`);
+  const loadBytes = sentOf(server, `${RANGED}catalog/lists-`);
+  const queries = [];
+  for (let query = 0; query < QUERIES; query++) {
+    const before = sentOf(server, `${RANGED}catalog/lists-`);
+    const timings = await ranged.page.evaluate(async (url) => {
+      const photo = await (await fetch(url)).blob();
+      return (await document.querySelector("ot-lens").search(photo)).timings;
+    }, `/query/${query}.jpg`);
+    queries.push({ bytes: sentOf(server, `${RANGED}catalog/lists-`) - before, ...timings });
+  }
+  await ranged.page.close();
+  return { wholeReady: whole.ready.at, rangedReady: ranged.ready.at, headBytes, loadBytes, queries };
+}
+
 const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
 const sizeOf = (path) => statSync(path).size;
 const gzipSizeOf = (path) => gzipSync(readFileSync(path), { level: 9 }).length;
@@ -187,12 +245,22 @@ async function main() {
   const routes = { [SITE]: WWW, "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog") };
   // The demo page again, on the large catalog (routes match in order: its catalog first).
   if (options.scale) Object.assign(routes, { [`${SCALE}catalog/`]: options.scale, [SCALE]: WWW });
+  if (options.ranged) {
+    if (!options.scale) throw new Error("--ranged compares with the whole catalog: pass --scale too");
+    Object.assign(routes, { [`${RANGED}catalog/`]: options.ranged, [RANGED]: WWW });
+    const thumbs = join(WWW, "catalog/thumbs");
+    readdirSync(thumbs)
+      .sort()
+      .slice(0, QUERIES)
+      .forEach((name, i) => (files[`/query/${i}.jpg`] = join(thumbs, name)));
+  }
   const server = await serve({ ...routes, "/": BENCH }, files);
   const url = `http://127.0.0.1:${server.address().port}/`;
   const browser = await launchBrowser({ webgpu: true });
   let report;
   let ready = null;
   let scaled = null;
+  let rangedRun = null;
   try {
     const page = await browser.context.newPage();
     page.on("console", (message) => {
@@ -219,6 +287,10 @@ async function main() {
     if (options.scale) {
       console.error("end-to-end queries on the large catalog…");
       scaled = await endToEnd(browser.context, `${url}${SCALE.slice(1)}`, options);
+    }
+    if (options.ranged) {
+      console.error("queries on the large catalog, ranged…");
+      rangedRun = await rangedQueries(browser.context, server, `${url}${SCALE.slice(1)}`, `${url}${RANGED.slice(1)}`);
     }
   } finally {
     await browser.close();
@@ -295,6 +367,30 @@ async function main() {
     );
   }
 
+  if (rangedRun) {
+    const { wholeReady, rangedReady, headBytes, loadBytes, queries } = rangedRun;
+    const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+    console.log(
+      `\nRanged large catalog: first-visit load to ready ${rangedReady.toFixed(0)} ms (whole: ${wholeReady.toFixed(0)} ms, ` +
+        `${(rangedReady / wholeReady).toFixed(2)} x), head ${megabytes(headBytes)}, first list ${megabytes(loadBytes)}.\n` +
+        `${queries.length} distinct photos, one page (lists fetched stay loaded):\n`,
+    );
+    printTable(
+      ["query", "lists bytes", "lists ms", "search ms", "worker total ms"],
+      queries.map((query, i) => [
+        i + 1,
+        megabytes(query.bytes),
+        query.lists_ms.toFixed(1),
+        query.search_ms.toFixed(2),
+        query.total_ms.toFixed(1),
+      ]),
+    );
+    console.log(
+      `\nmedian per query: ${megabytes(median(queries.map((query) => query.bytes)))} of lists, ` +
+        `${median(queries.map((query) => query.lists_ms)).toFixed(1)} ms fetching them.`,
+    );
+  }
+
   console.log("\nDownload sizes:\n");
   const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
   const sized = [
@@ -314,6 +410,11 @@ async function main() {
   if (scaleManifest) {
     const manifest = JSON.parse(readFileSync(scaleManifest, "utf8"));
     sized.push([`large index (${manifest.products} products)`, join(options.scale, manifest.index.file)]);
+  }
+  if (options.ranged) {
+    const manifest = JSON.parse(readFileSync(join(options.ranged, "manifest.json"), "utf8"));
+    sized.push([`large index, ranged: head`, join(options.ranged, manifest.index.file)]);
+    sized.push([`large index, ranged: lists file`, join(options.ranged, manifest.lists.file)]);
   }
   printTable(
     ["file", "raw", "gzip -9"],
