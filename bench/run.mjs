@@ -187,7 +187,8 @@ async function endToEnd(context, url, { warmup, runs }) {
 }
 
 /** Bytes the server has sent of files whose path contains `part`. */
-const sentOf = (server, part) => [...server.sent].reduce((sum, [path, bytes]) => sum + (path.includes(part) ? bytes : 0), 0);
+const sentOf = (server, part) =>
+  [...server.sent].reduce((sum, [path, bytes]) => sum + (path.includes(part) ? bytes : 0), 0);
 
 /**
  * A large catalog whole (`wholeUrl`) against ranged (`rangedUrl`): first-visit load to ready of each, then on the
@@ -371,8 +372,9 @@ async function main() {
     const { wholeReady, rangedReady, headBytes, loadBytes, queries } = rangedRun;
     const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
     console.log(
-      `\nRanged large catalog: first-visit load to ready ${rangedReady.toFixed(0)} ms (whole: ${wholeReady.toFixed(0)} ms, ` +
-        `${(rangedReady / wholeReady).toFixed(2)} x), head ${megabytes(headBytes)}, first list ${megabytes(loadBytes)}.\n` +
+      `\nRanged large catalog: first-visit load to ready ${rangedReady.toFixed(0)} ms ` +
+        `(whole: ${wholeReady.toFixed(0)} ms, ${(rangedReady / wholeReady).toFixed(2)} x), ` +
+        `head ${megabytes(headBytes)}, first list ${megabytes(loadBytes)}.\n` +
         `${queries.length} distinct photos, one page (lists fetched stay loaded):\n`,
     );
     printTable(
