@@ -432,28 +432,19 @@ impl Index {
     /// shape scans every list (the lists group products by shape, not colour), unless the
     /// catalog is ranged: that would download all of it. Lists not loaded are skipped.
     fn runs_to_scan<'a>(
-        &self,
+        &'a self,
         query: &[f32],
         colour_weight: f32,
         wanted: usize,
         kept: &'a Cell<usize>,
     ) -> Box<dyn Iterator<Item = Range<usize>> + 'a> {
         match &self.partitions {
-            Some(partitions) if colour_weight <= 0.5 || self.is_ranged() => {
-                let probe = partitions.probe();
-                let ranked: Vec<(Range<usize>, bool)> = partitions
-                    .ranked(query)
-                    .into_iter()
-                    .map(|list| (partitions.run(list), self.is_list_loaded(list)))
-                    .collect();
-                Box::new(
-                    ranked
-                        .into_iter()
-                        .enumerate()
-                        .take_while(move |(rank, _)| *rank < probe || kept.get() < wanted)
-                        .filter_map(|(_, (run, loaded))| loaded.then_some(run)),
-                )
-            }
+            Some(partitions) if colour_weight <= 0.5 || self.is_ranged() => Box::new(
+                partitions
+                    .to_scan(query, wanted, kept)
+                    .filter(|&list| self.is_list_loaded(list))
+                    .map(|list| partitions.run(list)),
+            ),
             _ => Box::new(std::iter::once(0..self.len())),
         }
     }

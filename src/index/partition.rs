@@ -7,6 +7,7 @@
 //! its run (the first list starts at product 0), then the unit-length centroids in the int8
 //! layout (`lists` f32 scales, then `lists * dims` i8 codes).
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use super::codec::{corrupt, Int8Rows, Reader, TopK};
@@ -63,6 +64,23 @@ impl Partitions {
             .map(|hit| hit.product)
             .filter(|&list| !self.run(list).is_empty())
             .collect()
+    }
+
+    /// The lists a search for the unit-length `query` scans, nearest first: the `probe`
+    /// nearest, then the next ones while fewer than `wanted` products have `passed` its filter
+    /// (counted by the caller as it takes each list), so that a narrow filter fills its results.
+    pub(super) fn to_scan<'a>(
+        &self,
+        query: &[f32],
+        wanted: usize,
+        passed: &'a Cell<usize>,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let probe = self.probe;
+        self.ranked(query)
+            .into_iter()
+            .enumerate()
+            .take_while(move |(rank, _)| *rank < probe || passed.get() < wanted)
+            .map(|(_, list)| list)
     }
 
     pub(super) fn write(&self, bytes: &mut Vec<u8>) {

@@ -13,6 +13,8 @@
 //! colours, their colours as the colours section does. The blocks follow one another in list
 //! order, without gaps.
 
+use std::cell::Cell;
+
 use sha2::{Digest, Sha256};
 
 use super::codec::{corrupt, Reader};
@@ -191,19 +193,21 @@ impl Index {
     /// Loads every list from the whole lists file (for hosts that ignore Range requests).
     pub fn load_lists_file(&mut self, file: &[u8]) -> Result<(), IndexError> {
         let lists = self.blocks.as_ref().ok_or(IndexError::NotRanged)?.blocks.len();
+        // Before hashing any block: bytes past the last one mean another file. A short file
+        // is refused by the block it cuts.
+        let end = self.block_range(lists - 1).map_or(0, |range| range.end);
+        if file.len() as u64 > end {
+            return Err(IndexError::Truncated {
+                expected: end,
+                found: file.len() as u64,
+            });
+        }
         for list in 0..lists {
             let range = self.block_range(list).expect("a list of this head");
             let block = file
                 .get(range.start as usize..range.end as usize)
                 .ok_or(IndexError::BlockMismatch { list })?;
             self.load_list(list, block)?;
-        }
-        let end = self.block_range(lists - 1).map_or(0, |range| range.end);
-        if file.len() as u64 != end {
-            return Err(IndexError::Truncated {
-                expected: end,
-                found: file.len() as u64,
-            });
         }
         Ok(())
     }
@@ -218,22 +222,19 @@ impl Index {
             return Vec::new();
         }
         let matcher = self.columns.matcher(filter);
-        let wanted = k.min(self.len());
-        let mut kept = 0;
+        let passed = Cell::new(0);
         let mut missing = Vec::new();
-        // The lists `Index::runs_to_scan` takes, counting the products the filter passes
-        // from the metadata, which the head holds.
-        for (rank, list) in partitions.ranked(&unit_length(query)).into_iter().enumerate() {
-            if rank >= partitions.probe() && kept >= wanted {
-                break;
-            }
+        // The lists a search takes, its filter's passes counted from the metadata, which the
+        // head holds, where the search counts them as it scans.
+        for list in partitions.to_scan(&unit_length(query), k.min(self.len()), &passed) {
             if !blocks.loaded[list] {
                 missing.push(list);
             }
-            kept += partitions
-                .run(list)
+            let run = partitions.run(list);
+            let passing = run
                 .filter(|&product| Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product)))
                 .count();
+            passed.set(passed.get() + passing);
         }
         missing
     }
