@@ -347,8 +347,7 @@ async function search(region, k, filter, colourWeight, openMs) {
   const decodeMs = openMs + prepared - started;
   const response = lens.search_embedding(embedding, k, filter, decodeMs, embedded - prepared, colourWeight);
   response.timings.backend = backend;
-  response.timings.lists_ms = listsMs;
-  return response;
+  return withListsMs(response, listsMs);
 }
 
 async function photoBytes(photo) {

@@ -4,20 +4,16 @@
 // this" from the stored codes alone.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import {
-  DEMO_WORK,
-  OTLENS,
-  ROOT,
-  WWW,
+  buildDemoCatalog,
   catalogProduct,
+  demoSite,
   launchBrowser,
-  openDemo,
+  openCatalogPage,
   readManifest,
   resultsAfter,
   searchWith,
@@ -41,23 +37,8 @@ describe("binary and pq catalogs in the browser", { skip: skipUnlessBuilt({ demo
   let browser;
 
   before(async () => {
-    site = mkdtempSync(join(tmpdir(), "otlens-codecs-"));
-    cpSync(WWW, site, { recursive: true });
-    const [header, ...rows] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
-    const imageColumn = header.split(",").indexOf("image");
-    const absolute = rows.map((row) => {
-      const fields = row.split(",");
-      fields[imageColumn] = join(DEMO_WORK, fields[imageColumn]);
-      return fields.join(",");
-    });
-    writeFileSync(join(site, "catalog.csv"), [header, ...absolute].join("\n") + "\n");
-    const model = join(ROOT, "models/efficientnet-lite0-int8-weights.onnx");
-    for (const [codec, flags] of Object.entries(CODECS)) {
-      const args = ["--catalog", join(site, "catalog.csv"), "--out", join(site, codec), ...flags];
-      execFileSync(OTLENS, ["build-index", "--model", model, ...args, "--cache", join(DEMO_WORK, "embeddings")], {
-        stdio: "pipe",
-      });
-    }
+    site = demoSite("otlens-codecs-");
+    for (const [codec, flags] of Object.entries(CODECS)) buildDemoCatalog(site, codec, flags);
     server = await startServer(site);
     browser = await launchBrowser();
   });
@@ -75,18 +56,7 @@ describe("binary and pq catalogs in the browser", { skip: skipUnlessBuilt({ demo
       const header = readFileSync(join(site, codec, manifest.index.file)).subarray(0, 20);
       assert.equal(header.readUInt32LE(16), CODEC_IDS[codec], "the index is stored with the codec asked for");
 
-      const pageUrl = new URL(`${codec}.html`, server.url).href;
-      const { page, problems, status } = await openDemo(browser.context, pageUrl, {
-        prepare: (page) =>
-          page.route(pageUrl, (route) =>
-            route.fulfill({
-              contentType: "text/html",
-              body: `<!doctype html><html lang="en"><title>${codec}</title>
-                <script type="module" src="otlens.js"></script>
-                <ot-lens src="${codec}/manifest.json" max-results="12"></ot-lens>`,
-            }),
-          ),
-      });
+      const { page, problems, status } = await openCatalogPage(browser.context, server.url, codec);
       const [ready] = await waitForWidgetEvents(page, "otlens-ready");
       assert.equal(ready.products, int8.products);
 

@@ -2,7 +2,7 @@
 // headless Chromium, and the bad photos the widget must refuse.
 
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
@@ -45,6 +45,53 @@ export function catalogProduct(row) {
   const names = header.split(",");
   const product = Object.fromEntries(lines[row].split(",").map((value, i) => [names[i], value]));
   return { product, photo: join(DEMO_WORK, product.image) };
+}
+
+/**
+ * A copy of www/ in a new temporary folder (its name starting with `prefix`) holding the demo's catalog.csv with
+ * absolute photo paths, so that `buildDemoCatalog` can build other catalogs of the demo's products into it.
+ */
+export function demoSite(prefix) {
+  const site = mkdtempSync(join(tmpdir(), prefix));
+  cpSync(WWW, site, { recursive: true });
+  const [header, ...rows] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
+  const imageColumn = header.split(",").indexOf("image");
+  const absolute = rows.map((row) => {
+    const fields = row.split(",");
+    fields[imageColumn] = join(DEMO_WORK, fields[imageColumn]);
+    return fields.join(",");
+  });
+  writeFileSync(join(site, "catalog.csv"), [header, ...absolute].join("\n") + "\n");
+  return site;
+}
+
+/**
+ * `otlens build-index` of a `demoSite`'s catalog into its folder `folder`, with `flags`; its photos are not
+ * embedded again (the demo's embedding cache). Returns the catalog's manifest.
+ */
+export function buildDemoCatalog(site, folder, flags) {
+  const model = join(ROOT, "models/efficientnet-lite0-int8-weights.onnx");
+  const args = ["--catalog", join(site, "catalog.csv"), "--out", join(site, folder), ...flags];
+  execFileSync(OTLENS, ["build-index", "--model", model, ...args, "--cache", join(DEMO_WORK, "embeddings")], {
+    stdio: "pipe",
+  });
+  return JSON.parse(readFileSync(join(site, folder, "manifest.json"), "utf8"));
+}
+
+/** A page of `origin` holding only the widget, showing 12 results of the catalog in `folder` (see openDemo). */
+export function openCatalogPage(context, origin, folder) {
+  const pageUrl = new URL(`${folder}.html`, origin).href;
+  return openDemo(context, pageUrl, {
+    prepare: (page) =>
+      page.route(pageUrl, (route) =>
+        route.fulfill({
+          contentType: "text/html",
+          body: `<!doctype html><html lang="en"><title>${folder}</title>
+            <script type="module" src="otlens.js"></script>
+            <ot-lens src="${folder}/manifest.json" max-results="12"></ot-lens>`,
+        }),
+      ),
+  });
 }
 
 export function readManifest() {

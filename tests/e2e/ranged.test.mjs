@@ -4,20 +4,16 @@
 // lists file is refused with a message. The demo's 1,000 products in 16 lists, 2 probed per search.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import {
-  DEMO_WORK,
-  OTLENS,
-  ROOT,
-  WWW,
+  buildDemoCatalog,
   catalogProduct,
+  demoSite,
   launchBrowser,
-  openDemo,
+  openCatalogPage,
   resultsAfter,
   searchWith,
   skipUnlessBuilt,
@@ -37,26 +33,8 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
   let browser;
 
   before(async () => {
-    site = mkdtempSync(join(tmpdir(), "otlens-ranged-"));
-    cpSync(WWW, site, { recursive: true });
-    const [header, ...rows] = readFileSync(join(DEMO_WORK, "catalog.csv"), "utf8").trim().split("\n");
-    const imageColumn = header.split(",").indexOf("image");
-    const absolute = rows.map((row) => {
-      const fields = row.split(",");
-      fields[imageColumn] = join(DEMO_WORK, fields[imageColumn]);
-      return fields.join(",");
-    });
-    writeFileSync(join(site, "catalog.csv"), [header, ...absolute].join("\n") + "\n");
-    const model = join(ROOT, "models/efficientnet-lite0-int8-weights.onnx");
-    execFileSync(
-      OTLENS,
-      [
-        ...["build-index", "--model", model, "--catalog", join(site, "catalog.csv"), "--out", join(site, "ranged")],
-        ...["--lists", String(LISTS), "--probe", "2", "--ranged", "--cache", join(DEMO_WORK, "embeddings")],
-      ],
-      { stdio: "pipe" },
-    );
-    manifest = JSON.parse(readFileSync(join(site, "ranged/manifest.json"), "utf8"));
+    site = demoSite("otlens-ranged-");
+    manifest = buildDemoCatalog(site, "ranged", ["--lists", String(LISTS), "--probe", "2", "--ranged"]);
     // The same catalog with one byte of its first list changed: the head still vouches for the original.
     cpSync(join(site, "ranged"), join(site, "damaged"), { recursive: true });
     const lists = join(site, "damaged", manifest.lists.file);
@@ -76,10 +54,13 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
     rmSync(site, { recursive: true, force: true });
   });
 
-  /** The widget on a page of `origin` showing the catalog in `folder`, with every lists-file response. */
+  /**
+   * The widget on a page of `origin` showing the catalog in `folder`, with every lists-file response (of the page
+   * and its worker: the context sees both) until the page closes.
+   */
   async function openCatalog(origin, folder) {
     const lists = [];
-    browser.context.on("response", (response) => {
+    const record = (response) => {
       if (response.url().includes("/lists-")) {
         lists.push({
           status: response.status(),
@@ -87,19 +68,10 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
           bytes: Number(response.headers()["content-length"]),
         });
       }
-    });
-    const pageUrl = new URL(`${folder}.html`, origin).href;
-    const opened = await openDemo(browser.context, pageUrl, {
-      prepare: (page) =>
-        page.route(pageUrl, (route) =>
-          route.fulfill({
-            contentType: "text/html",
-            body: `<!doctype html><html lang="en"><title>${folder}</title>
-              <script type="module" src="otlens.js"></script>
-              <ot-lens src="${folder}/manifest.json" max-results="12"></ot-lens>`,
-          }),
-        ),
-    });
+    };
+    browser.context.on("response", record);
+    const opened = await openCatalogPage(browser.context, origin, folder);
+    opened.page.once("close", () => browser.context.off("response", record));
     return { ...opened, lists };
   }
 
