@@ -1,4 +1,4 @@
-//! The index file format, version 5. All integers are little-endian.
+//! The index file format, version 6. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
@@ -35,7 +35,8 @@
 //!
 //! Blocks (version 5; version 4 ends its header at 156 and has none): present in the head of
 //! a ranged catalog only, whose vectors section then holds the codec's parameters alone and
-//! whose colours section is empty; see [`super::ranged`].
+//! whose colours section is empty; see [`super::ranged`]. Version 6 differs only in the head
+//! of a ranged catalog, whose blocks section may also locate pages of product details.
 //!
 //! Reading checks every size against the buffer before allocating, so a hostile or
 //! damaged file costs at most a copy of itself, and its metadata at most
@@ -56,7 +57,7 @@ use crate::catalog::Product;
 use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -78,16 +79,14 @@ const CHECKSUM_AT: usize = 92;
 impl Index {
     /// The index file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.encode(None)
+        self.encode(&self.products, None)
     }
 
-    /// The index file, or with `blocks` (a blocks section) the head of a ranged catalog: the
-    /// rows and colours then live in the lists file instead.
-    pub(super) fn encode(&self, blocks: Option<Vec<u8>>) -> Vec<u8> {
-        let json = serde_json::to_vec(&self.products).expect("products are plain data and always serialise");
-        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
-        encoder.write_all(&json).expect("writing to memory cannot fail");
-        let metadata = encoder.finish().expect("writing to memory cannot fail");
+    /// The index file with `products` as its metadata, or with `blocks` (a blocks section) the
+    /// head of a ranged catalog: the rows and colours then live in the lists file instead.
+    pub(super) fn encode(&self, products: &[Product], blocks: Option<Vec<u8>>) -> Vec<u8> {
+        let json = serde_json::to_vec(products).expect("products are plain data and always serialise");
+        let metadata = deflate(&json);
         let mut vectors = Vec::new();
         let mut colours = Vec::new();
         if blocks.is_some() {
@@ -153,7 +152,7 @@ impl Index {
     }
 
     /// Reads an index file, refusing anything that is not a complete, intact index of version
-    /// 1 to 5. The head of a ranged catalog reads with no list loaded.
+    /// 1 to 6. The head of a ranged catalog reads with no list loaded.
     pub fn from_bytes(bytes: &[u8]) -> Result<Index, IndexError> {
         let found = bytes.len() as u64;
         let magic_part = bytes.len().min(MAGIC.len());
@@ -265,7 +264,7 @@ impl Index {
             };
             let mut vectors = Vectors::read_parameters(codec, &mut reader, dims)?;
             reader.finish("the codec's parameters need")?;
-            let blocks = Blocks::read(blocks, partitions, vectors.row_bytes())?;
+            let blocks = Blocks::read(blocks, count, partitions, vectors.row_bytes())?;
             if count as u64 * vectors.row_bytes() as u64 > isize::MAX as u64 {
                 return Err(corrupt(format!(
                     "its {count} products of {dims} dimensions cannot fit in this device's memory"
@@ -369,8 +368,15 @@ pub(super) fn read_colours_into(bytes: &[u8], colours: &mut [CompactColour], fir
     Ok(())
 }
 
+/// `bytes` as a gzip member, as the metadata is stored.
+pub(super) fn deflate(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+    encoder.write_all(bytes).expect("writing to memory cannot fail");
+    encoder.finish().expect("writing to memory cannot fail")
+}
+
 /// The gzip member `compressed`, if it inflates to at most `limit` bytes.
-fn inflate(compressed: &[u8], limit: u64) -> Result<Vec<u8>, IndexError> {
+pub(super) fn inflate(compressed: &[u8], limit: u64) -> Result<Vec<u8>, IndexError> {
     let mut inflated = Vec::new();
     GzDecoder::new(compressed)
         .take(limit + 1)

@@ -9,7 +9,8 @@
 //! hold each product's colour ([`CompactColour`], 24 bytes), which a search can blend in.
 //! A large index is partitioned into inverted lists ([`Index::partitioned`]); a search then
 //! scans the lists nearest the query. A partitioned index may also be split into a head and a
-//! lists file ([`Index::to_ranged_bytes`]), whose lists a browser fetches as searches need them.
+//! lists file ([`Index::to_ranged_bytes`]), whose lists a browser fetches as searches need them,
+//! and the details (title, link, thumbnail) of the products it shows.
 
 mod codec;
 mod filter;
@@ -34,6 +35,7 @@ pub use self::filter::{FacetValue, Facets, Filter, PriceRange};
 pub use self::format::reseal;
 pub use self::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, METADATA_BYTES_PER_PRODUCT};
 pub use self::manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
+pub use self::ranged::PRODUCTS_PER_PAGE;
 
 /// Why an index could not be built or read. Messages are meant to be shown as they are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +83,10 @@ pub enum IndexError {
     NoSuchList { list: usize, lists: usize },
     #[error("part {list} of the catalog's lists file is damaged or comes from another build (its checksum does not match the index); download or build it again")]
     BlockMismatch { list: usize },
+    #[error("the catalog has {pages} pages of product details, so there is no page {page}")]
+    NoSuchPage { page: usize, pages: usize },
+    #[error("page {page} of the catalog's product details is damaged or comes from another build (its checksum does not match the index); download or build it again")]
+    PageMismatch { page: usize },
 }
 
 /// A search result: position of the product in [`Index::products`] and its cosine similarity.

@@ -12,19 +12,32 @@
 //! A block holds its products' rows as the vectors section lays out all of them, then, with
 //! colours, their colours as the colours section does. The blocks follow one another in list
 //! order, without gaps.
+//!
+//! Since version 6 the head's product metadata holds only what filters and "more like this"
+//! need (ids, brands, prices, categories, colours, stock): each product's title, link and
+//! thumbnail lie in a page of [`PRODUCTS_PER_PAGE`] products after the last block, a gzip JSON
+//! array of `{title, url, thumbnail}`, which the widget fetches for the results it shows. The
+//! blocks section then goes on with u32 products per page, u32 page count and per page the
+//! same start, length and sha256 as a list's. A version 5 head holds all the metadata itself.
 
 use std::cell::Cell;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::codec::{corrupt, Reader};
-use super::format::{read_colours_into, COLOUR_BYTES};
+use super::format::{inflate, read_colours_into, COLOUR_BYTES, METADATA_BYTES_PER_PRODUCT};
 use super::partition::Partitions;
 use super::{unit_length, Filter, Index, IndexError};
 
 const HAS_COLOURS: u32 = 1;
-/// Bytes a list takes in the blocks section: start, length, sha256.
+const HAS_PAGES: u32 = 2;
+/// Bytes a list or a page takes in the blocks section: start, length, sha256.
 const ENTRY_BYTES: usize = 8 + 8 + 32;
+/// Products per page of details. A page of real titles and links is about 2 KB gzipped: small
+/// enough that a dozen results cost a few tens of KB, large enough that its head entry (48
+/// bytes) adds only 1.5 bytes per product to the head.
+pub const PRODUCTS_PER_PAGE: usize = 32;
 
 /// Where each list's block lies in the lists file, and which lists are loaded.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +45,24 @@ pub(super) struct Blocks {
     blocks: Vec<Block>,
     loaded: Vec<bool>,
     colours: bool,
+    /// The pages of product details, for a head of version 6 or later.
+    pages: Option<Pages>,
+}
+
+/// Where each page of product details lies in the lists file, and which are loaded.
+#[derive(Clone, Debug, PartialEq)]
+struct Pages {
+    per_page: usize,
+    blocks: Vec<Block>,
+    loaded: Vec<bool>,
+}
+
+/// What a shopper sees of a product that a ranged head leaves to its page.
+#[derive(Serialize, Deserialize)]
+struct Details {
+    title: String,
+    url: String,
+    thumbnail: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -48,48 +79,74 @@ impl Blocks {
 
     #[cfg(not(target_arch = "wasm32"))]
     fn write(&self, bytes: &mut Vec<u8>) {
-        let flags = if self.colours { HAS_COLOURS } else { 0 };
+        let mut flags = if self.colours { HAS_COLOURS } else { 0 };
+        if self.pages.is_some() {
+            flags |= HAS_PAGES;
+        }
         for field in [flags, self.blocks.len() as u32] {
             bytes.extend_from_slice(&field.to_le_bytes());
         }
-        for block in &self.blocks {
-            bytes.extend_from_slice(&block.start.to_le_bytes());
-            bytes.extend_from_slice(&block.len.to_le_bytes());
-            bytes.extend_from_slice(&block.sha256);
+        let write_entries = |blocks: &[Block], bytes: &mut Vec<u8>| {
+            for block in blocks {
+                bytes.extend_from_slice(&block.start.to_le_bytes());
+                bytes.extend_from_slice(&block.len.to_le_bytes());
+                bytes.extend_from_slice(&block.sha256);
+            }
+        };
+        write_entries(&self.blocks, bytes);
+        if let Some(pages) = &self.pages {
+            for field in [pages.per_page as u32, pages.blocks.len() as u32] {
+                bytes.extend_from_slice(&field.to_le_bytes());
+            }
+            write_entries(&pages.blocks, bytes);
         }
     }
 
-    /// Reads the blocks section of a head whose lists are `partitions` and whose products'
-    /// rows take `row_bytes` each; no list is loaded yet.
-    pub(super) fn read(section: &[u8], partitions: &Partitions, row_bytes: usize) -> Result<Blocks, IndexError> {
+    /// Reads the blocks section of a head of `count` products whose lists are `partitions` and
+    /// whose products' rows take `row_bytes` each; no list or page is loaded yet.
+    pub(super) fn read(
+        section: &[u8],
+        count: usize,
+        partitions: &Partitions,
+        row_bytes: usize,
+    ) -> Result<Blocks, IndexError> {
         let mut reader = Reader {
             bytes: section,
             section: "blocks",
         };
         let flags = reader.u32("flags")?;
         let lists = reader.u32("list count")? as usize;
-        let entries = reader.take(lists.saturating_mul(ENTRY_BYTES), "blocks")?;
+        let blocks = read_entries(&mut reader, lists, "blocks")?;
+        let pages = if flags & HAS_PAGES != 0 {
+            let per_page = reader.u32("products per page")? as usize;
+            let pages = reader.u32("page count")? as usize;
+            let blocks = read_entries(&mut reader, pages, "pages")?;
+            Some((per_page, blocks))
+        } else {
+            None
+        };
         reader.finish("its blocks need")?;
-        let colours = flags == HAS_COLOURS;
+        let colours = flags & HAS_COLOURS != 0;
         let product_bytes = (row_bytes + if colours { COLOUR_BYTES } else { 0 }) as u64;
-        let blocks: Vec<Block> = entries
-            .chunks_exact(ENTRY_BYTES)
-            .map(|entry| Block {
-                start: u64::from_le_bytes(entry[..8].try_into().expect("8 bytes")),
-                len: u64::from_le_bytes(entry[8..16].try_into().expect("8 bytes")),
-                sha256: entry[16..].try_into().expect("32 bytes"),
-            })
-            .collect();
         // One message for every inconsistency: each means the same damage to a shopper.
         let mut end = 0;
-        let consistent = flags & !HAS_COLOURS == 0
+        let mut follows = |block: &Block| {
+            let in_order = block.start == end;
+            end = block.start.saturating_add(block.len);
+            in_order
+        };
+        let lists_consistent = flags & !(HAS_COLOURS | HAS_PAGES) == 0
             && lists == partitions.lists()
-            && blocks.iter().enumerate().all(|(list, block)| {
-                let in_order = block.start == end;
-                end = block.start.saturating_add(block.len);
-                in_order && block.len == partitions.run(list).len() as u64 * product_bytes
-            });
-        if !consistent {
+            && blocks
+                .iter()
+                .enumerate()
+                .all(|(list, block)| follows(block) && block.len == partitions.run(list).len() as u64 * product_bytes);
+        let pages_consistent = pages.as_ref().is_none_or(|(per_page, pages)| {
+            *per_page > 0
+                && pages.len() == count.div_ceil(*per_page)
+                && pages.iter().all(|page| follows(page) && page.len > 0)
+        });
+        if !(lists_consistent && pages_consistent) {
             return Err(corrupt(format!(
                 "its list blocks do not match its {} inverted lists",
                 partitions.lists()
@@ -99,7 +156,43 @@ impl Blocks {
             loaded: vec![false; lists],
             blocks,
             colours,
+            pages: pages.map(|(per_page, blocks)| Pages {
+                per_page,
+                loaded: vec![false; blocks.len()],
+                blocks,
+            }),
         })
+    }
+
+    /// Where the last block or page ends: the length of the lists file.
+    fn end(&self) -> u64 {
+        let last = self.pages.as_ref().and_then(|pages| pages.blocks.last());
+        last.or(self.blocks.last()).map_or(0, |block| block.start + block.len)
+    }
+}
+
+/// `count` entries of the blocks section (lists or pages).
+fn read_entries(reader: &mut Reader, count: usize, what: &str) -> Result<Vec<Block>, IndexError> {
+    let entries = reader.take(count.saturating_mul(ENTRY_BYTES), what)?;
+    Ok(entries
+        .chunks_exact(ENTRY_BYTES)
+        .map(|entry| Block {
+            start: u64::from_le_bytes(entry[..8].try_into().expect("8 bytes")),
+            len: u64::from_le_bytes(entry[8..16].try_into().expect("8 bytes")),
+            sha256: entry[16..].try_into().expect("32 bytes"),
+        })
+        .collect())
+}
+
+/// Appends `bytes` to the lists file as a block.
+#[cfg(not(target_arch = "wasm32"))]
+fn append_block(lists_file: &mut Vec<u8>, bytes: &[u8]) -> Block {
+    let start = lists_file.len();
+    lists_file.extend_from_slice(bytes);
+    Block {
+        start: start as u64,
+        len: bytes.len() as u64,
+        sha256: Sha256::digest(bytes).into(),
     }
 }
 
@@ -112,26 +205,53 @@ impl Index {
         let blocks = (0..partitions.lists())
             .map(|list| {
                 let run = partitions.run(list);
-                let start = lists_file.len();
-                self.vectors.write_rows(run.clone(), &mut lists_file);
+                let mut block = Vec::new();
+                self.vectors.write_rows(run.clone(), &mut block);
                 if let Some(colours) = &self.colours {
-                    super::format::write_colours(&colours[run], &mut lists_file);
+                    super::format::write_colours(&colours[run], &mut block);
                 }
-                Block {
-                    start: start as u64,
-                    len: (lists_file.len() - start) as u64,
-                    sha256: Sha256::digest(&lists_file[start..]).into(),
-                }
+                append_block(&mut lists_file, &block)
+            })
+            .collect();
+        let pages: Vec<Block> = self
+            .products
+            .chunks(PRODUCTS_PER_PAGE)
+            .map(|products| {
+                let details: Vec<Details> = products
+                    .iter()
+                    .map(|product| Details {
+                        title: product.title.clone(),
+                        url: product.url.clone(),
+                        thumbnail: product.thumbnail.clone(),
+                    })
+                    .collect();
+                let json = serde_json::to_vec(&details).expect("details are plain data and always serialise");
+                append_block(&mut lists_file, &super::format::deflate(&json))
             })
             .collect();
         let blocks = Blocks {
             loaded: vec![true; partitions.lists()],
             blocks,
             colours: self.colours.is_some(),
+            pages: Some(Pages {
+                per_page: PRODUCTS_PER_PAGE,
+                loaded: vec![true; pages.len()],
+                blocks: pages,
+            }),
         };
         let mut section = Vec::new();
         blocks.write(&mut section);
-        Ok((self.encode(Some(section)), lists_file))
+        let head_products: Vec<_> = self
+            .products
+            .iter()
+            .map(|product| crate::catalog::Product {
+                title: String::new(),
+                url: String::new(),
+                thumbnail: String::new(),
+                ..product.clone()
+            })
+            .collect();
+        Ok((self.encode(&head_products, Some(section)), lists_file))
     }
 
     /// Whether this is the head of a ranged catalog, whose lists load one by one.
@@ -190,25 +310,102 @@ impl Index {
         Ok(())
     }
 
-    /// Loads every list from the whole lists file (for hosts that ignore Range requests).
+    /// Loads every list and page from the whole lists file (for hosts that ignore Range requests).
     pub fn load_lists_file(&mut self, file: &[u8]) -> Result<(), IndexError> {
-        let lists = self.blocks.as_ref().ok_or(IndexError::NotRanged)?.blocks.len();
+        let blocks = self.blocks.as_ref().ok_or(IndexError::NotRanged)?;
+        let lists = blocks.blocks.len();
+        let pages = blocks.pages.as_ref().map_or(0, |pages| pages.blocks.len());
         // Before hashing any block: bytes past the last one mean another file. A short file
         // is refused by the block it cuts.
-        let end = self.block_range(lists - 1).map_or(0, |range| range.end);
+        let end = blocks.end();
         if file.len() as u64 > end {
             return Err(IndexError::Truncated {
                 expected: end,
                 found: file.len() as u64,
             });
         }
+        let part = |range: std::ops::Range<u64>| file.get(range.start as usize..range.end as usize);
         for list in 0..lists {
             let range = self.block_range(list).expect("a list of this head");
-            let block = file
-                .get(range.start as usize..range.end as usize)
-                .ok_or(IndexError::BlockMismatch { list })?;
+            let block = part(range).ok_or(IndexError::BlockMismatch { list })?;
             self.load_list(list, block)?;
         }
+        for page in 0..pages {
+            let range = self.page_range(page).expect("a page of this head");
+            let bytes = part(range).ok_or(IndexError::PageMismatch { page })?;
+            self.load_page(page, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the title, link and thumbnail of the product at `product` are at hand: always,
+    /// unless its page of a ranged catalog's details is not loaded yet.
+    pub fn has_details(&self, product: usize) -> bool {
+        match self.blocks.as_ref().and_then(|blocks| blocks.pages.as_ref()) {
+            Some(pages) => pages.loaded.get(product / pages.per_page) == Some(&true),
+            None => product < self.len(),
+        }
+    }
+
+    /// The pages of details, not loaded yet, that the products at `products` need: each once,
+    /// in order. What to fetch before showing them as results.
+    pub fn pages_to_load(&self, products: &[usize]) -> Vec<usize> {
+        let Some(pages) = self.blocks.as_ref().and_then(|blocks| blocks.pages.as_ref()) else {
+            return Vec::new();
+        };
+        let mut missing: Vec<usize> = products
+            .iter()
+            .map(|product| product / pages.per_page)
+            .filter(|&page| pages.loaded.get(page) == Some(&false))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+    }
+
+    /// Where page `page` of a ranged catalog's details lies in the lists file.
+    pub fn page_range(&self, page: usize) -> Option<std::ops::Range<u64>> {
+        let block = self.blocks.as_ref()?.pages.as_ref()?.blocks.get(page)?;
+        Some(block.start..block.start + block.len)
+    }
+
+    /// Loads page `page` of the products' details, refusing one that is not the page the head
+    /// vouches for.
+    pub fn load_page(&mut self, page: usize, bytes: &[u8]) -> Result<(), IndexError> {
+        let pages = self
+            .blocks
+            .as_mut()
+            .and_then(|blocks| blocks.pages.as_mut())
+            .ok_or(IndexError::NotRanged)?;
+        let expected = pages.blocks.get(page).ok_or(IndexError::NoSuchPage {
+            page,
+            pages: pages.blocks.len(),
+        })?;
+        if bytes.len() as u64 != expected.len || Sha256::digest(bytes)[..] != expected.sha256 {
+            return Err(IndexError::PageMismatch { page });
+        }
+        if pages.loaded[page] {
+            return Ok(());
+        }
+        let first = page * pages.per_page;
+        let end = (first + pages.per_page).min(self.products.len());
+        let products = &mut self.products[first..end];
+        let json = inflate(bytes, products.len() as u64 * METADATA_BYTES_PER_PRODUCT)?;
+        let details: Vec<Details> = serde_json::from_slice(&json)
+            .map_err(|e| corrupt(format!("unreadable product details on page {page}: {e}")))?;
+        if details.len() != products.len() {
+            return Err(corrupt(format!(
+                "page {page} of product details lists {} products, not {}",
+                details.len(),
+                products.len()
+            )));
+        }
+        for (product, details) in products.iter_mut().zip(details) {
+            product.title = details.title;
+            product.url = details.url;
+            product.thumbnail = details.thumbnail;
+        }
+        pages.loaded[page] = true;
         Ok(())
     }
 

@@ -29,6 +29,9 @@ pub(super) fn grouped_catalog(count: usize) -> (Vec<Product>, Vec<Vec<f32>>) {
     let products = (0..count)
         .map(|n| Product {
             id: format!("sku-{n}"),
+            title: format!("Shirt No. {n}"),
+            url: format!("https://shop.example/p/{n}"),
+            thumbnail: format!("thumbs/{n}.jpg"),
             category: if n % 50 == 0 { "Rare" } else { "Common" }.into(),
             ..Product::default()
         })

@@ -2,7 +2,7 @@
 //! reach them. The head with its lists loaded searches exactly as the whole index does.
 
 use otlens::colour::CompactColour;
-use otlens::index::{Codec, ColourQuery, Filter, Index, IndexError};
+use otlens::index::{Codec, ColourQuery, Filter, Hit, Index, IndexError, PRODUCTS_PER_PAGE};
 
 use super::partitions::{grouped_catalog, resealed, GROUPS};
 use super::{header_u64, one_bin, MODEL_SHA256};
@@ -32,7 +32,7 @@ fn load_needed(head: &mut Index, lists_file: &[u8], query: &[f32], k: usize, fil
     needed.len()
 }
 
-fn ids(index: &Index, hits: &[otlens::index::Hit]) -> Vec<String> {
+fn ids(index: &Index, hits: &[Hit]) -> Vec<String> {
     hits.iter()
         .map(|hit| index.products()[hit.product].id.clone())
         .collect()
@@ -48,15 +48,17 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
     for codec in [Codec::Int8, Codec::Binary, Codec::ProductQuantised { subspaces: 8 }] {
         let whole = partitioned(codec);
         let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
-        // The rows and colours move to the lists file; the head adds 48 bytes per list.
-        assert_eq!(
-            head_bytes.len() + lists_file.len(),
-            whole.to_bytes().len() + 8 + 48 * GROUPS,
-            "{codec}"
-        );
+        // The rows, colours and pages of details fill the lists file, in that order.
         let mut head = Index::from_bytes(&head_bytes).unwrap();
+        let pages = whole.len().div_ceil(PRODUCTS_PER_PAGE);
+        assert_eq!(
+            head.page_range(0).unwrap().start,
+            head.block_range(GROUPS - 1).unwrap().end
+        );
+        assert_eq!(head.page_range(pages - 1).unwrap().end, lists_file.len() as u64);
+        assert_eq!(head.page_range(pages), None);
         assert!(head.is_ranged() && !whole.is_ranged());
-        assert_eq!(head.products(), whole.products());
+        assert_eq!(head.facets(), whole.facets());
         assert!(
             head.search(&embeddings[0], 10, &Filter::ANY).is_empty(),
             "nothing loaded, nothing found"
@@ -147,9 +149,14 @@ fn the_whole_lists_file_loads_every_list_and_damage_is_refused() {
         })
     );
     assert_eq!(head.block_range(GROUPS), None);
+    let lists_end = head.block_range(GROUPS - 1).unwrap().end as usize;
+    assert!(matches!(
+        head.load_lists_file(&lists_file[..lists_end - 1]),
+        Err(IndexError::BlockMismatch { .. })
+    ));
     assert!(matches!(
         head.load_lists_file(&lists_file[..lists_file.len() - 1]),
-        Err(IndexError::BlockMismatch { .. })
+        Err(IndexError::PageMismatch { .. })
     ));
     let mut longer = lists_file.clone();
     longer.push(0);
@@ -185,9 +192,89 @@ fn only_a_partitioned_index_splits_and_a_damaged_blocks_section_is_corrupt() {
             other => panic!("{offset}: {other:?}"),
         }
     };
-    // Unknown flags, a wrong list count, a gap before the second block, a wrong length.
-    for (offset, value) in [(0, 2u64), (4, 3), (8 + 48, 1), (8 + 8, 1)] {
-        let message = damaged(offset, &value.to_le_bytes()[..if offset < 8 { 4 } else { 8 }]);
+    // Unknown flags, a wrong list count, a gap before the second block, a wrong length, a
+    // wrong page size, a wrong page count, a gap before the first page.
+    let pages_at = 8 + 4 * 48;
+    for (offset, value) in [
+        (0, 4u64),
+        (4, 3),
+        (8 + 48, 1),
+        (8 + 8, 1),
+        (pages_at, 0),
+        (pages_at + 4, 2),
+        (pages_at + 8, 1),
+    ] {
+        let width = if offset < 8 || offset == pages_at || offset == pages_at + 4 {
+            4
+        } else {
+            8
+        };
+        let message = damaged(offset, &value.to_le_bytes()[..width]);
         assert!(message.contains("blocks"), "{offset}: {message}");
     }
+}
+
+#[test]
+fn a_head_holds_what_filters_need_and_results_load_their_details_by_page() {
+    let whole = partitioned(Codec::Int8);
+    let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
+    let mut head = Index::from_bytes(&head_bytes).unwrap();
+    let product = head.position("sku-77").unwrap();
+    let (in_head, in_whole) = (&head.products()[product], &whole.products()[product]);
+    assert_eq!((&in_head.id, &in_head.category), (&in_whole.id, &in_whole.category));
+    assert!(in_head.title.is_empty() && in_head.url.is_empty() && in_head.thumbnail.is_empty());
+    assert!(!head.has_details(product) && whole.has_details(product));
+    assert!(
+        whole.pages_to_load(&[product]).is_empty(),
+        "a whole index has every detail"
+    );
+
+    let query = whole.stored_vector(product).unwrap();
+    load_needed(&mut head, &lists_file, &query, 12, &Filter::ANY);
+    let hits: Vec<usize> = head
+        .search(&query, 12, &Filter::ANY)
+        .iter()
+        .map(|hit| hit.product)
+        .collect();
+    let pages = head.pages_to_load(&hits);
+    assert!(!pages.is_empty() && pages.len() <= hits.len());
+    assert!(
+        pages.windows(2).all(|pair| pair[0] < pair[1]),
+        "each page once, in order"
+    );
+    let page_of = |head: &Index, page: usize| {
+        let range = head.page_range(page).unwrap();
+        lists_file[range.start as usize..range.end as usize].to_vec()
+    };
+    let mut damaged = page_of(&head, pages[0]);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    assert_eq!(
+        head.load_page(pages[0], &damaged),
+        Err(IndexError::PageMismatch { page: pages[0] })
+    );
+    let count = whole.len().div_ceil(PRODUCTS_PER_PAGE);
+    assert_eq!(
+        head.load_page(count, &damaged),
+        Err(IndexError::NoSuchPage {
+            page: count,
+            pages: count
+        })
+    );
+    for page in pages {
+        let bytes = page_of(&head, page);
+        head.load_page(page, &bytes).unwrap();
+    }
+    assert!(head.pages_to_load(&hits).is_empty());
+    for &hit in &hits {
+        assert!(head.has_details(hit));
+        assert_eq!(head.products()[hit], whole.products()[hit]);
+    }
+    assert!(
+        (0..head.len()).any(|product| !head.has_details(product)),
+        "only the pages asked for"
+    );
+
+    head.load_lists_file(&lists_file).unwrap();
+    assert_eq!(head.products(), whole.products());
 }
