@@ -4,6 +4,7 @@
 //! shown to the shopper as it is (e.g. "the file is empty").
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use image::RgbImage;
 use serde::Serialize;
@@ -117,6 +118,15 @@ pub struct Lens {
     prepared_colour: Option<colour::ColourDescriptor>,
     /// What was last searched, so a filter or colour-weight change searches again without the model.
     query: Option<Query>,
+    /// The last answer, to give again once a ranged catalog's details of its products are loaded.
+    last_answer: RefCell<Option<Answer>>,
+}
+
+/// A search's answer before it is turned into the page's objects.
+struct Answer {
+    like: Option<usize>,
+    hits: Vec<Hit>,
+    timings: Timings,
 }
 
 struct Query {
@@ -142,7 +152,7 @@ struct QueryColour {
     rgb: [u8; 3],
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Timings {
     decode_ms: f64,
     embed_ms: f64,
@@ -210,6 +220,7 @@ impl Lens {
             photo: None,
             prepared_colour: None,
             query: None,
+            last_answer: RefCell::new(None),
         })
     }
 
@@ -511,6 +522,45 @@ impl Lens {
         })
     }
 
+    /// The pages of product details that the last answer's products need (none unless ranged):
+    /// fetch them ([`Lens::page_range`], [`Lens::load_page`]), then take [`Lens::answer_again`].
+    pub fn pages_for_answer(&self) -> Vec<u32> {
+        let last = self.last_answer.borrow();
+        let Some(answer) = last.as_ref() else {
+            return Vec::new();
+        };
+        let shown: Vec<usize> = answer
+            .like
+            .into_iter()
+            .chain(answer.hits.iter().map(|hit| hit.product))
+            .collect();
+        to_u32(self.index.pages_to_load(&shown))
+    }
+
+    /// `[start, end)`: where page `page` of the product details lies in the lists file.
+    pub fn page_range(&self, page: usize) -> Result<Vec<f64>, JsError> {
+        let range = self
+            .index
+            .page_range(page)
+            .ok_or_else(|| JsError::new(&format!("the catalog has no page {page} of product details")))?;
+        Ok(vec![range.start as f64, range.end as f64])
+    }
+
+    /// Loads page `page` of the product details, refusing one the index does not vouch for.
+    pub fn load_page(&mut self, page: usize, bytes: &[u8]) -> Result<(), JsError> {
+        self.index.load_page(page, bytes).map_err(|e| js_error(Error::from(e)))
+    }
+
+    /// The last answer again, with the product details loaded since.
+    pub fn answer_again(&self) -> Result<JsValue, JsError> {
+        // Taken out, as answering stores it again.
+        let answer = self
+            .last_answer
+            .take()
+            .ok_or_else(|| JsError::new("nothing was searched yet"))?;
+        self.respond(answer.like, &answer.hits, answer.timings)
+    }
+
     fn respond_searched(&self, like: Option<usize>, hits: &[Hit], started: f64) -> Result<JsValue, JsError> {
         let search_ms = performance_now() - started;
         self.respond(
@@ -525,6 +575,11 @@ impl Lens {
     }
 
     fn respond(&self, like: Option<usize>, hits: &[Hit], timings: Timings) -> Result<JsValue, JsError> {
+        *self.last_answer.borrow_mut() = Some(Answer {
+            like,
+            hits: hits.to_vec(),
+            timings: timings.clone(),
+        });
         let products = self.index.products();
         // "More like this" is about a product, not the photo searched before it.
         let colour = match like {

@@ -17,7 +17,8 @@
 //               {type: "backend", backend, adapter?, dispatches?, weights?, reason?}
 //                                         (after ready: the WebGPU path took over, or why inference stays on tract)
 //               {type: "results", id, results, colour?, timings}  (colour: {name?, rgb} of a photo;
-//                                         timings.lists_ms: time spent fetching lists of a ranged catalog)
+//                                         timings.lists_ms, details_ms: time spent fetching a ranged
+//                                         catalog's lists, and its results' titles, links and thumbnails)
 //               {type: "embedding", id, embedding}
 //               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
 
@@ -360,10 +361,31 @@ function withListsMs(response, listsMs) {
   return response;
 }
 
+/**
+ * The response with its products' titles, links and thumbnails: a ranged catalog's head leaves them to pages of
+ * the lists file, of which only the pages of the products shown are fetched.
+ */
+async function withDetails(response) {
+  const needed = lens.pages_for_answer();
+  if (!needed.length) return response;
+  const started = performance.now();
+  await Promise.all(
+    Array.from(needed, async (page) => {
+      const { bytes, partial } = await download(listsUrl, "product details", { range: lens.page_range(page) });
+      if (partial) lens.load_page(page, bytes);
+      else lens.load_lists_file(bytes);
+    }),
+  );
+  const full = lens.answer_again();
+  full.timings = { ...response.timings, details_ms: performance.now() - started };
+  return full;
+}
+
 /** Runs one search request and posts its results with the time it took in the worker. */
 async function answer(id, search) {
   const started = performance.now();
-  const response = await search();
+  let response = await search();
+  if (listsUrl) response = await withDetails(response);
   response.timings.total_ms = performance.now() - started;
   post({ type: "results", id, ...response });
 }

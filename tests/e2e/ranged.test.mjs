@@ -1,5 +1,6 @@
 // A ranged catalog (`otlens build-index --ranged`): the widget loads the index's head, then fetches the
-// inverted lists a search scans with HTTP Range requests from a static server, and only those. From a host
+// inverted lists a search scans with HTTP Range requests from a static server, and only those, then the pages of
+// titles, links and thumbnails of the results it shows (the head holds only what filters need). From a host
 // that ignores Range (a proxy that always sends whole files) it takes the whole lists file once; a damaged
 // lists file is refused with a message. The demo's 1,000 products in 16 lists, 2 probed per search.
 
@@ -90,8 +91,11 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
     const searched = await searchWith(page, photo);
     assert.equal(ids(searched)[0], product.id, "the product's own photo finds it first");
     assert.equal(searched.results.length, 12);
-    assert.ok(searched.timings.lists_ms >= 0);
-    assert.ok(lists.length <= 3, `the search fetched ${lists.length - 1} lists; it scans 2`);
+    assert.equal(searched.results[0].product.title, product.title, "the results' details came with them");
+    assert.ok(searched.results.every(({ product }) => product.title && product.url && product.thumbnail));
+    assert.ok(searched.timings.lists_ms >= 0 && searched.timings.details_ms >= 0);
+    // 2 lists, and a page of 32 products' details per result at most.
+    assert.ok(lists.length <= 1 + 2 + 12, `the search fetched ${lists.length - 1} parts of the lists file`);
 
     const widget = page.locator("ot-lens");
     const chosen = searched.results[1].product;
