@@ -21,9 +21,9 @@
 //! plain: a third of the size at 1,000 products, and the bulk of a pq index at any size).
 //! Vectors, by codec:
 //! - int8: `count` f32 scales, then `count * dims` i8 codes, row by row;
-//! - product quantisation: u32 `subspaces`, then the `dims * dims` f32 rotation (row-major),
-//!   then `subspaces * 256 * (dims / subspaces)` f32 centroids, subspace by subspace, then
-//!   `count * subspaces` u8 codes, row by row;
+//! - product quantisation: u32 `subspaces`, then the `dims * dims` rotation (row-major), then
+//!   `subspaces * 256 * (dims / subspaces)` centroids, subspace by subspace, each value an f16
+//!   (an f32 up to version 5), then `count * subspaces` u8 codes, row by row;
 //! - binary: `dims` f32 (the catalog mean), `count * ceil(dims / 64)` u64 sign words, then
 //!   the int8 layout.
 //!
@@ -35,8 +35,9 @@
 //!
 //! Blocks (version 5; version 4 ends its header at 156 and has none): present in the head of
 //! a ranged catalog only, whose vectors section then holds the codec's parameters alone and
-//! whose colours section is empty; see [`super::ranged`]. Version 6 differs only in the head
-//! of a ranged catalog, whose blocks section may also locate pages of product details.
+//! whose colours section is empty; see [`super::ranged`]. Version 6 stores the product
+//! quantiser's floats as f16, and the blocks section of a ranged catalog's head may also
+//! locate pages of product details.
 //!
 //! Reading checks every size against the buffer before allocating, so a hostile or
 //! damaged file costs at most a copy of itself, and its metadata at most
@@ -49,7 +50,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
-use super::codec::{Reader, Vectors};
+use super::codec::{QuantiserFloats, Reader, Vectors};
 use super::partition::Partitions;
 use super::ranged::Blocks;
 use super::{Index, IndexError};
@@ -69,6 +70,8 @@ const HEADER_LEN_BEFORE_PARTITIONS: usize = 140;
 /// The first version with a blocks section.
 const BLOCKS_VERSION: u32 = 5;
 const HEADER_LEN_BEFORE_BLOCKS: usize = 156;
+/// The first version whose product quantiser's floats are f16.
+const HALF_QUANTISER_VERSION: u32 = 6;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
@@ -239,6 +242,11 @@ impl Index {
                 products.len()
             )));
         }
+        let floats = if version >= HALF_QUANTISER_VERSION {
+            QuantiserFloats::F16
+        } else {
+            QuantiserFloats::F32
+        };
         let partitions = partitions.slice(bytes);
         let partitions = (!partitions.is_empty())
             .then(|| Partitions::read(partitions, count, dims))
@@ -247,7 +255,7 @@ impl Index {
         // Read after the metadata: the product count a head's rows make room for is then one
         // its own metadata lists, not any number a header may claim.
         let (vectors, colours, blocks) = if blocks.is_empty() {
-            let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims)?;
+            let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims, floats)?;
             (vectors, read_colours(colours.slice(bytes), count)?, None)
         } else {
             let Some(partitions) = &partitions else {
@@ -262,7 +270,7 @@ impl Index {
                 bytes: vectors.slice(bytes),
                 section: "vectors",
             };
-            let mut vectors = Vectors::read_parameters(codec, &mut reader, dims)?;
+            let mut vectors = Vectors::read_parameters(codec, &mut reader, dims, floats)?;
             reader.finish("the codec's parameters need")?;
             let blocks = Blocks::read(blocks, count, partitions, vectors.row_bytes())?;
             if count as u64 * vectors.row_bytes() as u64 > isize::MAX as u64 {

@@ -1,5 +1,6 @@
 //! Every codec: round trip, size, and how much of the exact float ranking it keeps.
 
+use half::f16;
 use otlens::index::{Codec, Filter, Index, IndexError, PQ_CENTROIDS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -66,10 +67,11 @@ fn bytes_per_product_are_what_each_codec_promises() {
         header_u64(&bytes, 84)
     };
     assert_eq!(vectors_len(Codec::Int8), count * (dims + 4));
-    let codebooks = PQ_CENTROIDS * dims * 4;
+    // The rotation and codebooks are f16.
+    let codebooks = PQ_CENTROIDS * dims * 2;
     assert_eq!(
         vectors_len(Codec::ProductQuantised { subspaces: 16 }),
-        4 + dims * dims * 4 + codebooks + count * 16
+        4 + dims * dims * 2 + codebooks + count * 16
     );
     assert_eq!(vectors_len(Codec::Binary), dims * 4 + count * (dims / 8 + dims + 4));
 }
@@ -153,6 +155,31 @@ fn a_damaged_quantiser_is_refused() {
         let result = Index::from_bytes(&super::with_header_field(&bytes, vectors_at, &subspaces.to_le_bytes()));
         assert!(matches!(result, Err(IndexError::Corrupt(_))), "{subspaces}: {result:?}");
     }
-    let nan = super::with_header_field(&bytes, vectors_at + 4, &f32::NAN.to_le_bytes());
+    let nan = super::with_header_field(&bytes, vectors_at + 4, &f16::NAN.to_le_bytes());
     assert!(matches!(Index::from_bytes(&nan), Err(IndexError::Corrupt(_))));
+}
+
+#[test]
+fn a_version_5_quantiser_of_f32_values_still_reads() {
+    let (count, dims, subspaces) = (300, 32, 8);
+    let embeddings = catalog_like(count, dims, 30, 7);
+    let index = Index::build_with(
+        Codec::ProductQuantised { subspaces },
+        MODEL_SHA256,
+        products(count),
+        &embeddings,
+    )
+    .unwrap();
+    let bytes = index.to_bytes();
+    let metadata = &bytes[header_u64(&bytes, 60)..][..header_u64(&bytes, 68)];
+    let vectors = &bytes[header_u64(&bytes, 76)..][..header_u64(&bytes, 84)];
+    let floats = dims * dims + PQ_CENTROIDS * dims;
+    let (parameters, codes) = vectors[4..].split_at(floats * 2);
+    let mut widened = vectors[..4].to_vec();
+    for pair in parameters.chunks_exact(2) {
+        widened.extend_from_slice(&f16::from_le_bytes([pair[0], pair[1]]).to_f32().to_le_bytes());
+    }
+    widened.extend_from_slice(codes);
+    let version_5 = super::with_sections(&bytes, 5, metadata, &widened);
+    assert_eq!(Index::from_bytes(&version_5).unwrap(), index);
 }

@@ -197,6 +197,11 @@ fn header_u64(bytes: &[u8], at: usize) -> usize {
 /// `version`, the vectors moved behind and the checksum redone, as a writer of that version would.
 fn with_metadata(bytes: &[u8], version: u32, metadata: &[u8]) -> Vec<u8> {
     let vectors = &bytes[header_u64(bytes, 76)..][..header_u64(bytes, 84)];
+    with_sections(bytes, version, metadata, vectors)
+}
+
+/// `bytes` (a flat index without colours) as a writer of `version` with these sections would write it.
+fn with_sections(bytes: &[u8], version: u32, metadata: &[u8], vectors: &[u8]) -> Vec<u8> {
     let mut file = bytes[..HEADER_LEN].to_vec();
     file[8..12].copy_from_slice(&version.to_le_bytes());
     let vectors_at = HEADER_LEN + metadata.len();
