@@ -72,10 +72,11 @@ function readRange(file, start, end) {
 
 /**
  * URL prefix -> folder, plus single files; nothing outside them is served. Answers single-range requests with
- * 206, as static hosts do, and counts the bytes sent per path in `server.sent`.
+ * 206, as static hosts do, and counts the bytes sent per path in `server.sent`, the requests in `server.requests`.
  */
 function serve(routes, files) {
   const sent = new Map();
+  const requests = new Map();
   const server = createServer((request, response) => {
     const path = decodeURIComponent(new URL(request.url, "http://localhost").pathname);
     let file = files[path];
@@ -95,6 +96,7 @@ function serve(routes, files) {
     // Only the bytes asked for are read, as a static host's sendfile would.
     const body = partial ? readRange(file, start, end) : readFileSync(file);
     sent.set(path, (sent.get(path) ?? 0) + body.length);
+    requests.set(path, (requests.get(path) ?? 0) + 1);
     response.writeHead(partial ? 206 : 200, {
       "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
       "Content-Length": body.length,
@@ -105,6 +107,7 @@ function serve(routes, files) {
     response.end(body);
   });
   server.sent = sent;
+  server.requests = requests;
   return new Promise((done) => server.listen(0, "127.0.0.1", () => done(server)));
 }
 
@@ -186,14 +189,14 @@ async function endToEnd(context, url, { warmup, runs }) {
   };
 }
 
-/** Bytes the server has sent of files whose path contains `part`. */
-const sentOf = (server, part) =>
-  [...server.sent].reduce((sum, [path, bytes]) => sum + (path.includes(part) ? bytes : 0), 0);
+/** Bytes the server has sent (or with `counts` "requests", requests answered) of files whose path contains `part`. */
+const sentOf = (server, part, counts = "sent") =>
+  [...server[counts]].reduce((sum, [path, bytes]) => sum + (path.includes(part) ? bytes : 0), 0);
 
 /**
  * A large catalog whole (`wholeUrl`) against ranged (`rangedUrl`): first-visit load to ready of each, then on the
- * ranged one, per query of a distinct photo (one page, so lists fetched before stay loaded), the bytes of lists
- * fetched, the lists' fetch time and the worker's total.
+ * ranged one, per query of a distinct photo (one page, so lists fetched before stay loaded), the bytes and
+ * requests of the lists file (lists and pages of result details), the time fetching each and the worker's total.
  */
 async function rangedQueries(context, server, wholeUrl, rangedUrl) {
   const whole = await openReady(context, wholeUrl, 300_000);
@@ -203,12 +206,14 @@ async function rangedQueries(context, server, wholeUrl, rangedUrl) {
   const loadBytes = sentOf(server, `${RANGED}catalog/lists-`);
   const queries = [];
   for (let query = 0; query < QUERIES; query++) {
-    const before = sentOf(server, `${RANGED}catalog/lists-`);
+    const lists = `${RANGED}catalog/lists-`;
+    const [before, requestsBefore] = [sentOf(server, lists), sentOf(server, lists, "requests")];
     const timings = await ranged.page.evaluate(async (url) => {
       const photo = await (await fetch(url)).blob();
       return (await document.querySelector("ot-lens").search(photo)).timings;
     }, `/query/${query}.jpg`);
-    queries.push({ bytes: sentOf(server, `${RANGED}catalog/lists-`) - before, ...timings });
+    const requests = sentOf(server, lists, "requests") - requestsBefore;
+    queries.push({ bytes: sentOf(server, lists) - before, requests, ...timings });
   }
   await ranged.page.close();
   return { wholeReady: whole.ready.at, rangedReady: ranged.ready.at, headBytes, loadBytes, queries };
@@ -378,18 +383,21 @@ async function main() {
         `${queries.length} distinct photos, one page (lists fetched stay loaded):\n`,
     );
     printTable(
-      ["query", "lists bytes", "lists ms", "search ms", "worker total ms"],
+      ["query", "lists file bytes", "requests", "lists ms", "details ms", "search ms", "worker total ms"],
       queries.map((query, i) => [
         i + 1,
         megabytes(query.bytes),
+        query.requests,
         query.lists_ms.toFixed(1),
+        (query.details_ms ?? 0).toFixed(1),
         query.search_ms.toFixed(2),
         query.total_ms.toFixed(1),
       ]),
     );
     console.log(
-      `\nmedian per query: ${megabytes(median(queries.map((query) => query.bytes)))} of lists, ` +
-        `${median(queries.map((query) => query.lists_ms)).toFixed(1)} ms fetching them.`,
+      `\nmedian per query: ${megabytes(median(queries.map((query) => query.bytes)))} of the lists file ` +
+        `(lists and pages of details), ${median(queries.map((query) => query.lists_ms)).toFixed(1)} ms fetching ` +
+        `lists, ${median(queries.map((query) => query.details_ms ?? 0)).toFixed(1)} ms fetching details.`,
     );
   }
 
