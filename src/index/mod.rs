@@ -83,6 +83,8 @@ pub enum IndexError {
     NoSuchList { list: usize, lists: usize },
     #[error("part {list} of the catalog's lists file is damaged or comes from another build (its checksum does not match the index); download or build it again")]
     BlockMismatch { list: usize },
+    #[error("the catalog's lists file has {found} bytes where its index expects {expected}; the shop must deploy the catalog files together")]
+    ListsFileSize { expected: u64, found: u64 },
     #[error("the catalog has {pages} pages of product details, so there is no page {page}")]
     NoSuchPage { page: usize, pages: usize },
     #[error("page {page} of the catalog's product details is damaged or comes from another build (its checksum does not match the index); download or build it again")]

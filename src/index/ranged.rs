@@ -315,11 +315,10 @@ impl Index {
         let blocks = self.blocks.as_ref().ok_or(IndexError::NotRanged)?;
         let lists = blocks.blocks.len();
         let pages = blocks.pages.as_ref().map_or(0, |pages| pages.blocks.len());
-        // Before hashing any block: bytes past the last one mean another file. A short file
-        // is refused by the block it cuts.
+        // Before hashing any block: another length means another file.
         let end = blocks.end();
-        if file.len() as u64 > end {
-            return Err(IndexError::Truncated {
+        if file.len() as u64 != end {
+            return Err(IndexError::ListsFileSize {
                 expected: end,
                 found: file.len() as u64,
             });
