@@ -225,20 +225,38 @@ function loadListBytes(list, bytes, partial) {
 }
 
 /**
- * Fetches the lists of a ranged catalog that `needed` (list numbers from the lens) names, all at once, and
- * returns the milliseconds it took: a search on a large catalog downloads only the lists it scans.
+ * Fetches parts of the lists file (list blocks or pages of details: `rangeOf(part)` gives [start, end)) all at
+ * once, one Range request per run of parts that follow each other in the file, and gives each part's bytes to
+ * `load(part, bytes)`; the whole file, if the host ignores Range, to `lens.load_lists_file`. Returns the
+ * milliseconds it took.
  */
-async function loadLists(needed) {
-  if (!needed.length) return 0;
+async function fetchParts(parts, label, rangeOf, load) {
+  if (!parts.length) return 0;
   const started = performance.now();
+  const runs = [];
+  for (const part of [...parts].sort((a, b) => a - b)) {
+    const range = rangeOf(part);
+    const last = runs.at(-1);
+    if (last && last.end === range[0]) {
+      last.parts.push([part, range]);
+      last.end = range[1];
+    } else {
+      runs.push({ start: range[0], end: range[1], parts: [[part, range]] });
+    }
+  }
   await Promise.all(
-    Array.from(needed, async (list) => {
-      const { bytes, partial } = await download(listsUrl, "catalog lists", { range: lens.block_range(list) });
-      loadListBytes(list, bytes, partial);
+    runs.map(async (run) => {
+      const { bytes, partial } = await download(listsUrl, label, { range: [run.start, run.end] });
+      if (!partial) return lens.load_lists_file(bytes);
+      for (const [part, [start, end]] of run.parts) load(part, bytes.subarray(start - run.start, end - run.start));
     }),
   );
   return performance.now() - started;
 }
+
+/** Fetches the lists of a ranged catalog that `needed` (list numbers from the lens) names: those a search scans. */
+const loadLists = (needed) =>
+  fetchParts(needed, "catalog lists", (list) => lens.block_range(list), (list, bytes) => lens.load_list(list, bytes));
 
 function cosine(a, b) {
   let dot = 0;
@@ -368,16 +386,14 @@ function withListsMs(response, listsMs) {
 async function withDetails(response) {
   const needed = lens.pages_for_answer();
   if (!needed.length) return response;
-  const started = performance.now();
-  await Promise.all(
-    Array.from(needed, async (page) => {
-      const { bytes, partial } = await download(listsUrl, "product details", { range: lens.page_range(page) });
-      if (partial) lens.load_page(page, bytes);
-      else lens.load_lists_file(bytes);
-    }),
+  const detailsMs = await fetchParts(
+    needed,
+    "product details",
+    (page) => lens.page_range(page),
+    (page, bytes) => lens.load_page(page, bytes),
   );
   const full = lens.answer_again();
-  full.timings = { ...response.timings, details_ms: performance.now() - started };
+  full.timings = { ...response.timings, details_ms: detailsMs };
   return full;
 }
 

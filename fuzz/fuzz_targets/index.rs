@@ -22,11 +22,14 @@ fuzz_target!(|data: &[u8]| {
             ..Filter::ANY
         };
         assert!(index.similar(0, 5, &filter).len() <= 5);
-        // A ranged head: its lists are not loaded, and no bytes are a whole lists file.
+        // A ranged head: its lists and pages are not loaded, and no bytes are a whole lists file
+        // or an empty page.
         if index.is_ranged() {
             assert!(index.lists_to_load(&query, 5, &filter, None).len() <= index.len());
+            assert!(index.pages_to_load(&[0, index.len() - 1]).len() <= 2);
             let mut index = index;
             assert!(index.load_lists_file(&[]).is_err());
+            assert!(index.load_page(0, &[]).is_err());
         }
     }
 });
