@@ -190,6 +190,11 @@ fn region_of(photo: &RgbImage, region: &[f32]) -> Result<RgbImage, JsError> {
     Ok(image::imageops::crop_imm(photo, left, top, region_width, region_height).to_image())
 }
 
+/// A byte range of the lists file for JS: `[start, end)` as numbers, exact below 2^53.
+fn to_f64_pair(range: std::ops::Range<u64>) -> Vec<f64> {
+    vec![range.start as f64, range.end as f64]
+}
+
 /// List numbers for JS (a `Uint32Array`).
 fn to_u32(lists: Vec<usize>) -> Vec<u32> {
     lists.into_iter().map(|list| list as u32).collect()
@@ -473,7 +478,7 @@ impl Lens {
             .index
             .block_range(list)
             .ok_or_else(|| JsError::new(&format!("the catalog has no list {list}")))?;
-        Ok(vec![range.start as f64, range.end as f64])
+        Ok(to_f64_pair(range))
     }
 
     /// Loads the block of `list`, refusing one that is not the block the index vouches for.
@@ -543,7 +548,7 @@ impl Lens {
             .index
             .page_range(page)
             .ok_or_else(|| JsError::new(&format!("the catalog has no page {page} of product details")))?;
-        Ok(vec![range.start as f64, range.end as f64])
+        Ok(to_f64_pair(range))
     }
 
     /// Loads page `page` of the product details, refusing one the index does not vouch for.

@@ -72,6 +72,13 @@ struct Block {
     sha256: [u8; 32],
 }
 
+impl Block {
+    /// Whether `bytes` are this block: its length and its sha256.
+    fn matches(&self, bytes: &[u8]) -> bool {
+        bytes.len() as u64 == self.len && Sha256::digest(bytes)[..] == self.sha256
+    }
+}
+
 impl Blocks {
     pub(super) fn has_colours(&self) -> bool {
         self.colours
@@ -289,7 +296,7 @@ impl Index {
             list,
             lists: partitions.lists(),
         })?;
-        if block.len() as u64 != expected.len || Sha256::digest(block)[..] != expected.sha256 {
+        if !expected.matches(block) {
             return Err(IndexError::BlockMismatch { list });
         }
         if blocks.loaded[list] {
@@ -337,10 +344,15 @@ impl Index {
         Ok(())
     }
 
+    /// The pages of product details of a ranged head of version 6 or later.
+    fn pages(&self) -> Option<&Pages> {
+        self.blocks.as_ref()?.pages.as_ref()
+    }
+
     /// Whether the title, link and thumbnail of the product at `product` are at hand: always,
     /// unless its page of a ranged catalog's details is not loaded yet.
     pub fn has_details(&self, product: usize) -> bool {
-        match self.blocks.as_ref().and_then(|blocks| blocks.pages.as_ref()) {
+        match self.pages() {
             Some(pages) => pages.loaded.get(product / pages.per_page) == Some(&true),
             None => product < self.len(),
         }
@@ -349,7 +361,7 @@ impl Index {
     /// The pages of details, not loaded yet, that the products at `products` need: each once,
     /// in order. What to fetch before showing them as results.
     pub fn pages_to_load(&self, products: &[usize]) -> Vec<usize> {
-        let Some(pages) = self.blocks.as_ref().and_then(|blocks| blocks.pages.as_ref()) else {
+        let Some(pages) = self.pages() else {
             return Vec::new();
         };
         let mut missing: Vec<usize> = products
@@ -364,7 +376,7 @@ impl Index {
 
     /// Where page `page` of a ranged catalog's details lies in the lists file.
     pub fn page_range(&self, page: usize) -> Option<std::ops::Range<u64>> {
-        let block = self.blocks.as_ref()?.pages.as_ref()?.blocks.get(page)?;
+        let block = self.pages()?.blocks.get(page)?;
         Some(block.start..block.start + block.len)
     }
 
@@ -380,7 +392,7 @@ impl Index {
             page,
             pages: pages.blocks.len(),
         })?;
-        if bytes.len() as u64 != expected.len || Sha256::digest(bytes)[..] != expected.sha256 {
+        if !expected.matches(bytes) {
             return Err(IndexError::PageMismatch { page });
         }
         if pages.loaded[page] {
