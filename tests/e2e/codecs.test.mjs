@@ -13,9 +13,9 @@ import {
   catalogProduct,
   demoSite,
   launchBrowser,
+  moreLikeThisThenFilter,
   openCatalogPage,
   readManifest,
-  resultsAfter,
   searchWith,
   skipUnlessBuilt,
   startServer,
@@ -67,21 +67,7 @@ describe("binary and pq catalogs in the browser", { skip: skipUnlessBuilt({ demo
       const rank = ids(searched).indexOf(own.id);
       assert.ok(codec === "binary" ? rank === 0 : rank >= 0 && rank < 3, `rank ${rank}`);
 
-      const widget = page.locator("ot-lens");
-      const chosen = searched.results[1].product;
-      const similar = await resultsAfter(page, () =>
-        widget.getByRole("button", { name: `More like this: ${chosen.title}` }).click(),
-      );
-      assert.equal(similar.results.length, 12);
-      assert.ok(!ids(similar).includes(chosen.id), "the product itself is not listed");
-      assert.equal(similar.results[0].product.category, chosen.category);
-
-      const other = chosen.category === "Bag" ? "Sandal" : "Bag";
-      const filtered = await resultsAfter(page, () =>
-        widget.evaluate((element, category) => (element.filter = { categories: [category] }), other),
-      );
-      assert.equal(filtered.results.length, 12);
-      assert.ok(filtered.results.every((result) => result.product.category === other));
+      const chosen = await moreLikeThisThenFilter(page, searched);
       assert.match(await status.textContent(), new RegExp(`like “${chosen.title}”`));
       assert.deepEqual(problems, []);
       await page.close();

@@ -1,6 +1,7 @@
 // Shared by the browser tests and the benchmark: the repo's paths, the companion server,
 // headless Chromium, and the bad photos the widget must refuse.
 
+import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -300,6 +301,30 @@ export async function resultsAfter(page, change) {
   const before = (await widgetEvents(page, "otlens-results")).length;
   await change();
   return (await waitForWidgetEvents(page, "otlens-results", before + 1, SEARCH_TIMEOUT)).at(-1);
+}
+
+/**
+ * "More like this" on the second of `searched`'s results, then a filter on another category, each giving 12 results
+ * that show what was asked: what the codec and ranged tests check of a catalog beyond a photo search. Returns the
+ * product chosen.
+ */
+export async function moreLikeThisThenFilter(page, searched) {
+  const widget = page.locator("ot-lens");
+  const chosen = searched.results[1].product;
+  const similar = await resultsAfter(page, () =>
+    widget.getByRole("button", { name: `More like this: ${chosen.title}` }).click(),
+  );
+  assert.equal(similar.results.length, 12);
+  assert.ok(!similar.results.some(({ product }) => product.id === chosen.id), "the product itself is not listed");
+  assert.equal(similar.results[0].product.category, chosen.category);
+
+  const other = chosen.category === "Bag" ? "Sandal" : "Bag";
+  const filtered = await resultsAfter(page, () =>
+    widget.evaluate((element, category) => (element.filter = { categories: [category] }), other),
+  );
+  assert.equal(filtered.results.length, 12, "a filter on another category fills the results");
+  assert.ok(filtered.results.every((result) => result.product.category === other));
+  return chosen;
 }
 
 /** A PNG of one pixel whose header claims `width` x `height` (valid CRC, so only the size is wrong). */

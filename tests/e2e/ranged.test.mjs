@@ -14,8 +14,8 @@ import {
   catalogProduct,
   demoSite,
   launchBrowser,
+  moreLikeThisThenFilter,
   openCatalogPage,
-  resultsAfter,
   searchWith,
   skipUnlessBuilt,
   startProxy,
@@ -97,21 +97,8 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
     // 2 lists, and a page of 32 products' details per result at most.
     assert.ok(lists.length <= 1 + 2 + 12, `the search fetched ${lists.length - 1} parts of the lists file`);
 
-    const widget = page.locator("ot-lens");
-    const chosen = searched.results[1].product;
-    const similar = await resultsAfter(page, () =>
-      widget.getByRole("button", { name: `More like this: ${chosen.title}` }).click(),
-    );
-    assert.equal(similar.results.length, 12);
-    assert.ok(!ids(similar).includes(chosen.id), "the product itself is not listed");
-    assert.equal(similar.results[0].product.category, chosen.category);
-
-    const other = chosen.category === "Bag" ? "Sandal" : "Bag";
-    const filtered = await resultsAfter(page, () =>
-      widget.evaluate((element, category) => (element.filter = { categories: [category] }), other),
-    );
-    assert.equal(filtered.results.length, 12, "a filter on another category fetches the lists it needs");
-    assert.ok(filtered.results.every((result) => result.product.category === other));
+    // More like this and a filter on another category fetch the lists (and pages) they need.
+    await moreLikeThisThenFilter(page, searched);
 
     assert.ok(lists.length > 1 && lists.every((response) => response.status === 206 && response.range));
     const fetched = lists.reduce((sum, response) => sum + response.bytes, 0);

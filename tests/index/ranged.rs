@@ -20,6 +20,12 @@ fn partitioned(codec: Codec) -> Index {
         .partitioned(GROUPS, 3)
 }
 
+/// `whole` split for Range requests: the head as read, with nothing loaded, and the lists file.
+fn split(whole: &Index) -> (Index, Vec<u8>) {
+    let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
+    (Index::from_bytes(&head_bytes).unwrap(), lists_file)
+}
+
 /// Loads the lists a search for `query` needs from `lists_file`, as the widget does with
 /// Range requests; returns how many it loaded.
 fn load_needed(head: &mut Index, lists_file: &[u8], query: &[f32], k: usize, filter: &Filter) -> usize {
@@ -95,8 +101,7 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
 #[test]
 fn more_like_this_needs_the_products_own_list_first() {
     let whole = partitioned(Codec::Int8);
-    let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
-    let mut head = Index::from_bytes(&head_bytes).unwrap();
+    let (mut head, lists_file) = split(&whole);
     let product = head.position("sku-77").unwrap();
     assert!(!head.is_loaded(product));
     assert_eq!(head.stored_vector(product), None);
@@ -124,8 +129,7 @@ fn more_like_this_needs_the_products_own_list_first() {
 #[test]
 fn the_whole_lists_file_loads_every_list_and_damage_is_refused() {
     let whole = partitioned(Codec::ProductQuantised { subspaces: 8 });
-    let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
-    let mut head = Index::from_bytes(&head_bytes).unwrap();
+    let (mut head, lists_file) = split(&whole);
 
     let range = head.block_range(5).unwrap();
     let mut block = lists_file[range.start as usize..range.end as usize].to_vec();
@@ -226,8 +230,7 @@ fn only_a_partitioned_index_splits_and_a_damaged_blocks_section_is_corrupt() {
 #[test]
 fn a_head_holds_what_filters_need_and_results_load_their_details_by_page() {
     let whole = partitioned(Codec::Int8);
-    let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
-    let mut head = Index::from_bytes(&head_bytes).unwrap();
+    let (mut head, lists_file) = split(&whole);
     let product = head.position("sku-77").unwrap();
     let (in_head, in_whole) = (&head.products()[product], &whole.products()[product]);
     assert_eq!((&in_head.id, &in_head.category), (&in_whole.id, &in_whole.category));
