@@ -129,6 +129,26 @@ impl Vectors {
         }
     }
 
+    /// The vector stored for `product` in the codec's own basis (pq's rotated one). Dot
+    /// products and lengths are those of [`Vectors::reconstruct`]'s vectors, without the cost
+    /// of turning each back (1.6M multiplications a product at 1,280 dimensions).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn reconstruct_in_basis(&self, product: usize) -> Vec<f32> {
+        match self {
+            Vectors::Int8(rows) | Vectors::Binary { rows, .. } => rows.reconstruct(product),
+            Vectors::ProductQuantised(pq) => pq.reconstruct_rotated(product),
+        }
+    }
+
+    /// A vector of the codec's own basis ([`Vectors::reconstruct_in_basis`]) in the embedding's.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn to_embedding_basis(&self, vector: &[f32]) -> Vec<f32> {
+        match self {
+            Vectors::Int8(_) | Vectors::Binary { .. } => vector.to_vec(),
+            Vectors::ProductQuantised(pq) => pq.unrotate(vector),
+        }
+    }
+
     /// Bytes each product's row takes: in the vectors section, and in a list's block.
     pub(super) fn row_bytes(&self) -> usize {
         match self {
@@ -488,15 +508,23 @@ impl PqRows {
     }
 
     fn reconstruct(&self, product: usize) -> Vec<f32> {
+        self.unrotate(&self.reconstruct_rotated(product))
+    }
+
+    /// The product's vector as its codes stand for it, still turned by the rotation.
+    fn reconstruct_rotated(&self, product: usize) -> Vec<f32> {
         let codes = &self.codes[product * self.subspaces..(product + 1) * self.subspaces];
-        let rotated: Vec<f32> = codes
+        codes
             .iter()
             .enumerate()
             .flat_map(|(subspace, &code)| self.centroid(subspace, code).iter().copied())
-            .collect();
-        // The inverse of an orthonormal rotation is its transpose.
+            .collect()
+    }
+
+    /// `rotated` turned back: the inverse of an orthonormal rotation is its transpose.
+    fn unrotate(&self, rotated: &[f32]) -> Vec<f32> {
         let mut vector = vec![0f32; rotated.len()];
-        for (row, &value) in self.rotation.chunks_exact(rotated.len()).zip(&rotated) {
+        for (row, &value) in self.rotation.chunks_exact(rotated.len()).zip(rotated) {
             vector.iter_mut().zip(row).for_each(|(out, r)| *out += r * value);
         }
         vector
@@ -614,6 +642,9 @@ pub(super) mod encode {
     /// Vectors sampled to train the quantiser's codebooks: enough for 256 centroids per
     /// subspace, few enough to train a 44k catalog in seconds.
     const PQ_TRAINING_SAMPLE: usize = 20_000;
+    /// Products rotated in one pass over the pq rotation: 16 vectors of 1,280 floats (80 KB)
+    /// stay in cache while its rows stream past.
+    const ROTATED_TOGETHER: usize = 16;
     const K_MEANS_ITERATIONS: usize = 12;
 
     impl Vectors {
@@ -691,19 +722,34 @@ pub(super) mod encode {
             // Codes are chosen against the codebooks as the file will hold them.
             pq.codebooks = to_f16_precision(std::mem::take(&mut pq.codebooks));
             pq.codes = vectors
-                .par_iter()
-                .flat_map_iter(|vector| {
+                .par_chunks(ROTATED_TOGETHER)
+                .flat_map_iter(|block| {
                     let pq = &pq;
-                    let rotated = pq.rotate(vector);
-                    (0..subspaces)
-                        .map(move |subspace| {
-                            let part = &rotated[subspace * sub_dims..(subspace + 1) * sub_dims];
-                            pq.closest(subspace, part) as u8
-                        })
-                        .collect::<Vec<u8>>()
+                    pq.rotate_block(block).into_iter().flat_map(move |rotated| {
+                        (0..subspaces)
+                            .map(|subspace| {
+                                let part = &rotated[subspace * sub_dims..(subspace + 1) * sub_dims];
+                                pq.closest(subspace, part) as u8
+                            })
+                            .collect::<Vec<u8>>()
+                    })
                 })
                 .collect();
             pq
+        }
+
+        /// Each of `vectors` rotated. Each row of the rotation (6.5 MB in all at 1,280
+        /// dimensions) is read once for the block rather than once a vector, so that encoding
+        /// a large catalog is not held up by memory.
+        fn rotate_block(&self, vectors: &[Vec<f32>]) -> Vec<Vec<f32>> {
+            let dims = self.subspaces * self.sub_dims;
+            let mut rotated: Vec<Vec<f32>> = vectors.iter().map(|_| Vec::with_capacity(dims)).collect();
+            for row in self.rotation.chunks_exact(dims) {
+                for (out, vector) in rotated.iter_mut().zip(vectors) {
+                    out.push(dot_f32(row, vector));
+                }
+            }
+            rotated
         }
 
         fn closest(&self, subspace: usize, part: &[f32]) -> usize {
@@ -921,8 +967,23 @@ fn dot(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
 }
 
+/// Eight running sums, so that the compiler can vectorise a float sum it may not reorder: the
+/// pq codec turns every query (and, building, every product) by a 1,280 x 1,280 rotation.
 pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut lanes = [0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..8 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 pub(super) fn corrupt(message: String) -> IndexError {
@@ -1001,6 +1062,16 @@ mod tests {
         let mut codes = Vec::new();
         assert_eq!(quantise(&[0.0; 4], &mut codes), 0.0);
         assert_eq!(codes, [0; 4]);
+    }
+
+    #[test]
+    fn dot_products_count_every_element_whatever_the_length() {
+        for len in 0..20 {
+            let a: Vec<f32> = (0..len).map(|i| i as f32 + 1.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| 0.5 - i as f32).collect();
+            let expected: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert_eq!(dot_f32(&a, &b), expected, "length {len}");
+        }
     }
 
     #[test]

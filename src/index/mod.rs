@@ -189,11 +189,15 @@ impl Index {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn partitioned(self, lists: usize, probe: usize) -> Index {
         use rayon::prelude::*;
+        // Grouped in the codec's own basis, where cosines are the same; only the centroids
+        // are turned back to the embedding's, for the queries they meet.
         let stored: Vec<Vec<f32>> = (0..self.len())
             .into_par_iter()
-            .map(|product| unit_length(&self.vectors.reconstruct(product)))
+            .map(|product| unit_length(&self.vectors.reconstruct_in_basis(product)))
             .collect();
-        let (partitions, order) = Partitions::build(&stored, self.dims, lists, probe);
+        let (partitions, order) = Partitions::build(&stored, self.dims, lists, probe, |centroid| {
+            self.vectors.to_embedding_basis(centroid)
+        });
         let products: Vec<Product> = order.iter().map(|&product| self.products[product].clone()).collect();
         Index {
             model_sha256: self.model_sha256,

@@ -133,14 +133,16 @@ mod build {
     const TRAINING_POINTS_PER_LIST: usize = 64;
 
     impl Partitions {
-        /// Groups unit-length `vectors` into `lists` lists by spherical k-means. Returns the
-        /// partitions and the order to store the products in: list by list, each list in
-        /// the products' own order.
+        /// Groups unit-length `vectors` into `lists` lists by spherical k-means; `to_embedding`
+        /// turns a centroid into the basis queries come in (the vectors may lie in another
+        /// one that keeps dot products). Returns the partitions and the order to store the
+        /// products in: list by list, each list in the products' own order.
         pub(in crate::index) fn build(
             vectors: &[Vec<f32>],
             dims: usize,
             lists: usize,
             probe: usize,
+            to_embedding: impl Fn(&[f32]) -> Vec<f32>,
         ) -> (Partitions, Vec<usize>) {
             let lists = lists.clamp(1, vectors.len());
             // At random (seeded): a stride could skip whole groups of a catalog listed in a
@@ -166,7 +168,7 @@ mod build {
                 total += *end;
                 *end = total;
             }
-            let centroid_rows: Vec<Vec<f32>> = centroids.chunks_exact(dims).map(<[f32]>::to_vec).collect();
+            let centroid_rows: Vec<Vec<f32>> = centroids.chunks_exact(dims).map(to_embedding).collect();
             let partitions = Partitions {
                 ends,
                 probe: probe.clamp(1, lists),
