@@ -372,6 +372,8 @@ fn scale(args: &ScaleArgs) -> Result<()> {
     let started = Instant::now();
     let codec = args.codec.codec(args.pq_subspaces);
     let mut scaled = Index::build_with(codec, &index.model_sha256(), products, &embeddings)?;
+    // A million f32 embeddings take 5 GB; grouping into lists makes its own copy.
+    drop(embeddings);
     if index.has_colours() {
         scaled = scaled.with_colours(colours)?;
     }
