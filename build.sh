@@ -2,7 +2,7 @@
 # otlens build entry point. On a fresh Debian machine:
 #   ./build.sh serve   install what is missing, build, build the demo catalog, serve it on 127.0.0.1
 #   ./build.sh test    install what is missing, build once, run every test
-# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench, fuzz [photo|index] [SECONDS],
+# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench [million], fuzz [photo|index] [SECONDS],
 #   retrieval [INSHOP_DIR] (train on DeepFashion In-shop, report Recall@K on its val split).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -172,7 +172,14 @@ bench() {
   # The same, as a head and a lists file that the widget fetches list by list (Range requests).
   [ .cache/demo-scale-ranged/manifest.json -nt "$OTLENS" ] ||
     "$OTLENS" demo scale --from www/catalog --out .cache/demo-scale-ranged --ranged
-  node bench/run.mjs "${models[@]}" --scale .cache/demo-scale --ranged .cache/demo-scale-ranged
+  # With `bench million`: a ranged catalog of 1,000,000 products too (about 20 minutes and 11 GB of memory, once).
+  local million=()
+  if [ "${1:-}" = million ]; then
+    [ .cache/demo-million/manifest.json -nt "$OTLENS" ] ||
+      "$OTLENS" demo scale --from www/catalog --out .cache/demo-million --count 1000000 --ranged
+    million=(--million .cache/demo-million)
+  fi
+  node bench/run.mjs "${models[@]}" --scale .cache/demo-scale --ranged .cache/demo-scale-ranged "${million[@]}"
   # Index codecs on real embeddings: recall against exact search, bytes per product, speed.
   local fpi=../shared/data/fpi/products.csv
   if [ -f "$fpi" ]; then
@@ -254,7 +261,7 @@ case "$command" in
   demo) demo "$@" ;;
   serve) serve ;;
   test) test_all ;;
-  bench) bench ;;
+  bench) bench "$@" ;;
   fuzz) fuzz "$@" ;;
   retrieval) retrieval "$@" ;;
   *) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; [ "$command" = help ] ;;

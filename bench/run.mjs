@@ -7,10 +7,12 @@
 // 0 skips it). Here that adapter is SwiftShader, WebGPU on the CPU: its column measures the path's
 // overhead, not a GPU. With --ranged DIR (the same, written with `--ranged`), what a ranged catalog costs:
 // load to ready against the whole one, and per query of a distinct photo the lists fetched, their bytes and
-// the time, from a server that answers Range requests.
+// the time, from a server that answers Range requests. With --million DIR (a ranged catalog of a million
+// products, `otlens demo scale --count 1000000 --ranged`), the same per-query figures and the search with a
+// filter on, with no whole catalog beside it (it would be a 90 MB download).
 //
 //   node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--gpu-runs 2] [--scale DIR]
-//                      [--ranged DIR]
+//                      [--ranged DIR] [--million DIR]
 //
 // Needs: www/pkg and target/release/otlens (./build.sh build), www/catalog (./build.sh demo),
 // tests/e2e/node_modules (npm ci).
@@ -29,6 +31,7 @@ const ORT_DIST = resolve(BENCH, "../tests/e2e/node_modules/onnxruntime-web/dist"
 const SITE = "/site/";
 const SCALE = "/scale/";
 const RANGED = "/ranged/";
+const MILLION = "/million/";
 // Distinct query photos for the ranged catalog: thumbnails of the demo catalog's products.
 const QUERIES = 12;
 const TYPES = {
@@ -40,11 +43,12 @@ const TYPES = {
 };
 
 function parseArgs(argv) {
-  const options = { models: [], runs: 20, warmup: 3, gpuRuns: 2, scale: null, ranged: null };
+  const options = { models: [], runs: 20, warmup: 3, gpuRuns: 2, scale: null, ranged: null, million: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--runs") options.runs = Number(argv[++i]);
     else if (argv[i] === "--scale") options.scale = resolve(argv[++i]);
     else if (argv[i] === "--ranged") options.ranged = resolve(argv[++i]);
+    else if (argv[i] === "--million") options.million = resolve(argv[++i]);
     else if (argv[i] === "--warmup") options.warmup = Number(argv[++i]);
     else if (argv[i] === "--gpu-runs") options.gpuRuns = Number(argv[++i]);
     else options.models.push(resolve(argv[i]));
@@ -52,7 +56,7 @@ function parseArgs(argv) {
   if (!options.models.length || !(options.runs > 0) || !(options.warmup >= 0) || !(options.gpuRuns >= 0)) {
     console.error(
       "usage: node bench/run.mjs MODEL.onnx [MODEL.onnx…] [--runs 20] [--warmup 3] [--gpu-runs 2] [--scale DIR] " +
-        "[--ranged DIR]",
+        "[--ranged DIR] [--million DIR]",
     );
     process.exit(2);
   }
@@ -194,29 +198,55 @@ const sentOf = (server, part, counts = "sent") =>
   [...server[counts]].reduce((sum, [path, bytes]) => sum + (path.includes(part) ? bytes : 0), 0);
 
 /**
- * A large catalog whole (`wholeUrl`) against ranged (`rangedUrl`): first-visit load to ready of each, then on the
- * ranged one, per query of a distinct photo (one page, so lists fetched before stay loaded), the bytes and
- * requests of the lists file (lists and pages of result details), the time fetching each and the worker's total.
+ * A ranged catalog served under `prefix`, beside the same catalog whole (`wholeUrl`, or null for none): first-visit
+ * load to ready of each, then on the ranged one, per query of a distinct photo (one page, so lists fetched before
+ * stay loaded), the bytes and requests of the lists file (lists and pages of result details), the time fetching
+ * each and the worker's total; then each photo again with a filter on ("red dresses under 50,000 KRW": its first
+ * result's category, at most 50,000, in stock), whose lists and pages count apart.
  */
-async function rangedQueries(context, server, wholeUrl, rangedUrl) {
-  const whole = await openReady(context, wholeUrl, 300_000);
-  await whole.page.close();
-  const ranged = await openReady(context, rangedUrl, 300_000);
-  const headBytes = sentOf(server, `${RANGED}catalog/index-`);
-  const loadBytes = sentOf(server, `${RANGED}catalog/lists-`);
-  const queries = [];
-  for (let query = 0; query < QUERIES; query++) {
-    const lists = `${RANGED}catalog/lists-`;
-    const [before, requestsBefore] = [sentOf(server, lists), sentOf(server, lists, "requests")];
-    const timings = await ranged.page.evaluate(async (url) => {
-      const photo = await (await fetch(url)).blob();
-      return (await document.querySelector("ot-lens").search(photo)).timings;
-    }, `/query/${query}.jpg`);
-    const requests = sentOf(server, lists, "requests") - requestsBefore;
-    queries.push({ bytes: sentOf(server, lists) - before, requests, ...timings });
+async function rangedQueries(context, server, baseUrl, prefix, wholeUrl) {
+  let wholeReady = null;
+  if (wholeUrl) {
+    const whole = await openReady(context, wholeUrl, 300_000);
+    wholeReady = whole.ready.at;
+    await whole.page.close();
   }
+  const ranged = await openReady(context, `${baseUrl}${prefix.slice(1)}`, 600_000);
+  const headBytes = sentOf(server, `${prefix}catalog/index-`);
+  const lists = `${prefix}catalog/lists-`;
+  const loadBytes = sentOf(server, lists);
+  // Setting a filter searches the open photo again: that search settles before the next is measured.
+  const setFilter = (filter) =>
+    ranged.page.evaluate(async (filter) => {
+      const lens = document.querySelector("ot-lens");
+      const settled = new Promise((done) => {
+        lens.addEventListener("otlens-results", done, { once: true });
+        setTimeout(done, 60_000);
+      });
+      lens.filter = filter;
+      await settled;
+    }, filter);
+  const pass = async (categories) => {
+    const queries = [];
+    for (let query = 0; query < QUERIES; query++) {
+      if (categories) await setFilter({ categories: [categories[query]], max_price: 50_000, in_stock: true });
+      const [before, requestsBefore] = [sentOf(server, lists), sentOf(server, lists, "requests")];
+      const answer = await ranged.page.evaluate(async (url) => {
+        const photo = await (await fetch(url)).blob();
+        const { results, timings } = await document.querySelector("ot-lens").search(photo);
+        return { timings, results: results.length, category: results[0]?.product.category };
+      }, `/query/${query}.jpg`);
+      const requests = sentOf(server, lists, "requests") - requestsBefore;
+      queries.push({ bytes: sentOf(server, lists) - before, requests, results: answer.results,
+        category: answer.category, ...answer.timings });
+    }
+    return queries;
+  };
+  const queries = await pass(null);
+  const filtered = await pass(queries.map((query) => query.category));
   await ranged.page.close();
-  return { wholeReady: whole.ready.at, rangedReady: ranged.ready.at, headBytes, loadBytes, queries };
+  const { products } = ranged.ready;
+  return { wholeReady, rangedReady: ranged.ready.at, products, headBytes, loadBytes, queries, filtered };
 }
 
 const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
@@ -230,6 +260,44 @@ function printTable(header, rows) {
   console.log(line(header));
   console.log(`|${widths.map((width) => "-".repeat(width + 2)).join("|")}|`);
   for (const row of rows) console.log(line(row));
+}
+
+/** A ranged catalog's figures from `rangedQueries`: load, then per query unfiltered, then medians with a filter on. */
+function printRanged(title, run) {
+  const { wholeReady, rangedReady, products, headBytes, loadBytes, queries, filtered } = run;
+  const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const versusWhole = wholeReady
+    ? ` (whole: ${wholeReady.toFixed(0)} ms, ${(rangedReady / wholeReady).toFixed(2)} x)`
+    : "";
+  console.log(
+    `\n${title} (${products.toLocaleString("en")} products): first-visit load to ready ${rangedReady.toFixed(0)} ms` +
+      `${versusWhole}, head ${megabytes(headBytes)}, first list ${megabytes(loadBytes)}.\n` +
+      `${queries.length} distinct photos, one page (lists fetched stay loaded):\n`,
+  );
+  printTable(
+    ["query", "lists file bytes", "requests", "lists ms", "details ms", "search ms", "worker total ms"],
+    queries.map((query, i) => [
+      i + 1,
+      megabytes(query.bytes),
+      query.requests,
+      query.lists_ms.toFixed(1),
+      (query.details_ms ?? 0).toFixed(1),
+      query.search_ms.toFixed(2),
+      query.total_ms.toFixed(1),
+    ]),
+  );
+  const medians = (runs) =>
+    `${megabytes(median(runs.map((query) => query.bytes)))} of the lists file (lists and pages of details) in ` +
+    `${median(runs.map((query) => query.requests))} requests, ` +
+    `${median(runs.map((query) => query.lists_ms)).toFixed(1)} ms fetching lists, ` +
+    `${median(runs.map((query) => query.details_ms ?? 0)).toFixed(1)} ms fetching details, ` +
+    `search ${median(runs.map((query) => query.search_ms)).toFixed(2)} ms ` +
+    `(slowest ${Math.max(...runs.map((query) => query.search_ms)).toFixed(2)} ms)`;
+  console.log(`\nmedian per query: ${medians(queries)}.`);
+  console.log(
+    `The same photos filtered to their first result's category, at most 50,000, in stock: ${medians(filtered)}; ` +
+      `fewest results ${Math.min(...filtered.map((query) => query.results))}.`,
+  );
 }
 
 async function main() {
@@ -254,6 +322,12 @@ async function main() {
   if (options.ranged) {
     if (!options.scale) throw new Error("--ranged compares with the whole catalog: pass --scale too");
     Object.assign(routes, { [`${RANGED}catalog/`]: options.ranged, [RANGED]: WWW });
+  }
+  if (options.million) {
+    if (!existsSync(join(options.million, "manifest.json"))) throw new Error(`--million: no catalog at ${options.million}`);
+    Object.assign(routes, { [`${MILLION}catalog/`]: options.million, [MILLION]: WWW });
+  }
+  if (options.ranged || options.million) {
     const thumbs = join(WWW, "catalog/thumbs");
     readdirSync(thumbs)
       .sort()
@@ -267,6 +341,7 @@ async function main() {
   let ready = null;
   let scaled = null;
   let rangedRun = null;
+  let millionRun = null;
   try {
     const page = await browser.context.newPage();
     page.on("console", (message) => {
@@ -296,7 +371,11 @@ async function main() {
     }
     if (options.ranged) {
       console.error("queries on the large catalog, ranged…");
-      rangedRun = await rangedQueries(browser.context, server, `${url}${SCALE.slice(1)}`, `${url}${RANGED.slice(1)}`);
+      rangedRun = await rangedQueries(browser.context, server, url, RANGED, `${url}${SCALE.slice(1)}`);
+    }
+    if (options.million) {
+      console.error("queries on the million-product catalog, ranged…");
+      millionRun = await rangedQueries(browser.context, server, url, MILLION, null);
     }
   } finally {
     await browser.close();
@@ -373,33 +452,8 @@ async function main() {
     );
   }
 
-  if (rangedRun) {
-    const { wholeReady, rangedReady, headBytes, loadBytes, queries } = rangedRun;
-    const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-    console.log(
-      `\nRanged large catalog: first-visit load to ready ${rangedReady.toFixed(0)} ms ` +
-        `(whole: ${wholeReady.toFixed(0)} ms, ${(rangedReady / wholeReady).toFixed(2)} x), ` +
-        `head ${megabytes(headBytes)}, first list ${megabytes(loadBytes)}.\n` +
-        `${queries.length} distinct photos, one page (lists fetched stay loaded):\n`,
-    );
-    printTable(
-      ["query", "lists file bytes", "requests", "lists ms", "details ms", "search ms", "worker total ms"],
-      queries.map((query, i) => [
-        i + 1,
-        megabytes(query.bytes),
-        query.requests,
-        query.lists_ms.toFixed(1),
-        (query.details_ms ?? 0).toFixed(1),
-        query.search_ms.toFixed(2),
-        query.total_ms.toFixed(1),
-      ]),
-    );
-    console.log(
-      `\nmedian per query: ${megabytes(median(queries.map((query) => query.bytes)))} of the lists file ` +
-        `(lists and pages of details), ${median(queries.map((query) => query.lists_ms)).toFixed(1)} ms fetching ` +
-        `lists, ${median(queries.map((query) => query.details_ms ?? 0)).toFixed(1)} ms fetching details.`,
-    );
-  }
+  if (rangedRun) printRanged("Ranged large catalog", rangedRun);
+  if (millionRun) printRanged("Ranged catalog of a million products", millionRun);
 
   console.log("\nDownload sizes:\n");
   const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
@@ -425,6 +479,11 @@ async function main() {
     const manifest = JSON.parse(readFileSync(join(options.ranged, "manifest.json"), "utf8"));
     sized.push([`large index, ranged: head`, join(options.ranged, manifest.index.file)]);
     sized.push([`large index, ranged: lists file`, join(options.ranged, manifest.lists.file)]);
+  }
+  if (options.million) {
+    const manifest = JSON.parse(readFileSync(join(options.million, "manifest.json"), "utf8"));
+    sized.push([`million index, ranged: head`, join(options.million, manifest.index.file)]);
+    sized.push([`million index, ranged: lists file`, join(options.million, manifest.lists.file)]);
   }
   printTable(
     ["file", "raw", "gzip -9"],
