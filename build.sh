@@ -172,7 +172,7 @@ bench() {
   # The same, as a head and a lists file that the widget fetches list by list (Range requests).
   [ .cache/demo-scale-ranged/manifest.json -nt "$OTLENS" ] ||
     "$OTLENS" demo scale --from www/catalog --out .cache/demo-scale-ranged --ranged
-  # With `bench million`: a ranged catalog of 1,000,000 products too (about 20 minutes and 11 GB of memory, once).
+  # With `bench million`: a ranged catalog of 1,000,000 products too (built once; up to 16 GB of memory).
   local million=()
   if [ "${1:-}" = million ]; then
     [ .cache/demo-million/manifest.json -nt "$OTLENS" ] ||
