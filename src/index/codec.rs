@@ -708,7 +708,10 @@ pub(super) mod encode {
                 codebooks: Vec::new(),
                 codes: Vec::new(),
             };
-            let rotated_sample: Vec<Vec<f32>> = sample.par_iter().map(|vector| pq.rotate(vector)).collect();
+            let rotated_sample: Vec<Vec<f32>> = sample
+                .par_chunks(ROTATED_TOGETHER)
+                .flat_map_iter(|block| pq.rotate_block(block))
+                .collect();
             pq.codebooks = (0..subspaces)
                 .into_par_iter()
                 .flat_map_iter(|subspace| {
@@ -741,12 +744,12 @@ pub(super) mod encode {
         /// Each of `vectors` rotated. Each row of the rotation (6.5 MB in all at 1,280
         /// dimensions) is read once for the block rather than once a vector, so that encoding
         /// a large catalog is not held up by memory.
-        fn rotate_block(&self, vectors: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        fn rotate_block(&self, vectors: &[impl AsRef<[f32]>]) -> Vec<Vec<f32>> {
             let dims = self.subspaces * self.sub_dims;
             let mut rotated: Vec<Vec<f32>> = vectors.iter().map(|_| Vec::with_capacity(dims)).collect();
             for row in self.rotation.chunks_exact(dims) {
                 for (out, vector) in rotated.iter_mut().zip(vectors) {
-                    out.push(dot_in_lanes(row, vector));
+                    out.push(dot_in_lanes(row, vector.as_ref()));
                 }
             }
             rotated
