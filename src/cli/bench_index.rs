@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use rayon::prelude::*;
 
 use crate::catalog::Product;
@@ -42,6 +44,15 @@ pub struct Args {
     /// Lists scanned per query, for each of which the partitioned int8 index is measured.
     #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
     pub probes: Vec<usize>,
+    /// Products per inverted list, instead of a list count: with `--scales`, shows how the
+    /// lists a query must scan grow with the catalog when lists keep their size, which is
+    /// what a catalog too large to measure (1M products) can be extrapolated from.
+    #[arg(long, conflicts_with = "lists")]
+    pub list_size: Option<usize>,
+    /// Smaller catalogs to partition too, each a random sample of the gallery of this many
+    /// products (searched by the same queries, against its own exact top 10).
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Vec<usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -69,12 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         .par_iter()
         .map(|query| exact_top_k(query, &gallery_rows))
         .collect();
-    let products: Vec<Product> = (0..gallery_rows.len())
-        .map(|n| Product {
-            id: n.to_string(),
-            ..Product::default()
-        })
-        .collect();
+    let products = numbered(gallery_rows.len());
     let sha256 = &embedder.info().sha256;
     let codecs = [Codec::Int8, Codec::Binary].into_iter().chain(
         args.pq_subspaces
@@ -105,27 +111,59 @@ pub fn run(args: Args) -> Result<()> {
     let (Some(int8), Some(int8_time)) = (int8, int8_time) else {
         return Ok(());
     };
-    let lists = args
-        .lists
-        .unwrap_or_else(|| (gallery_rows.len() as f64).sqrt().round() as usize);
-    let started = Instant::now();
-    let partitioned = int8.partitioned(lists, 1);
-    println!(
-        "\nint8 in {lists} inverted lists (grouped in {:.1} s); recall@{K} against exact f32 search",
-        started.elapsed().as_secs_f64()
-    );
-    println!("| lists scanned | recall@{K} | search time vs flat int8 |");
-    println!("|---|---|---|");
-    for &probe in &args.probes {
-        let index = partitioned.clone().with_probe(probe);
-        let (recall, search) = measure(&index, &query_rows, &exact);
-        println!(
-            "| {probe} | {recall:.3} | {:.2} ({:.2} ms) |",
-            search.as_secs_f64() / int8_time.as_secs_f64(),
-            per_query_ms(search, query_rows.len())
-        );
+    println!("\nint8 in inverted lists; recall@{K} against exact f32 search of the same products");
+    println!("| products | lists | lists scanned | share scanned | recall@{K} | search time vs flat int8 |");
+    println!("|---|---|---|---|---|---|");
+    let mut scales: Vec<usize> = args
+        .scales
+        .iter()
+        .copied()
+        .filter(|&n| n < gallery_rows.len())
+        .collect();
+    scales.push(gallery_rows.len());
+    for size in scales {
+        let (index, exact) = if size == gallery_rows.len() {
+            (int8.clone(), exact.clone())
+        } else {
+            sampled(size, &gallery_rows, &query_rows, sha256)?
+        };
+        let lists = match (args.lists, args.list_size) {
+            (Some(lists), _) => lists,
+            (None, Some(list_size)) => size.div_ceil(list_size.max(1)),
+            (None, None) => (size as f64).sqrt().round() as usize,
+        };
+        let partitioned = index.partitioned(lists, 1);
+        for &probe in &args.probes {
+            let index = partitioned.clone().with_probe(probe);
+            let (recall, search) = measure(&index, &query_rows, &exact);
+            println!(
+                "| {size} | {lists} | {probe} | {:.1}% | {recall:.3} | {:.2} ({:.2} ms) |",
+                100.0 * probe.min(lists) as f64 / lists as f64,
+                search.as_secs_f64() / int8_time.as_secs_f64(),
+                per_query_ms(search, query_rows.len())
+            );
+        }
     }
     Ok(())
+}
+
+/// An int8 index of `size` of the gallery's products drawn at random (seeded), with the
+/// exact top K of each query among them.
+fn sampled(size: usize, gallery: &[Vec<f32>], queries: &[Vec<f32>], sha256: &str) -> Result<(Index, Vec<Vec<usize>>)> {
+    let drawn = rand::seq::index::sample(&mut StdRng::seed_from_u64(size as u64), gallery.len(), size);
+    let rows: Vec<Vec<f32>> = drawn.iter().map(|position| gallery[position].clone()).collect();
+    let exact = queries.par_iter().map(|query| exact_top_k(query, &rows)).collect();
+    Ok((Index::build_with(Codec::Int8, sha256, numbered(size), &rows)?, exact))
+}
+
+/// Products named by their position, which `measure` reads back.
+fn numbered(count: usize) -> Vec<Product> {
+    (0..count)
+        .map(|n| Product {
+            id: n.to_string(),
+            ..Product::default()
+        })
+        .collect()
 }
 
 /// Recall@K of `index` against `exact` (gallery positions, which are the products' ids), and
