@@ -3,9 +3,11 @@
 
 use otlens::colour::CompactColour;
 use otlens::index::{Codec, ColourQuery, Filter, Hit, Index, IndexError, PRODUCTS_PER_PAGE};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::partitions::{grouped_catalog, resealed, GROUPS};
-use super::{header_u64, one_bin, MODEL_SHA256};
+use super::{header_u64, one_bin, products, random_unit_vectors, MODEL_SHA256};
 
 /// A partitioned catalog of 2,000 products in `codec`, with colours.
 fn partitioned(codec: Codec) -> Index {
@@ -289,4 +291,48 @@ fn a_head_holds_what_filters_need_and_results_load_their_details_by_page() {
 
     head.load_lists_file(&lists_file).unwrap();
     assert_eq!(head.products(), whole.products());
+}
+
+/// Products in 8 families of 8 styles each (a family: tops, say; a style: its cut), one list
+/// per style. A query for a style probes its family's lists, which the build lays out side by
+/// side in the lists file, so that they load in a run or two rather than eight requests.
+#[test]
+fn the_lists_one_query_probes_lie_side_by_side() {
+    const FAMILIES: usize = 8;
+    const STYLES: usize = 8;
+    const DIMS: usize = 32;
+    let mut rng = StdRng::seed_from_u64(5);
+    let family_centres = random_unit_vectors(&mut rng, FAMILIES, DIMS);
+    let style_centres: Vec<Vec<f32>> = (0..FAMILIES * STYLES)
+        .map(|n| {
+            let family = &family_centres[n % FAMILIES];
+            let offset = random_unit_vectors(&mut rng, 1, DIMS).remove(0);
+            family.iter().zip(&offset).map(|(f, o)| f + 0.3 * o).collect()
+        })
+        .collect();
+    let embeddings: Vec<Vec<f32>> = (0..4096)
+        .map(|n| {
+            style_centres[n % style_centres.len()]
+                .iter()
+                .map(|value| value + rng.random_range(-0.02..0.02))
+                .collect()
+        })
+        .collect();
+    let whole = Index::build(MODEL_SHA256, products(embeddings.len()), &embeddings)
+        .unwrap()
+        .partitioned(FAMILIES * STYLES, STYLES);
+    let (head, _) = split(&whole);
+
+    let queries: Vec<&Vec<f32>> = embeddings.iter().step_by(37).collect();
+    let runs: usize = queries
+        .iter()
+        .map(|query| {
+            let mut lists = head.lists_to_load(query, 10, &Filter::ANY, None);
+            assert_eq!(lists.len(), STYLES);
+            lists.sort_unstable();
+            1 + lists.windows(2).filter(|pair| pair[1] != pair[0] + 1).count()
+        })
+        .sum();
+    let per_query = runs as f64 / queries.len() as f64;
+    assert!(per_query <= 2.0, "the probed lists form {per_query} runs per query");
 }
