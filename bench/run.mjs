@@ -197,6 +197,13 @@ async function endToEnd(context, url, { warmup, runs }) {
 const sentOf = (server, part, counts = "sent") =>
   [...server[counts]].reduce((sum, [path, bytes]) => sum + (path.includes(part) ? bytes : 0), 0);
 
+/** The ranged catalogs the options name: where each is served, its folder, and its name in the size table. */
+const rangedCatalogs = (options) =>
+  [
+    { prefix: RANGED, dir: options.ranged, option: "--ranged", name: "large" },
+    { prefix: MILLION, dir: options.million, option: "--million", name: "million" },
+  ].filter(({ dir }) => dir);
+
 /**
  * A ranged catalog served under `prefix`, beside the same catalog whole (`wholeUrl`, or null for none): first-visit
  * load to ready of each, then on the ranged one, per query of a distinct photo (one page, so lists fetched before
@@ -319,15 +326,13 @@ async function main() {
   const routes = { [SITE]: WWW, "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog") };
   // The demo page again, on the large catalog (routes match in order: its catalog first).
   if (options.scale) Object.assign(routes, { [`${SCALE}catalog/`]: options.scale, [SCALE]: WWW });
-  if (options.ranged) {
-    if (!options.scale) throw new Error("--ranged compares with the whole catalog: pass --scale too");
-    Object.assign(routes, { [`${RANGED}catalog/`]: options.ranged, [RANGED]: WWW });
+  if (options.ranged && !options.scale) throw new Error("--ranged compares with the whole catalog: pass --scale too");
+  const ranged = rangedCatalogs(options);
+  for (const { prefix, dir, option } of ranged) {
+    if (!existsSync(join(dir, "manifest.json"))) throw new Error(`${option}: no catalog at ${dir}`);
+    Object.assign(routes, { [`${prefix}catalog/`]: dir, [prefix]: WWW });
   }
-  if (options.million) {
-    if (!existsSync(join(options.million, "manifest.json"))) throw new Error(`--million: no catalog at ${options.million}`);
-    Object.assign(routes, { [`${MILLION}catalog/`]: options.million, [MILLION]: WWW });
-  }
-  if (options.ranged || options.million) {
+  if (ranged.length) {
     const thumbs = join(WWW, "catalog/thumbs");
     readdirSync(thumbs)
       .sort()
@@ -475,15 +480,10 @@ async function main() {
     const manifest = JSON.parse(readFileSync(scaleManifest, "utf8"));
     sized.push([`large index (${manifest.products} products)`, join(options.scale, manifest.index.file)]);
   }
-  if (options.ranged) {
-    const manifest = JSON.parse(readFileSync(join(options.ranged, "manifest.json"), "utf8"));
-    sized.push([`large index, ranged: head`, join(options.ranged, manifest.index.file)]);
-    sized.push([`large index, ranged: lists file`, join(options.ranged, manifest.lists.file)]);
-  }
-  if (options.million) {
-    const manifest = JSON.parse(readFileSync(join(options.million, "manifest.json"), "utf8"));
-    sized.push([`million index, ranged: head`, join(options.million, manifest.index.file)]);
-    sized.push([`million index, ranged: lists file`, join(options.million, manifest.lists.file)]);
+  for (const { dir, name } of rangedCatalogs(options)) {
+    const manifest = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
+    sized.push([`${name} index, ranged: head`, join(dir, manifest.index.file)]);
+    sized.push([`${name} index, ranged: lists file`, join(dir, manifest.lists.file)]);
   }
   printTable(
     ["file", "raw", "gzip -9"],
