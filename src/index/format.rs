@@ -1,9 +1,9 @@
-//! The index file format, version 6. All integers are little-endian.
+//! The index file format, version 7. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (5)
+//!      8     4  format version (7)
 //!     12     4  header length (172; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
@@ -17,8 +17,9 @@
 //!    156     8  blocks offset       164  8  blocks length (0: none)
 //! ```
 //!
-//! Metadata: the products as a JSON array, gzip-compressed (version 1, still read, stored it
-//! plain: a third of the size at 1,000 products, and the bulk of a pq index at any size).
+//! Metadata: the products as a table, gzip-compressed, laid out as [`super::table`] describes.
+//! Versions 2 to 6 (still read) stored them as a gzip-compressed JSON array, version 1 as
+//! plain JSON.
 //! Vectors, by codec:
 //! - int8: `count` f32 scales, then `count * dims` i8 codes, row by row;
 //! - product quantisation: u32 `subspaces`, then the `dims * dims` rotation (row-major), then
@@ -58,7 +59,7 @@ use crate::catalog::Product;
 use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -72,6 +73,8 @@ const BLOCKS_VERSION: u32 = 5;
 const HEADER_LEN_BEFORE_BLOCKS: usize = 156;
 /// The first version whose product quantiser's floats are f16.
 const HALF_QUANTISER_VERSION: u32 = 6;
+/// The first version whose metadata is a table rather than JSON.
+const TABLE_METADATA_VERSION: u32 = 7;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
@@ -88,8 +91,7 @@ impl Index {
     /// The index file with `products` as its metadata, or with `blocks` (a blocks section) the
     /// head of a ranged catalog: the rows and colours then live in the lists file instead.
     pub(super) fn encode(&self, products: &[Product], blocks: Option<Vec<u8>>) -> Vec<u8> {
-        let json = serde_json::to_vec(products).expect("products are plain data and always serialise");
-        let metadata = deflate(&json);
+        let metadata = deflate(&super::table::write(products));
         let mut vectors = Vec::new();
         let mut colours = Vec::new();
         if blocks.is_some() {
@@ -155,7 +157,7 @@ impl Index {
     }
 
     /// Reads an index file, refusing anything that is not a complete, intact index of version
-    /// 1 to 6. The head of a ranged catalog reads with no list loaded.
+    /// 1 to 7. The head of a ranged catalog reads with no list loaded.
     pub fn from_bytes(bytes: &[u8]) -> Result<Index, IndexError> {
         let found = bytes.len() as u64;
         let magic_part = bytes.len().min(MAGIC.len());
@@ -229,13 +231,16 @@ impl Index {
         if dims == 0 || count == 0 {
             return Err(corrupt(format!("{count} products of {dims} dimensions")));
         }
-        let json = if version == PLAIN_METADATA_VERSION {
+        let inflated = if version == PLAIN_METADATA_VERSION {
             metadata.slice(bytes).to_vec()
         } else {
             inflate(metadata.slice(bytes), count as u64 * METADATA_BYTES_PER_PRODUCT)?
         };
-        let products: Vec<Product> =
-            serde_json::from_slice(&json).map_err(|e| corrupt(format!("unreadable product metadata: {e}")))?;
+        let products: Vec<Product> = if version >= TABLE_METADATA_VERSION {
+            super::table::read(&inflated, count)?
+        } else {
+            serde_json::from_slice(&inflated).map_err(|e| corrupt(format!("unreadable product metadata: {e}")))?
+        };
         if products.len() != count {
             return Err(corrupt(format!(
                 "the header counts {count} products but the metadata lists {}",

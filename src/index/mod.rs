@@ -18,6 +18,7 @@ mod format;
 mod manifest;
 mod partition;
 mod ranged;
+mod table;
 
 use std::cell::Cell;
 use std::ops::Range;

@@ -170,7 +170,7 @@ fn a_version_5_quantiser_of_f32_values_still_reads() {
         &embeddings,
     )
     .unwrap();
-    let bytes = index.to_bytes();
+    let bytes = super::with_json_metadata(&index.to_bytes());
     let metadata = &bytes[header_u64(&bytes, 60)..][..header_u64(&bytes, 68)];
     let vectors = &bytes[header_u64(&bytes, 76)..][..header_u64(&bytes, 84)];
     let floats = dims * dims + PQ_CENTROIDS * dims;

@@ -215,6 +215,26 @@ fn with_sections(bytes: &[u8], version: u32, metadata: &[u8], vectors: &[u8]) ->
     file
 }
 
+/// `bytes` (an index of this version) with its metadata as versions 2 to 6 stored it, gzipped
+/// JSON, and every later section moved by the difference: what to relabel as an older version.
+fn with_json_metadata(bytes: &[u8]) -> Vec<u8> {
+    let products = Index::from_bytes(bytes).unwrap().products().to_vec();
+    let json = gzip(&serde_json::to_vec(&products).unwrap());
+    let (metadata_at, metadata_len) = (header_u64(bytes, 60), header_u64(bytes, 68));
+    let mut file = bytes[..metadata_at].to_vec();
+    file.extend_from_slice(&json);
+    file.extend_from_slice(&bytes[metadata_at + metadata_len..]);
+    file[68..76].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    // The vectors, colours, partitions and blocks sections all follow the metadata.
+    for at in [76, 124, 140, 156] {
+        let moved = header_u64(bytes, at) + json.len() - metadata_len;
+        file[at..at + 8].copy_from_slice(&(moved as u64).to_le_bytes());
+    }
+    let checksum = Sha256::digest(&file[HEADER_LEN..]);
+    file[92..124].copy_from_slice(&checksum);
+    file
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(bytes).unwrap();
@@ -222,21 +242,70 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn metadata_is_compressed_and_version_1_files_still_read() {
+fn metadata_is_a_compressed_table_and_json_files_still_read() {
     let (index, _) = sample_index(200, 16);
     let bytes = index.to_bytes();
     let compressed = &bytes[header_u64(&bytes, 60)..][..header_u64(&bytes, 68)];
-    let mut json = Vec::new();
-    flate2::read::GzDecoder::new(compressed).read_to_end(&mut json).unwrap();
-    assert_eq!(json, serde_json::to_vec(index.products()).unwrap());
+    let json = serde_json::to_vec(index.products()).unwrap();
     assert!(
         compressed.len() * 3 < json.len(),
         "{} compressed bytes for {} of JSON",
         compressed.len(),
         json.len()
     );
-    // Catalogs built before the metadata was compressed keep working.
+    // Catalogs built before the metadata became a table keep working: version 1 stored
+    // plain JSON, versions 2 to 6 gzipped JSON.
     assert_eq!(Index::from_bytes(&with_metadata(&bytes, 1, &json)).unwrap(), index);
+    assert_eq!(
+        Index::from_bytes(&with_metadata(&bytes, 6, &gzip(&json))).unwrap(),
+        index
+    );
+}
+
+#[test]
+fn every_field_survives_the_table() {
+    let mut products = products(600);
+    for (n, product) in products.iter_mut().enumerate() {
+        product.brand = ["Hanul", "Mono Lab", ""][n % 3].into();
+        product.category = format!("Category {}", n % 300);
+        product.colour = if n % 7 == 0 { "Navy Blue" } else { "Black" }.into();
+        product.url = format!("https://shop.example/p/{n}");
+        product.sold_out = n % 5 == 0;
+    }
+    let embeddings = random_unit_vectors(&mut StdRng::seed_from_u64(8), products.len(), 8);
+    let index = Index::build(MODEL_SHA256, products.clone(), &embeddings).unwrap();
+    assert_eq!(Index::from_bytes(&index.to_bytes()).unwrap().products(), &products[..]);
+}
+
+#[test]
+fn a_damaged_table_is_refused_without_a_panic() {
+    let (index, _) = sample_index(5, 8);
+    let bytes = index.to_bytes();
+    let compressed = &bytes[header_u64(&bytes, 60)..][..header_u64(&bytes, 68)];
+    let mut table = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .read_to_end(&mut table)
+        .unwrap();
+    let read = |table: &[u8]| Index::from_bytes(&with_metadata(&bytes, FORMAT_VERSION, &gzip(table)));
+    assert_eq!(read(&table).unwrap(), index);
+    for damaged in [&table[..table.len() - 1], &[&table[..], &[0]].concat()[..]] {
+        let error = read(damaged).unwrap_err();
+        assert!(
+            matches!(&error, IndexError::Corrupt(m) if m.contains("metadata")),
+            "{error}"
+        );
+    }
+    // Any byte set to any of these values: a clear error or, where the value was harmless,
+    // a readable index; never a panic.
+    for at in 0..table.len() {
+        for value in [0, 1, 2, 0x7f, 0x80, 0xff] {
+            let mut damaged = table.clone();
+            damaged[at] = value;
+            if let Err(error) = read(&damaged) {
+                assert!(matches!(error, IndexError::Corrupt(_)), "byte {at} = {value}: {error}");
+            }
+        }
+    }
 }
 
 #[test]

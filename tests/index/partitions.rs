@@ -143,7 +143,7 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
     assert!(matches!(Index::from_bytes(&short), Err(IndexError::Corrupt(_))));
 
     // A version 3 file: a 140-byte header and no partitions section.
-    let mut version_3 = flat.to_bytes();
+    let mut version_3 = super::with_json_metadata(&flat.to_bytes());
     version_3[8..12].copy_from_slice(&3u32.to_le_bytes());
     version_3[12..16].copy_from_slice(&140u32.to_le_bytes());
     let read = Index::from_bytes(&resealed(version_3, 140)).unwrap();
@@ -152,7 +152,7 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
 
     // A version 4 file: a 156-byte header and no blocks section.
     let partitioned = flat.partitioned(4, 2);
-    let mut version_4 = partitioned.to_bytes();
+    let mut version_4 = super::with_json_metadata(&partitioned.to_bytes());
     version_4[8..12].copy_from_slice(&4u32.to_le_bytes());
     version_4[12..16].copy_from_slice(&156u32.to_le_bytes());
     assert_eq!(Index::from_bytes(&resealed(version_4, 156)).unwrap(), partitioned);
