@@ -12,7 +12,8 @@
 //!   their bytes; prices: `distinct` f64, NaN for none), then `count` numbers of 1 byte when
 //!   `distinct` is at most 256, 2 bytes up to 65,536, else 4.
 //!
-//! Prices are always a dictionary.
+//! Prices are always a dictionary; a price that is not a number reads back as none, as it did
+//! from JSON.
 
 use crate::catalog::Product;
 
@@ -57,13 +58,13 @@ pub(super) fn write(products: &[Product]) -> Vec<u8> {
     bytes
 }
 
-/// A column of `count` strings: a dictionary when values repeat (at most half distinct).
+/// A column of strings: a dictionary when values repeat (at most half of them distinct).
 fn write_strings(values: &[&str], bytes: &mut Vec<u8>) {
     let (distinct, numbers) = dictionary(values);
     let (kind, stored) = if distinct.len() * 2 <= values.len() {
-        (DICTIONARY, &distinct)
+        (DICTIONARY, &distinct[..])
     } else {
-        (PLAIN, &values.to_vec())
+        (PLAIN, values)
     };
     bytes.push(kind);
     if kind == DICTIONARY {
