@@ -194,10 +194,23 @@ fn header_u64(bytes: &[u8], at: usize) -> usize {
 }
 
 /// `bytes` (an index) with its metadata section replaced by `metadata`, the version set to
-/// `version`, the vectors moved behind and the checksum redone, as a writer of that version would.
+/// `version`, every later section moved by the difference and the checksum redone, as a writer
+/// of that version would.
 fn with_metadata(bytes: &[u8], version: u32, metadata: &[u8]) -> Vec<u8> {
-    let vectors = &bytes[header_u64(bytes, 76)..][..header_u64(bytes, 84)];
-    with_sections(bytes, version, metadata, vectors)
+    let (metadata_at, metadata_len) = (header_u64(bytes, 60), header_u64(bytes, 68));
+    let mut file = bytes[..metadata_at].to_vec();
+    file[8..12].copy_from_slice(&version.to_le_bytes());
+    file.extend_from_slice(metadata);
+    file.extend_from_slice(&bytes[metadata_at + metadata_len..]);
+    file[68..76].copy_from_slice(&(metadata.len() as u64).to_le_bytes());
+    // The vectors, colours, partitions and blocks sections all follow the metadata.
+    for at in [76, 124, 140, 156] {
+        let moved = header_u64(bytes, at) + metadata.len() - metadata_len;
+        file[at..at + 8].copy_from_slice(&(moved as u64).to_le_bytes());
+    }
+    let checksum = Sha256::digest(&file[HEADER_LEN..]);
+    file[92..124].copy_from_slice(&checksum);
+    file
 }
 
 /// `bytes` (a flat index without colours) as a writer of `version` with these sections would write it.
@@ -216,23 +229,10 @@ fn with_sections(bytes: &[u8], version: u32, metadata: &[u8], vectors: &[u8]) ->
 }
 
 /// `bytes` (an index of this version) with its metadata as versions 2 to 6 stored it, gzipped
-/// JSON, and every later section moved by the difference: what to relabel as an older version.
+/// JSON: what to relabel as an older version.
 fn with_json_metadata(bytes: &[u8]) -> Vec<u8> {
     let products = Index::from_bytes(bytes).unwrap().products().to_vec();
-    let json = gzip(&serde_json::to_vec(&products).unwrap());
-    let (metadata_at, metadata_len) = (header_u64(bytes, 60), header_u64(bytes, 68));
-    let mut file = bytes[..metadata_at].to_vec();
-    file.extend_from_slice(&json);
-    file.extend_from_slice(&bytes[metadata_at + metadata_len..]);
-    file[68..76].copy_from_slice(&(json.len() as u64).to_le_bytes());
-    // The vectors, colours, partitions and blocks sections all follow the metadata.
-    for at in [76, 124, 140, 156] {
-        let moved = header_u64(bytes, at) + json.len() - metadata_len;
-        file[at..at + 8].copy_from_slice(&(moved as u64).to_le_bytes());
-    }
-    let checksum = Sha256::digest(&file[HEADER_LEN..]);
-    file[92..124].copy_from_slice(&checksum);
-    file
+    with_metadata(bytes, FORMAT_VERSION, &gzip(&serde_json::to_vec(&products).unwrap()))
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
