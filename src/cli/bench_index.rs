@@ -31,7 +31,7 @@ pub struct Args {
     /// Query photos searched, spread evenly over the split's queries.
     #[arg(long, default_value_t = 1000)]
     pub queries: usize,
-    /// Product-quantisation sizes to compare (bytes per product; must divide the dimensions).
+    /// Product-quantisation sizes to compare (bytes per product, at most the dimensions).
     #[arg(long, value_delimiter = ',', default_value = "16,32,40,64")]
     pub pq_subspaces: Vec<usize>,
     /// Where embeddings are cached between runs (shared with `otlens eval`).

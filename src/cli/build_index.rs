@@ -58,7 +58,7 @@ pub struct Args {
     /// `otlens bench-index`).
     #[arg(long, value_enum, default_value_t = CodecName::Int8)]
     pub codec: CodecName,
-    /// Bytes per product of the pq codec; must divide the embedding's dimensions.
+    /// Bytes per product of the pq codec (at most the embedding's dimensions).
     #[arg(long, default_value_t = 32)]
     pub pq_subspaces: usize,
     /// Where embeddings are kept between builds, by photo and model, so that a rebuild embeds

@@ -86,7 +86,7 @@ pub struct ScaleArgs {
     /// How the index stores vectors (see `otlens build-index --help`).
     #[arg(long, value_enum, default_value_t = CodecName::Pq)]
     pub codec: CodecName,
-    /// Bytes per product of the pq codec; must divide the embedding's dimensions.
+    /// Bytes per product of the pq codec (at most the embedding's dimensions).
     #[arg(long, default_value_t = 64)]
     pub pq_subspaces: usize,
     #[command(flatten)]

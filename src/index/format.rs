@@ -1,9 +1,9 @@
-//! The index file format, version 7. All integers are little-endian.
+//! The index file format, version 8. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (7)
+//!      8     4  format version (8)
 //!     12     4  header length (172; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
@@ -22,9 +22,11 @@
 //! plain JSON.
 //! Vectors, by codec:
 //! - int8: `count` f32 scales, then `count * dims` i8 codes, row by row;
-//! - product quantisation: u32 `subspaces`, then the `dims * dims` rotation (row-major), then
-//!   `subspaces * 256 * (dims / subspaces)` centroids, subspace by subspace, each value an f16
-//!   (an f32 up to version 5), then `count * subspaces` u8 codes, row by row;
+//! - product quantisation: u32 `subspaces`, u32 `kept` (the principal dimensions quantised,
+//!   a multiple of `subspaces`; up to version 7 absent and `dims`), then the `kept * dims`
+//!   rotation (row-major), then `subspaces * 256 * (kept / subspaces)` centroids, subspace by
+//!   subspace, each value an f16 (an f32 up to version 5), then `count * subspaces` u8 codes,
+//!   row by row;
 //! - binary: `dims` f32 (the catalog mean), `count * ceil(dims / 64)` u64 sign words, then
 //!   the int8 layout.
 //!
@@ -51,7 +53,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
-use super::codec::{QuantiserFloats, Reader, Vectors};
+use super::codec::{QuantiserLayout, Reader, Vectors};
 use super::partition::Partitions;
 use super::ranged::Blocks;
 use super::{Index, IndexError};
@@ -59,7 +61,7 @@ use crate::catalog::Product;
 use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -75,6 +77,8 @@ const HEADER_LEN_BEFORE_BLOCKS: usize = 156;
 const HALF_QUANTISER_VERSION: u32 = 6;
 /// The first version whose metadata is a table rather than JSON.
 const TABLE_METADATA_VERSION: u32 = 7;
+/// The first version whose product quantiser may keep fewer dimensions than the embedding's.
+const PROJECTED_QUANTISER_VERSION: u32 = 8;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
@@ -247,10 +251,10 @@ impl Index {
                 products.len()
             )));
         }
-        let floats = if version >= HALF_QUANTISER_VERSION {
-            QuantiserFloats::F16
-        } else {
-            QuantiserFloats::F32
+        let layout = match version {
+            PROJECTED_QUANTISER_VERSION.. => QuantiserLayout::Projected,
+            HALF_QUANTISER_VERSION.. => QuantiserLayout::SquareF16,
+            _ => QuantiserLayout::SquareF32,
         };
         let partitions = partitions.slice(bytes);
         let partitions = (!partitions.is_empty())
@@ -260,7 +264,7 @@ impl Index {
         // Read after the metadata: the product count a head's rows make room for is then one
         // its own metadata lists, not any number a header may claim.
         let (vectors, colours, blocks) = if blocks.is_empty() {
-            let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims, floats)?;
+            let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims, layout)?;
             (vectors, read_colours(colours.slice(bytes), count)?, None)
         } else {
             let Some(partitions) = &partitions else {
@@ -275,7 +279,7 @@ impl Index {
                 bytes: vectors.slice(bytes),
                 section: "vectors",
             };
-            let mut vectors = Vectors::read_parameters(codec, &mut reader, dims, floats)?;
+            let mut vectors = Vectors::read_parameters(codec, &mut reader, dims, layout)?;
             reader.finish("the codec's parameters need")?;
             let blocks = Blocks::read(blocks, count, partitions, vectors.row_bytes())?;
             if count as u64 * vectors.row_bytes() as u64 > isize::MAX as u64 {

@@ -70,7 +70,7 @@ pub enum IndexError {
     NoDimensions,
     #[error("the catalog index stores its vectors with codec {0}, which this version of otlens does not know; rebuild the index with the same otlens release as the widget")]
     UnknownCodec(u32),
-    #[error("product quantisation needs a subspace count that divides the {dims} dimensions, not {subspaces}")]
+    #[error("product quantisation needs between 1 and {dims} subspaces (the embedding's dimensions), not {subspaces}")]
     BadSubspaces { subspaces: usize, dims: usize },
     #[error("the model sha256 must be 64 hex digits, not {0:?}")]
     BadModelHash(String),
@@ -196,7 +196,9 @@ impl Index {
             .into_par_iter()
             .map(|product| unit_length(&self.vectors.reconstruct_in_basis(product)))
             .collect();
-        let (partitions, order) = Partitions::build(&stored, self.dims, lists, probe, |centroid| {
+        // A quantiser's basis may keep fewer dimensions than the embedding.
+        let basis_dims = stored.first().map_or(self.dims, Vec::len);
+        let (partitions, order) = Partitions::build(&stored, basis_dims, lists, probe, |centroid| {
             self.vectors.to_embedding_basis(centroid)
         });
         let products: Vec<Product> = order.iter().map(|&product| self.products[product].clone()).collect();

@@ -168,11 +168,14 @@ mod build {
                 total += *end;
                 *end = total;
             }
+            // The centroids meet queries in the embedding's dimensions, which a quantiser's
+            // basis may not keep all of.
             let centroid_rows: Vec<Vec<f32>> = centroids.chunks_exact(dims).map(to_embedding).collect();
+            let embedding_dims = centroid_rows.first().map_or(dims, Vec::len);
             let partitions = Partitions {
                 ends,
                 probe: probe.clamp(1, lists),
-                centroids: Int8Rows::encode(&centroid_rows, dims),
+                centroids: Int8Rows::encode(&centroid_rows, embedding_dims),
             };
             (partitions, order)
         }

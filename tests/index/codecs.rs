@@ -67,11 +67,11 @@ fn bytes_per_product_are_what_each_codec_promises() {
         header_u64(&bytes, 84)
     };
     assert_eq!(vectors_len(Codec::Int8), count * (dims + 4));
-    // The rotation and codebooks are f16.
+    // The subspace count and dimensions kept, then the rotation and codebooks in f16.
     let codebooks = PQ_CENTROIDS * dims * 2;
     assert_eq!(
         vectors_len(Codec::ProductQuantised { subspaces: 16 }),
-        4 + dims * dims * 2 + codebooks + count * 16
+        8 + dims * dims * 2 + codebooks + count * 16
     );
     assert_eq!(vectors_len(Codec::Binary), dims * 4 + count * (dims / 8 + dims + 4));
 }
@@ -88,6 +88,46 @@ fn every_codec_keeps_most_of_the_exact_top_10() {
         eprintln!("{codec}: recall@10 {recall:.3}");
         assert!(recall >= at_least, "{codec}: recall@10 {recall:.3} < {at_least}");
     }
+}
+
+#[test]
+fn a_quantiser_keeps_256_principal_dimensions_of_a_wider_embedding() {
+    let (count, dims, subspaces) = (600, 512, 16);
+    let mut embeddings = catalog_like(count + 30, dims, 60, 8);
+    let queries = embeddings.split_off(count);
+    let codec = Codec::ProductQuantised { subspaces };
+    let index = Index::build_with(codec, MODEL_SHA256, products(count), &embeddings).unwrap();
+    let bytes = index.to_bytes();
+    // A 256 x 512 rotation and 256-dimension codebooks: a quarter and a half of keeping all.
+    let kept = 256;
+    assert_eq!(
+        header_u64(&bytes, 84),
+        8 + kept * dims * 2 + PQ_CENTROIDS * kept * 2 + count * subspaces
+    );
+    assert_eq!(Index::from_bytes(&bytes).unwrap(), index);
+    let recall = recall_at_10(&index, &embeddings, &queries);
+    assert!(recall >= 0.6, "recall@10 {recall:.3}");
+    // Lists are grouped in the kept dimensions; their centroids meet queries in all of them,
+    // so the nearest two of eight lists hold most of what the whole catalog ranks first.
+    let partitioned = index.clone().partitioned(8, 2);
+    let top_ids = |index: &Index, query: &[f32]| -> Vec<String> {
+        let hits = index.search(query, 10, &Filter::ANY);
+        hits.iter()
+            .map(|hit| index.products()[hit.product].id.clone())
+            .collect()
+    };
+    let kept: usize = queries
+        .iter()
+        .map(|query| {
+            let everywhere = top_ids(&index, query);
+            top_ids(&partitioned, query)
+                .iter()
+                .filter(|id| everywhere.contains(id))
+                .count()
+        })
+        .sum();
+    let share = kept as f32 / (queries.len() * 10) as f32;
+    assert!(share >= 0.8, "the lists kept {share:.3} of the flat top 10");
 }
 
 #[test]
@@ -115,19 +155,23 @@ fn more_like_this_and_filters_work_with_every_codec() {
 }
 
 #[test]
-fn a_subspace_count_must_divide_the_dimensions() {
+fn a_subspace_count_must_fit_the_dimensions() {
     let embeddings = catalog_like(10, 64, 2, 5);
-    assert_eq!(
+    let build = |subspaces| {
         Index::build_with(
-            Codec::ProductQuantised { subspaces: 24 },
+            Codec::ProductQuantised { subspaces },
             MODEL_SHA256,
             products(10),
-            &embeddings
-        ),
-        Err(IndexError::BadSubspaces {
-            subspaces: 24,
-            dims: 64
-        })
+            &embeddings,
+        )
+    };
+    for subspaces in [0, 65] {
+        assert_eq!(build(subspaces), Err(IndexError::BadSubspaces { subspaces, dims: 64 }));
+    }
+    // 24 subspaces do not divide 64 dimensions: the quantiser keeps the first 48.
+    assert_eq!(
+        build(24).unwrap().vector_bytes(),
+        8 + 48 * 64 * 2 + PQ_CENTROIDS * 48 * 2 + 10 * 24
     );
 }
 
@@ -155,7 +199,12 @@ fn a_damaged_quantiser_is_refused() {
         let result = Index::from_bytes(&super::with_header_field(&bytes, vectors_at, &subspaces.to_le_bytes()));
         assert!(matches!(result, Err(IndexError::Corrupt(_))), "{subspaces}: {result:?}");
     }
-    let nan = super::with_header_field(&bytes, vectors_at + 4, &f16::NAN.to_le_bytes());
+    // Dimensions kept: none, fewer than the subspaces, not a multiple of them, more than there are.
+    for kept in [0u32, 2, 6, 20, u32::MAX] {
+        let result = Index::from_bytes(&super::with_header_field(&bytes, vectors_at + 4, &kept.to_le_bytes()));
+        assert!(matches!(result, Err(IndexError::Corrupt(_))), "{kept}: {result:?}");
+    }
+    let nan = super::with_header_field(&bytes, vectors_at + 8, &f16::NAN.to_le_bytes());
     assert!(matches!(Index::from_bytes(&nan), Err(IndexError::Corrupt(_))));
 }
 
@@ -173,8 +222,9 @@ fn a_version_5_quantiser_of_f32_values_still_reads() {
     let bytes = super::with_json_metadata(&index.to_bytes());
     let metadata = &bytes[header_u64(&bytes, 60)..][..header_u64(&bytes, 68)];
     let vectors = &bytes[header_u64(&bytes, 76)..][..header_u64(&bytes, 84)];
+    // Before version 8 the dimensions kept were all, and not recorded.
     let floats = dims * dims + PQ_CENTROIDS * dims;
-    let (parameters, codes) = vectors[4..].split_at(floats * 2);
+    let (parameters, codes) = vectors[8..].split_at(floats * 2);
     let mut widened = vectors[..4].to_vec();
     for pair in parameters.chunks_exact(2) {
         widened.extend_from_slice(&f16::from_le_bytes([pair[0], pair[1]]).to_f32().to_le_bytes());
@@ -182,4 +232,18 @@ fn a_version_5_quantiser_of_f32_values_still_reads() {
     widened.extend_from_slice(codes);
     let version_5 = super::with_sections(&bytes, 5, metadata, &widened);
     assert_eq!(Index::from_bytes(&version_5).unwrap(), index);
+}
+
+#[test]
+fn a_version_7_quantiser_of_all_dimensions_still_reads() {
+    let (count, dims, subspaces) = (300, 32, 8);
+    let embeddings = catalog_like(count, dims, 30, 9);
+    let codec = Codec::ProductQuantised { subspaces };
+    let index = Index::build_with(codec, MODEL_SHA256, products(count), &embeddings).unwrap();
+    let bytes = index.to_bytes();
+    let metadata = &bytes[header_u64(&bytes, 60)..][..header_u64(&bytes, 68)];
+    let vectors = &bytes[header_u64(&bytes, 76)..][..header_u64(&bytes, 84)];
+    let without_kept = [&vectors[..4], &vectors[8..]].concat();
+    let version_7 = super::with_sections(&bytes, 7, metadata, &without_kept);
+    assert_eq!(Index::from_bytes(&version_7).unwrap(), index);
 }
