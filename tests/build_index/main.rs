@@ -313,11 +313,11 @@ fn check_codecs(model: &str, catalog: &Path, dir: &Path) {
         model,
         catalog,
         &dir.join("codec-bad"),
-        &["--codec", "pq", "--pq-subspaces", "48"],
+        &["--codec", "pq", "--pq-subspaces", "1281"],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("divides the 1280 dimensions, not 48"), "{stderr}");
+    assert!(stderr.contains("between 1 and 1280 subspaces"), "{stderr}");
 }
 
 fn check_embed_command(model: &str, dir: &Path, embedder: &Embedder) {
