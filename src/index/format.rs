@@ -161,7 +161,7 @@ impl Index {
     }
 
     /// Reads an index file, refusing anything that is not a complete, intact index of version
-    /// 1 to 7. The head of a ranged catalog reads with no list loaded.
+    /// 1 to [`FORMAT_VERSION`]. The head of a ranged catalog reads with no list loaded.
     pub fn from_bytes(bytes: &[u8]) -> Result<Index, IndexError> {
         let found = bytes.len() as u64;
         let magic_part = bytes.len().min(MAGIC.len());
