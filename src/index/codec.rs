@@ -140,6 +140,15 @@ impl Vectors {
         }
     }
 
+    /// The length of [`Vectors::reconstruct_in_basis`]'s vectors.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn basis_dims(&self) -> usize {
+        match self {
+            Vectors::Int8(rows) | Vectors::Binary { rows, .. } => rows.dims,
+            Vectors::ProductQuantised(pq) => pq.kept(),
+        }
+    }
+
     /// A vector of the codec's own basis ([`Vectors::reconstruct_in_basis`]) in the embedding's.
     #[cfg(not(target_arch = "wasm32"))]
     pub(super) fn to_embedding_basis(&self, vector: &[f32]) -> Vec<f32> {
@@ -470,6 +479,16 @@ pub(super) struct PqRows {
 }
 
 impl PqRows {
+    /// The principal dimensions the codes keep.
+    fn kept(&self) -> usize {
+        self.subspaces * self.sub_dims
+    }
+
+    /// The embedding's dimensions: the rotation's row length.
+    fn embedding_dims(&self) -> usize {
+        self.rotation.len() / self.kept()
+    }
+
     fn centroid(&self, subspace: usize, code: u8) -> &[f32] {
         let at = (subspace * PQ_CENTROIDS + code as usize) * self.sub_dims;
         &self.codebooks[at..at + self.sub_dims]
@@ -528,7 +547,7 @@ impl PqRows {
     /// `rotated` turned back into the embedding's dimensions: the inverse of orthonormal
     /// rows is their transpose.
     fn unrotate(&self, rotated: &[f32]) -> Vec<f32> {
-        let dims = self.rotation.len() / rotated.len();
+        let dims = self.embedding_dims();
         let mut vector = vec![0f32; dims];
         for (row, &value) in self.rotation.chunks_exact(dims).zip(rotated) {
             vector.iter_mut().zip(row).for_each(|(out, r)| *out += r * value);
@@ -537,7 +556,7 @@ impl PqRows {
     }
 
     fn write_parameters(&self, bytes: &mut Vec<u8>) {
-        for field in [self.subspaces, self.subspaces * self.sub_dims] {
+        for field in [self.subspaces, self.kept()] {
             bytes.extend_from_slice(&(field as u32).to_le_bytes());
         }
         for &value in self.rotation.iter().chain(&self.codebooks) {
@@ -770,10 +789,8 @@ pub(super) mod encode {
         /// dimensions) is read once for the block rather than once a vector, so that encoding
         /// a large catalog is not held up by memory.
         fn rotate_block(&self, vectors: &[impl AsRef<[f32]>]) -> Vec<Vec<f32>> {
-            let kept = self.subspaces * self.sub_dims;
-            let dims = self.rotation.len() / kept;
-            let mut rotated: Vec<Vec<f32>> = vectors.iter().map(|_| Vec::with_capacity(kept)).collect();
-            for row in self.rotation.chunks_exact(dims) {
+            let mut rotated: Vec<Vec<f32>> = vectors.iter().map(|_| Vec::with_capacity(self.kept())).collect();
+            for row in self.rotation.chunks_exact(self.embedding_dims()) {
                 for (out, vector) in rotated.iter_mut().zip(vectors) {
                     out.push(dot_in_lanes(row, vector.as_ref()));
                 }

@@ -197,8 +197,8 @@ impl Index {
             .into_par_iter()
             .map(|product| unit_length(&self.vectors.reconstruct_in_basis(product)))
             .collect();
-        let basis_dims = stored.first().map_or(self.dims, Vec::len);
-        let (partitions, order) = Partitions::build(&stored, basis_dims, lists, probe, |centroid| {
+        let widths = (self.vectors.basis_dims(), self.dims);
+        let (partitions, order) = Partitions::build(&stored, widths, lists, probe, |centroid| {
             self.vectors.to_embedding_basis(centroid)
         });
         let products: Vec<Product> = order.iter().map(|&product| self.products[product].clone()).collect();

@@ -135,11 +135,12 @@ mod build {
     impl Partitions {
         /// Groups unit-length `vectors` into `lists` lists by spherical k-means; `to_embedding`
         /// turns a centroid into the basis queries come in (the vectors may lie in another
-        /// one that keeps dot products). Returns the partitions and the order to store the
+        /// one that keeps dot products). `(dims, embedding_dims)` are the widths of the
+        /// vectors and of the queries. Returns the partitions and the order to store the
         /// products in: list by list, each list in the products' own order.
         pub(in crate::index) fn build(
             vectors: &[Vec<f32>],
-            dims: usize,
+            (dims, embedding_dims): (usize, usize),
             lists: usize,
             probe: usize,
             to_embedding: impl Fn(&[f32]) -> Vec<f32>,
@@ -171,7 +172,6 @@ mod build {
             // The centroids meet queries in the embedding's dimensions, which a quantiser's
             // basis may not keep all of.
             let centroid_rows: Vec<Vec<f32>> = centroids.chunks_exact(dims).map(to_embedding).collect();
-            let embedding_dims = centroid_rows.first().map_or(dims, Vec::len);
             let partitions = Partitions {
                 ends,
                 probe: probe.clamp(1, lists),
