@@ -9,7 +9,7 @@
 //! whose histograms are nearest vote, so "Navy Blue" means what the shop's photos of
 //! navy garments look like, under its lighting, rather than a textbook value.
 
-use image::{imageops::FilterType, RgbImage};
+use image::RgbImage;
 use palette::{IntoColor, Lab, Srgb};
 
 /// Photos are described from a thumbnail this many pixels on its longer side: colour
@@ -73,7 +73,7 @@ impl Dominant {
 /// Describes the colour of the garment in `image` (any size; at least one pixel).
 pub fn describe(image: &RgbImage) -> ColourDescriptor {
     let (width, height) = thumbnail_size(image.width(), image.height());
-    let thumbnail = image::imageops::resize(image, width, height, FilterType::Triangle);
+    let thumbnail = crate::preprocess::resize(image, width, height);
     let labs: Vec<[f32; 3]> = thumbnail.pixels().map(|p| to_lab(p.0)).collect();
     let weights = garment_weights(&labs, width, height);
     let histogram = histogram(&labs, &weights);

@@ -6,7 +6,7 @@
 
 use std::io::Cursor;
 
-use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage, RgbaImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb, RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 
 /// Bounds on what a photo may be. Checked from the file header, before decoding.
@@ -253,10 +253,90 @@ pub fn to_tensor(image: &RgbImage, spec: &InputSpec) -> Vec<f32> {
     let (width, height) = image.dimensions();
     let side = width.min(height);
     let square = image::imageops::crop_imm(image, (width - side) / 2, (height - side) / 2, side, side).to_image();
-    normalise(
-        &image::imageops::resize(&square, spec.size, spec.size, FilterType::Triangle),
-        spec,
-    )
+    normalise(&resize(&square, spec.size, spec.size), spec)
+}
+
+/// `image` resized with a triangle (bilinear) filter: bit for bit what the image crate's
+/// `resize(.., FilterType::Triangle)` gives, the same weights summed in the same order, but
+/// over rows of bytes rather than pixel by pixel through generic accessors, which made
+/// preparing a 768x576 photo (this resize and the colour thumbnail's) 2.5x slower in wasm.
+/// Bit for bit, so that indexes built before still meet the same query embeddings.
+pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (source_width, source_height) = image.dimensions();
+    if source_width == 0 || source_height == 0 {
+        return RgbImage::new(width, height);
+    }
+    if (width, height) == (source_width, source_height) {
+        return image.clone();
+    }
+    // Down the columns into f32 first, then along the rows, as the image crate does. Each
+    // output row adds whole source rows, which the compiler turns into SIMD.
+    let source_row = 3 * source_width as usize;
+    let down = triangle_taps(source_height, height);
+    let mut columns = vec![0f32; source_row * height as usize];
+    for (out_row, taps) in columns.chunks_exact_mut(source_row).zip(&down) {
+        for (row, &weight) in (taps.first..).zip(&taps.weights) {
+            let source = &image.as_raw()[row * source_row..(row + 1) * source_row];
+            for (out, &value) in out_row.iter_mut().zip(source) {
+                *out += f32::from(value) * weight;
+            }
+        }
+    }
+    let across = triangle_taps(source_width, width);
+    let mut resized = RgbImage::new(width, height);
+    let out_rows = resized.chunks_exact_mut(3 * width as usize);
+    for (out_row, row) in out_rows.zip(columns.chunks_exact(source_row)) {
+        for (out, taps) in out_row.chunks_exact_mut(3).zip(&across) {
+            let mut sum = [0f32; 3];
+            for (column, &weight) in (taps.first..).zip(&taps.weights) {
+                for (channel, total) in sum.iter_mut().enumerate() {
+                    *total += row[3 * column + channel] * weight;
+                }
+            }
+            for (value, total) in out.iter_mut().zip(sum) {
+                *value = total.clamp(0.0, 255.0).round() as u8;
+            }
+        }
+    }
+    resized
+}
+
+/// The source pixels, from `first` on, that one output pixel of a triangle-filter resize
+/// reads, with their weights.
+struct Taps {
+    first: usize,
+    weights: Vec<f32>,
+}
+
+/// The taps of each of `target` output pixels along an axis of `source` pixels, computed as
+/// the image crate computes them.
+fn triangle_taps(source: u32, target: u32) -> Vec<Taps> {
+    let ratio = source as f32 / target as f32;
+    // Shrinking widens the filter to cover every source pixel; enlarging keeps it one wide.
+    let spread = if ratio < 1.0 { 1.0 } else { ratio };
+    (0..target)
+        .map(|out| {
+            let centre = (out as f32 + 0.5) * ratio;
+            let first = ((centre - spread).floor() as i64).clamp(0, i64::from(source) - 1);
+            let end = ((centre + spread).ceil() as i64).clamp(first + 1, i64::from(source));
+            let mut weights: Vec<f32> = (first..end)
+                .map(|at| {
+                    let distance = ((at as f32 - (centre - 0.5)) / spread).abs();
+                    if distance < 1.0 {
+                        1.0 - distance
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let sum: f32 = weights.iter().sum();
+            weights.iter_mut().for_each(|weight| *weight /= sum);
+            Taps {
+                first: first as usize,
+                weights,
+            }
+        })
+        .collect()
 }
 
 /// A photo already `spec.size` pixels square as a normalised NCHW tensor (1x3xSxS).
@@ -293,6 +373,23 @@ mod tests {
             )
             .unwrap();
         out
+    }
+
+    #[test]
+    fn resize_gives_the_image_crates_triangle_filter_bit_for_bit() {
+        let mut state = 7u32;
+        let photo = RgbImage::from_fn(97, 61, |_, _| {
+            let mut byte = || {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (state >> 23) as u8
+            };
+            Rgb([byte(), byte(), byte()])
+        });
+        // Shrinking and enlarging, each axis alone, both, to one pixel, and to the same size.
+        for (width, height) in [(224, 224), (64, 40), (33, 97), (1, 1), (97, 61), (97, 20), (200, 61)] {
+            let expected = image::imageops::resize(&photo, width, height, image::imageops::FilterType::Triangle);
+            assert!(resize(&photo, width, height) == expected, "{width}x{height}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use image::{codecs::jpeg::JpegEncoder, imageops::FilterType};
+use image::codecs::jpeg::JpegEncoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -468,7 +468,7 @@ fn write_thumbnail(photo: image::RgbImage, path: &Path) -> Result<()> {
     let small = if longest > THUMBNAIL_SIDE {
         let scale = f64::from(THUMBNAIL_SIDE) / f64::from(longest);
         let side = |pixels: u32| ((f64::from(pixels) * scale).round() as u32).max(1);
-        image::imageops::resize(&photo, side(width), side(height), FilterType::Triangle)
+        preprocess::resize(&photo, side(width), side(height))
     } else {
         photo
     };

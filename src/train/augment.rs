@@ -2,12 +2,12 @@
 //! (framing, mirror image, a tilted phone, something in front of it, other lighting)
 //! without changing its colour, since colour is a search criterion.
 
-use image::imageops::{self, FilterType};
+use image::imageops;
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::preprocess::{normalise, InputSpec};
+use crate::preprocess::{normalise, resize, InputSpec};
 
 /// The seed of view `view` of photo `photo`: the same view is the same picture on every run,
 /// so cached features stay valid.
@@ -52,11 +52,11 @@ fn random_resized_crop(photo: &RgbImage, size: u32, rng: &mut StdRng) -> RgbImag
             let x = rng.random_range(0..=width - w);
             let y = rng.random_range(0..=height - h);
             let crop = imageops::crop_imm(photo, x, y, w, h).to_image();
-            return imageops::resize(&crop, size, size, FilterType::Triangle);
+            return resize(&crop, size, size);
         }
     }
     // No crop fitted (a very thin photo): the whole photo, stretched.
-    imageops::resize(photo, size, size, FilterType::Triangle)
+    resize(photo, size, size)
 }
 
 /// Nearest-neighbour rotation about the centre; good enough at 224 pixels and 10 degrees.
