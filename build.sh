@@ -21,6 +21,10 @@ OTLENS=target/release/otlens
 TRACT_NNEF=tract-nnef-0.23.9
 TRACT_NNEF_SHA256=3bdfc2f17d10eaf04d27f7a2d7b45e3dc41ffd0bc6c1e48d87636d7e960d441d
 PORT=${PORT:-8080}
+# The multi-threaded module's memory: imported and shared (the workers all use it), at most 2 GiB;
+# wasm-bindgen sets up each thread's stack and thread-locals with the exports.
+THREADS_LINK_ARGS=$(printf -- '-C link-arg=%s ' --shared-memory --import-memory --max-memory=2147483648 \
+  --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -63,6 +67,10 @@ setup_patched_crates() {
 setup_rust() {
   setup_patched_crates
   rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  # The multi-threaded module rebuilds std with atomics, which needs nightly and std's source.
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+  rustup component list --toolchain nightly --installed | grep -qx rust-src ||
+    rustup component add rust-src --toolchain nightly
   if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WASM_BINDGEN_VERSION" ]; then
     # Must match the wasm-bindgen crate pinned in Cargo.toml. Not --locked: its lock pins a yanked crate.
     log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (about 10 minutes, once)"
@@ -102,6 +110,15 @@ build() {
   # The wasm profile (Cargo.toml) optimises for size, except tract's kernels.
   RUSTFLAGS='-C target-feature=+simd128' cargo build --profile wasm --locked --lib --target wasm32-unknown-unknown
   wasm-bindgen --target web --remove-name-section --out-dir www/pkg target/wasm32-unknown-unknown/wasm/otlens.wasm
+  log "building the multi-threaded wasm module"
+  # For cross-origin isolated pages: tract's work on a pool of workers sharing one memory. Shared
+  # memory needs a std built with atomics, which only nightly's build-std makes; its own target
+  # folder, so the two modules' builds never undo each other.
+  RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 $THREADS_LINK_ARGS" \
+    CARGO_TARGET_DIR=target/threads cargo +nightly build -Z build-std=panic_abort,std --profile wasm --locked --lib --target wasm32-unknown-unknown \
+    --features threads
+  wasm-bindgen --target web --remove-name-section --out-dir www/pkg-threads \
+    target/threads/wasm32-unknown-unknown/wasm/otlens.wasm
   # The WebGPU path: a module of its own, fetched only by browsers with an adapter. A separate cargo
   # run, so the main module's otlens-gpu stays without the executor (features unify within a run).
   log "building the WebGPU module"
@@ -136,6 +153,9 @@ test_all() {
   cargo clippy --release --locked --workspace --all-targets -- -D warnings
   RUSTFLAGS='-C target-feature=+simd128' cargo clippy --release --locked --lib --target wasm32-unknown-unknown -- -D warnings
   cargo clippy --release --locked -p otlens-gpu --lib --target wasm32-unknown-unknown -- -D warnings
+  RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 $THREADS_LINK_ARGS" \
+    CARGO_TARGET_DIR=target/threads cargo +nightly clippy -Z build-std=panic_abort,std --release --locked --lib \
+    --target wasm32-unknown-unknown --features threads -- -D warnings
   demo fmnist
   effnet_models
   log "Rust tests"

@@ -22,6 +22,20 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// Starts `threads` Web Workers sharing this module's memory (the multi-threaded module only;
+/// its Promise resolves when they run). Then [`use_thread_pool`] hands tract's work to them.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Runs tract's matrix products on the pool `initThreadPool` started. Called after its Promise
+/// resolves: before that, rayon's global pool would try to spawn threads wasm cannot.
+#[cfg(feature = "threads")]
+#[wasm_bindgen(js_name = useThreadPool)]
+pub fn use_thread_pool() {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    set_default_executor(Executor::RayonGlobal);
+}
+
 #[wasm_bindgen]
 extern "C" {
     // `performance` exists in windows, workers and Node alike; Date.now() is only ms-granular.
