@@ -3,7 +3,8 @@
 //! Always sends Content-Length (the widget shows download progress from it), answers
 //! single-range requests with 206, and never serves anything outside the root folder.
 //! Files that `otlens build-index` names by their content may be cached for good; everything
-//! else is fetched again on each load.
+//! else is fetched again on each load. Pages are cross-origin isolated (COOP and COEP headers)
+//! unless told otherwise, so the widget runs its multi-threaded engine.
 //!
 //! Each connection gets its own thread, so a browser's idle keep-alive connections can never
 //! starve new ones (a fixed worker pool did exactly that under six parallel page fetches).
@@ -37,13 +38,37 @@ pub struct Args {
     /// Port to listen on; 0 picks a free one.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Leave out the Cross-Origin-Opener-Policy and Cross-Origin-Embedder-Policy headers, as a
+    /// host that cannot send them would: pages are then not cross-origin isolated, and the
+    /// widget runs on one thread.
+    #[arg(long)]
+    pub no_isolation: bool,
 }
+
+/// What is served, and how.
+struct Site {
+    root: PathBuf,
+    /// Whether responses carry the headers that make a page cross-origin isolated.
+    isolated: bool,
+}
+
+/// A page and its workers are cross-origin isolated (so wasm may share memory between
+/// threads) only when the page is served with both. `require-corp` is met by every file here,
+/// which all come from this origin.
+const ISOLATION_HEADERS: [(&str, &str); 2] = [
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Embedder-Policy", "require-corp"),
+];
 
 pub fn run(args: Args) -> Result<()> {
     let root = args
         .root
         .canonicalize()
         .with_context(|| format!("cannot serve {}: no such folder", args.root.display()))?;
+    let site = Site {
+        root,
+        isolated: !args.no_isolation,
+    };
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let port = listener.local_addr()?.port();
@@ -52,12 +77,12 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(stdout, "serving http://{}:{port}/", args.host)?;
     stdout.flush()?;
     drop(stdout);
-    accept_connections(&listener, Arc::new(root));
+    accept_connections(&listener, Arc::new(site));
     Ok(())
 }
 
 /// Serves every connection on its own thread; runs until the process ends.
-fn accept_connections(listener: &TcpListener, root: Arc<PathBuf>) {
+fn accept_connections(listener: &TcpListener, site: Arc<Site>) {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -68,10 +93,10 @@ fn accept_connections(listener: &TcpListener, root: Arc<PathBuf>) {
                 continue;
             }
         };
-        let root = Arc::clone(&root);
+        let site = Arc::clone(&site);
         if let Err(error) = thread::Builder::new()
             .name("otlens-serve".into())
-            .spawn(move || serve_connection(stream, &root))
+            .spawn(move || serve_connection(stream, &site))
         {
             eprintln!("cannot start a connection thread: {error}");
         }
@@ -80,7 +105,7 @@ fn accept_connections(listener: &TcpListener, root: Arc<PathBuf>) {
 
 /// Answers requests on one connection until the client closes it, asks to close, goes idle
 /// for `IDLE_TIMEOUT`, or sends something this server will not read past.
-fn serve_connection(mut stream: TcpStream, root: &Path) {
+fn serve_connection(mut stream: TcpStream, site: &Site) {
     let configured = stream
         .set_read_timeout(Some(IDLE_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
@@ -102,7 +127,11 @@ fn serve_connection(mut stream: TcpStream, root: &Path) {
                 return;
             }
         };
-        let response = respond(root, &request);
+        let mut response = respond(&site.root, &request);
+        if site.isolated {
+            let isolation = ISOLATION_HEADERS.map(|(name, value)| (name, value.to_owned()));
+            response.headers.extend(isolation);
+        }
         let keep_alive = request.keep_alive;
         if let Err(error) = write_response(&mut stream, response, request.is_head, keep_alive) {
             // Browsers drop connections mid-download all the time (cancelled fetches, reloads).
@@ -569,11 +598,14 @@ mod tests {
     }
 
     /// Starts the server on a free loopback port; its thread ends with the test process.
-    fn start(root: &Path) -> std::net::SocketAddr {
+    fn start(root: &Path, isolated: bool) -> std::net::SocketAddr {
         let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let address = listener.local_addr().unwrap();
-        let root = Arc::new(root.to_path_buf());
-        thread::spawn(move || accept_connections(&listener, root));
+        let site = Arc::new(Site {
+            root: root.to_path_buf(),
+            isolated,
+        });
+        thread::spawn(move || accept_connections(&listener, site));
         address
     }
 
@@ -630,7 +662,7 @@ mod tests {
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(root.path().join("big.bin"), &big).unwrap();
         std::fs::write(root.path().join("index.html"), "<!doctype html>").unwrap();
-        let address = start(&root.path().canonicalize().unwrap());
+        let address = start(&root.path().canonicalize().unwrap(), true);
 
         let mut connections: Vec<TcpStream> = (0..8).map(|_| connect(address)).collect();
         // Two rounds: the second proves every connection stays open and is served again.
@@ -644,6 +676,8 @@ mod tests {
                 assert_eq!(status, 200, "round {round}, connection {i}");
                 assert_eq!(header(&headers, "connection"), Some("keep-alive"));
                 assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
+                assert_eq!(header(&headers, "cross-origin-opener-policy"), Some("same-origin"));
+                assert_eq!(header(&headers, "cross-origin-embedder-policy"), Some("require-corp"));
                 if i % 2 == 0 {
                     assert_eq!(body, big);
                     assert_eq!(header(&headers, "content-type"), Some("application/octet-stream"));
@@ -660,7 +694,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("a.txt"), "0123456789").unwrap();
         std::fs::create_dir(root.path().join("sub")).unwrap();
-        let address = start(&root.path().canonicalize().unwrap());
+        let address = start(&root.path().canonicalize().unwrap(), false);
         let mut stream = connect(address);
 
         // Pipelined: both requests arrive before either is answered.
@@ -675,6 +709,7 @@ mod tests {
         let (status, headers, _) = read_response(&mut stream, true);
         assert_eq!(status, 200);
         assert_eq!(header(&headers, "content-length"), Some("10"));
+        assert_eq!(header(&headers, "cross-origin-embedder-policy"), None, "--no-isolation");
 
         write!(stream, "GET /a.txt HTTP/1.1\r\nRange: bytes=10-\r\n\r\n").unwrap();
         let (status, headers, _) = read_response(&mut stream, false);

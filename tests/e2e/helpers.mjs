@@ -99,9 +99,13 @@ export function readManifest() {
   return JSON.parse(readFileSync(MANIFEST, "utf8"));
 }
 
-/** Starts `otlens serve --root <root> --port 0` and resolves once it prints its URL. */
-export function startServer(root = WWW) {
-  const server = spawn(OTLENS, ["serve", "--root", root, "--port", "0"], { stdio: ["ignore", "pipe", "pipe"] });
+/**
+ * Starts `otlens serve --root <root> --port 0` and resolves once it prints its URL. Its pages are cross-origin
+ * isolated unless `isolated` is false (`--no-isolation`).
+ */
+export function startServer(root = WWW, { isolated = true } = {}) {
+  const args = ["serve", "--root", root, "--port", "0", ...(isolated ? [] : ["--no-isolation"])];
+  const server = spawn(OTLENS, args, { stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   return new Promise((resolvePromise, reject) => {
     const timeout = setTimeout(() => fail(new Error(`otlens serve printed no URL in 10 s:\n${output}`)), 10_000);
