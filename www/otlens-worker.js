@@ -1,8 +1,9 @@
 // otlens search worker: downloads and checks the model and catalog index, then answers
 // searches. Decoding and inference run here so the shop page never freezes.
 //
-// Messages in:  {type: "load", manifestUrl, withModel, gpu} (without the model only "similar" works;
-//                                                         gpu: "auto", "always" or "off", see otlens.js)
+// Messages in:  {type: "load", manifestUrl, withModel, gpu, threads} (without the model only "similar" works;
+//                                                         gpu: "auto", "always" or "off"; threads: "auto" or
+//                                                         "off", see otlens.js)
 //               {type: "search", id, photo: Blob, region?, k, filter, colourWeight}
 //               {type: "region", id, region, k, filter, colourWeight}  (another region of the last photo)
 //               {type: "refine", id, k, filter, colourWeight}  (the last photo again, e.g. with a new filter)
@@ -11,10 +12,12 @@
 //               colourWeight: 0 (match by shape) to 1 (match by colour)
 //               {type: "embed", id, photo: Blob}
 // Messages out: {type: "progress", step, steps, label, loaded, total}
-//               {type: "ready", manifest, model, products, facets, colours, ranged, backend: "tract"}
+//               {type: "ready", manifest, model, products, facets, colours, ranged, backend: "tract", threads,
+//                                         threadsReason?}
 //                                         (colours: the catalog can be matched by colour; ranged: its
-//                                          lists download as searches reach them, with Range requests)
-//               {type: "backend", backend, adapter?, dispatches?, weights?, reason?}
+//                                          lists download as searches reach them, with Range requests;
+//                                          threads: how many threads tract runs on, and if one, why)
+//               {type: "backend", backend, adapter?, dispatches?, weights?, threads?, reason?}
 //                                         (after ready: the WebGPU path took over, or why inference stays on tract)
 //               {type: "results", id, results, colour?, timings}  (colour: {name?, rgb} of a photo;
 //                                         timings.lists_ms, details_ms: time spent fetching a ranged
@@ -22,9 +25,13 @@
 //               {type: "embedding", id, embedding}
 //               {type: "error", id?, message, fatal}   (fatal: the widget must reload the worker)
 
-import init, { Lens, checkPhotoSize, gpuPlan, sha256Hex } from "./pkg/otlens.js";
-
 const SUPPORTED_FORMAT = 1;
+// The engine's module (wasm-bindgen's exports): pkg/, or pkg-threads/ when it runs on several threads.
+let engine = null;
+// How many threads tract runs on, and if only one while more were asked for, why.
+let threads = { count: 1, reason: undefined };
+// More threads than this gain little on a 224x224 photo and each costs a worker's memory.
+const MAX_THREADS = 4;
 let lens = null;
 // The WebGPU embedder once it has passed its self-check; null while inference runs on tract.
 let gpu = null;
@@ -116,7 +123,55 @@ async function sha256(bytes) {
     const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
     return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
   }
-  return sha256Hex(bytes);
+  return engine.sha256Hex(bytes);
+}
+
+/** Downloads (with progress) and starts the engine module in `folder` ("pkg" or "pkg-threads"). */
+async function startEngine(folder, progress) {
+  const module = await import(`./${folder}/otlens.js`).catch((error) => {
+    throw new Error(`could not load ${folder}/otlens.js (${error.message}); is ${folder}/ deployed next to otlens.js?`);
+  });
+  const { bytes: wasm } = await download(new URL(`./${folder}/otlens_bg.wasm`, import.meta.url), "search engine", progress);
+  try {
+    await module.default({ module_or_path: wasm });
+  } catch (error) {
+    // The browser's own message is long and names 'unsafe-eval', which a shop should not allow.
+    if (/Content Security Policy/i.test(error.message)) {
+      throw new Error(
+        "the page's Content-Security-Policy does not let WebAssembly run; add 'wasm-unsafe-eval' to script-src",
+      );
+    }
+    throw error;
+  }
+  return module;
+}
+
+/**
+ * The engine on as many threads as the machine has cores (at most MAX_THREADS) when `mode` is "auto" and the
+ * page is cross-origin isolated (which shared wasm memory needs), else on one. A multi-threaded module that
+ * fails to load or start leaves the single-threaded one, with the reason in `threads.reason`.
+ */
+async function startEngineOnThreads(mode, progress) {
+  const cores = Math.min(self.navigator?.hardwareConcurrency || 1, MAX_THREADS);
+  let reason;
+  if (mode === "off") reason = "threads are off";
+  else if (mode === "no-model") reason = "no model runs here, only similar items";
+  else if (!self.crossOriginIsolated) {
+    reason = "the page is not cross-origin isolated (send the COOP and COEP headers: see the README)";
+  } else if (cores < 2) reason = "this device reports one core";
+  else {
+    try {
+      const module = await startEngine("pkg-threads", progress);
+      await module.initThreadPool(cores);
+      module.useThreadPool();
+      threads = { count: cores, reason: undefined };
+      return module;
+    } catch (error) {
+      reason = `the multi-threaded engine did not start: ${error.message || error}`;
+    }
+  }
+  threads = { count: 1, reason };
+  return startEngine("pkg", progress);
 }
 
 async function verify(bytes, entry, label) {
@@ -129,21 +184,10 @@ async function verify(bytes, entry, label) {
   }
 }
 
-async function load(manifestUrl, withModel) {
+async function load(manifestUrl, withModel, threadsMode) {
   const steps = withModel ? 3 : 2;
-  const wasmUrl = new URL("./pkg/otlens_bg.wasm", import.meta.url);
-  const { bytes: wasm } = await download(wasmUrl, "search engine", { step: 1, steps });
-  try {
-    await init({ module_or_path: wasm });
-  } catch (error) {
-    // The browser's own message is long and names 'unsafe-eval', which a shop should not allow.
-    if (/Content Security Policy/i.test(error.message)) {
-      throw new Error(
-        "the page's Content-Security-Policy does not let WebAssembly run; add 'wasm-unsafe-eval' to script-src",
-      );
-    }
-    throw error;
-  }
+  engine = await startEngineOnThreads(withModel ? threadsMode : "no-model", { step: 1, steps });
+  const { Lens } = engine;
 
   let manifest;
   try {
@@ -212,6 +256,8 @@ async function load(manifestUrl, withModel) {
     colours: lens.has_colours(),
     ranged: lens.is_ranged(),
     backend: "tract",
+    threads: threads.count,
+    threadsReason: threads.reason,
   });
 }
 
@@ -286,7 +332,7 @@ async function timed(run) {
 async function startGpu(mode) {
   const stayOnTract = (reason) => {
     modelBytes = null;
-    post({ type: "backend", backend: "tract", reason });
+    post({ type: "backend", backend: "tract", threads: threads.count, reason });
   };
   if (!self.navigator?.gpu) return stayOnTract("this browser has no WebGPU");
   let embedder;
@@ -298,7 +344,7 @@ async function startGpu(mode) {
     }
     const module = await import("./pkg/otlens_gpu.js");
     await module.default({ module_or_path: new URL("./pkg/otlens_gpu_bg.wasm", import.meta.url) });
-    const plan = gpuPlan(modelBytes);
+    const plan = engine.gpuPlan(modelBytes);
     modelBytes = null;
     embedder = await module.GpuEmbedder.create(plan);
     const size = lens.info().input.size;
@@ -357,7 +403,7 @@ async function search(region, k, filter, colourWeight, openMs) {
     // decoded) and the next ones use tract.
     gpu.free();
     gpu = null;
-    post({ type: "backend", backend: "tract", reason: `the WebGPU path failed: ${error.message || error}` });
+    post({ type: "backend", backend: "tract", threads: threads.count, reason: `the WebGPU path failed: ${error.message || error}` });
     embedding = lens.run_tensor(tensor);
     backend = "tract";
   }
@@ -370,7 +416,7 @@ async function search(region, k, filter, colourWeight, openMs) {
 }
 
 async function photoBytes(photo) {
-  checkPhotoSize(photo.size);
+  engine.checkPhotoSize(photo.size);
   return new Uint8Array(await photo.arrayBuffer());
 }
 
@@ -408,7 +454,7 @@ async function answer(id, search) {
 
 async function handle(message) {
   if (message.type === "load") {
-    await load(message.manifestUrl, message.withModel !== false);
+    await load(message.manifestUrl, message.withModel !== false, message.threads);
     // In the background: the widget is ready on tract already. Without it, the model bytes go now.
     if (modelBytes && message.gpu !== "off") startGpu(message.gpu);
     else modelBytes = null;

@@ -22,20 +22,26 @@
 //                that gives the CPU path's embedding and is faster than it, else on the CPU (tract);
 //                "always": on any adapter that gives the same embedding (for testing); "off": on the CPU.
 //                                                                                    Default: "auto"
+//   threads      How many threads the CPU path (tract) runs on. "auto": one per core (at most 4) when the
+//                page is cross-origin isolated, which shared wasm memory needs (serve the page with
+//                "Cross-Origin-Opener-Policy: same-origin" and "Cross-Origin-Embedder-Policy: require-corp"
+//                or "credentialless"; see the README), else one; "off": one.          Default: "auto"
 //   offline      Present: keep the widget, the page and the catalog on the device (otlens-sw.js, a service
 //                worker, next to this file), so search works offline after one visit. Read the top of
 //                otlens-sw.js before turning it on: its folder must contain the page. Default: absent
 //
 // Events (bubbling, composed), on the element:
-//   otlens-ready    detail: {products, model, manifest, backend, ranged}  model and catalog loaded and checked
-//                                                          (again after a restart); model is null with
-//                                                          `product`; backend is "tract": the GPU path starts
-//                                                          after; ranged: the catalog's lists download as
-//                                                          searches reach them (HTTP Range requests)
-//   otlens-backend  detail: {backend, adapter?, dispatches?, weights?, reason?}  where the model runs from
-//                                                          now on: "webgpu" (with the adapter's name, kernel
-//                                                          launches per photo, and weights "f16" or "f32")
-//                                                          or "tract" (with the reason)
+//   otlens-ready    detail: {products, model, manifest, backend, threads, threadsReason?, ranged}  model and
+//                                                          catalog loaded and checked (again after a restart);
+//                                                          model is null with `product`; backend is "tract":
+//                                                          the GPU path starts after; threads: how many tract
+//                                                          runs on (and if one, why); ranged: the catalog's
+//                                                          lists download as searches reach them (HTTP Range
+//                                                          requests)
+//   otlens-backend  detail: {backend, adapter?, dispatches?, weights?, threads?, reason?}  where the model
+//                                                          runs from now on: "webgpu" (with the adapter's name,
+//                                                          kernel launches per photo, and weights "f16" or
+//                                                          "f32") or "tract" (with its threads and the reason)
 //   otlens-results  detail: {results, timings, photo, colour}  results: [{product, score}], best first; photo
 //                                                          and colour ({name?, rgb}: the photo's main colour,
 //                                                          named as the catalog names colours) are absent for
@@ -49,7 +55,7 @@
 //   otlens-offline  detail: {saved, message?}             with `offline`: whether the catalog was saved for
 //                                                          offline use (tried again on each load)
 //
-// Property `backend`: the last otlens-backend detail (or {backend: "tract"} before it).
+// Property `backend`: the last otlens-backend detail (or {backend: "tract", threads} before it).
 // Property `colourWeight`: how results are matched, 0 (by shape, the default) to 1 (by colour); the
 // "Match by" slider sets it. Only catalogs built with colours (otlens build-index does) show the slider.
 // Property `region`: the part of the photo searched, [x, y, width, height] as fractions; the crop box over
@@ -847,6 +853,7 @@ class OtLens extends HTMLElement {
       manifestUrl: this.#manifestUrl,
       withModel: !productMode,
       gpu: ["always", "off"].includes(this.getAttribute("gpu")) ? this.getAttribute("gpu") : "auto",
+      threads: this.getAttribute("threads") === "off" ? "off" : "auto",
     });
   }
 
@@ -975,13 +982,15 @@ class OtLens extends HTMLElement {
         this.#hasColours = data.colours;
         this.#renderFilters();
         this.#renderBlend();
-        this.#backend = { backend: data.backend };
+        this.#backend = { backend: data.backend, threads: data.threads };
         this.#resolveReady({ products: data.products, model: data.model, manifest: data.manifest });
         this.#emit("otlens-ready", {
           products: data.products,
           model: data.model,
           manifest: data.manifest,
           backend: data.backend,
+          threads: data.threads,
+          threadsReason: data.threadsReason,
           ranged: data.ranged,
         });
         if (this.hasAttribute("product")) this.similar(this.getAttribute("product")).catch(() => {});

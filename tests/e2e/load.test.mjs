@@ -25,12 +25,14 @@ describe("under load", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
   let problems;
   let devtools;
   let workerDevtools;
+  let threads;
 
   before(async () => {
     server = await startServer();
     browser = await launchBrowser();
     ({ page, problems } = await openPage(browser.context, server.url));
     await page.getByRole("status").getByText(/Visual search ready/).waitFor({ timeout: LOAD_TIMEOUT });
+    threads = await page.evaluate(() => document.querySelector("ot-lens").backend.threads);
     devtools = await browser.context.newCDPSession(page);
     workerDevtools = await attachToWorker(devtools);
   });
@@ -85,7 +87,8 @@ describe("under load", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
     return { jsHeap: usedSize, workerHeap, wasm };
   }
 
-  const pkgUrl = () => `${server.url}pkg/otlens.js`;
+  // The engine module the worker runs: the multi-threaded one on this cross-origin isolated page, when built.
+  const pkgUrl = () => `${server.url}${threads > 1 ? "pkg-threads" : "pkg"}/otlens.js`;
   const megabytes = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
 
   test(`${SOAK_SEARCHES} searches in a row keep the JS heap and wasm memory flat`, async (t) => {
@@ -113,7 +116,7 @@ describe("under load", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
     const seconds = (performance.now() - started) / 1000;
     const end = await memory();
     t.diagnostic(
-      `after ${WARM_UP_SEARCHES} and ${SOAK_SEARCHES} searches (${seconds.toFixed(1)} s for the rest): ` +
+      `after ${WARM_UP_SEARCHES} and ${SOAK_SEARCHES} searches on ${threads} thread(s) (${seconds.toFixed(1)} s for the rest): ` +
         `page JS heap ${megabytes(start.jsHeap)} -> ${megabytes(end.jsHeap)}, ` +
         `worker JS heap ${megabytes(start.workerHeap)} -> ${megabytes(end.workerHeap)}, ` +
         `wasm memory ${megabytes(start.wasm)} -> ${megabytes(end.wasm)}`,
