@@ -1,69 +1,16 @@
 // Runs in the benchmark page: times tract-wasm (otlens Model.run_tensor) and onnxruntime-web
-// (wasm backend) on the same ONNX files and the same input tensor, one thread each, and the WebGPU
-// module (otlens_gpu GpuEmbedder) when the browser has an adapter.
-// bench/run.mjs serves /pkg/ (www/pkg), /ort/ (onnxruntime-web's dist), /models/N and /catalog/.
+// (wasm backend) on the same ONNX files and the same input tensor, one thread each, then on one thread
+// per core in a worker (threads.mjs), and the WebGPU module (otlens_gpu GpuEmbedder) when the browser
+// has an adapter.
+// bench/run.mjs serves /pkg/ and /pkg-threads/ (www/), /ort/ (onnxruntime-web's dist), /models/N and
+// /catalog/, all cross-origin isolated.
 
 import init, { Lens, Model, gpuPlan } from "/pkg/otlens.js";
 import * as ort from "/ort/ort.wasm.min.mjs";
 
+import { cosine, fetchBytes, inputTensor, median, timeOrt, timeRuns, timeRunsAsync } from "./common.mjs";
+
 const log = (line) => (document.getElementById("log").textContent += `${line}\n`);
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-}
-
-/** Deterministic input, the same for both runtimes (values in the normalised-image range). */
-function inputTensor(size) {
-  const tensor = new Float32Array(3 * size * size);
-  let state = 12345;
-  for (let i = 0; i < tensor.length; i++) {
-    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
-    tensor[i] = (state / 2 ** 32) * 4 - 2;
-  }
-  return tensor;
-}
-
-function timeRuns(run, warmup, runs) {
-  for (let i = 0; i < warmup; i++) run();
-  const times = [];
-  for (let i = 0; i < runs; i++) {
-    const started = performance.now();
-    run();
-    times.push(performance.now() - started);
-  }
-  return times;
-}
-
-async function timeRunsAsync(run, warmup, runs) {
-  for (let i = 0; i < warmup; i++) await run();
-  const times = [];
-  for (let i = 0; i < runs; i++) {
-    const started = performance.now();
-    await run();
-    times.push(performance.now() - started);
-  }
-  return times;
-}
-
-function cosine(a, b) {
-  let dot = 0;
-  let normA = 0;
-  let normB = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    normA += a[i] * a[i];
-    normB += b[i] * b[i];
-  }
-  return dot / Math.sqrt(normA * normB);
-}
-
-async function fetchBytes(url) {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
-  return new Uint8Array(await response.arrayBuffer());
-}
 
 async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs, gpu }) {
   const [bytes, compiledBytes] = await Promise.all([fetchBytes(onnxUrl), fetchBytes(compiledUrl)]);
@@ -78,29 +25,16 @@ async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs, gpu })
   model.free();
   const webgpu = gpu && (await benchGpu(compiledBytes, input, tractOutput, gpu));
 
-  started = performance.now();
-  const session = await ort.InferenceSession.create(bytes, {
-    executionProviders: ["wasm"],
-    graphOptimizationLevel: "all",
-  });
-  const ortLoadMs = performance.now() - started;
-  const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", input, [1, 3, size, size]) };
-  let ortOutput;
-  const ortTimes = await timeRunsAsync(
-    async () => (ortOutput = (await session.run(feeds))[session.outputNames[0]].data),
-    warmup,
-    runs,
-  );
-  await session.release();
+  const onOrt = await timeOrt(ort, bytes, input, { warmup, runs });
 
   const result = {
     name,
     size,
     tract_ms: median(tractTimes),
-    ort_ms: median(ortTimes),
+    ort_ms: onOrt.ms,
     tract_load_ms: tractLoadMs,
-    ort_load_ms: ortLoadMs,
-    agreement: cosine(tractOutput, ortOutput),
+    ort_load_ms: onOrt.loadMs,
+    agreement: cosine(tractOutput, onOrt.output),
     webgpu,
   };
   log(JSON.stringify(result));
@@ -158,6 +92,26 @@ async function benchSearch(photoUrl, { warmup, runs }) {
   };
 }
 
+/**
+ * The models on `threads` threads in a worker (threads.mjs), as the widget runs on a cross-origin isolated page;
+ * null and why when this page is not isolated or the multi-threaded module is not built.
+ */
+async function benchThreads(models, { warmup, runs, threads }) {
+  if (!self.crossOriginIsolated) return [null, "the page is not cross-origin isolated"];
+  if (!(await fetch("/pkg-threads/otlens_bg.wasm", { method: "HEAD" })).ok) {
+    return [null, "no multi-threaded module (www/pkg-threads: ./build.sh build)"];
+  }
+  const worker = new Worker("/threads.mjs", { type: "module" });
+  const answer = await new Promise((done) => {
+    worker.onmessage = ({ data }) => done(data);
+    worker.onerror = (event) => done({ error: event.message });
+    worker.postMessage({ models, threads, warmup, runs });
+  });
+  worker.terminate();
+  if (answer.error) throw new Error(`the threads benchmark failed: ${answer.error}`);
+  return [answer.results, `${threads} threads`];
+}
+
 /** Called by bench/run.mjs through page.evaluate. */
 window.runBenchmark = async ({ models, photoUrl, warmup, runs, gpuRuns }) => {
   await init({ module_or_path: "/pkg/otlens_bg.wasm" });
@@ -168,8 +122,13 @@ window.runBenchmark = async ({ models, photoUrl, warmup, runs, gpuRuns }) => {
   const results = [];
   for (const model of models) results.push(await benchModel(model, { warmup, runs, gpu }));
   const search = photoUrl ? await benchSearch(photoUrl, { warmup, runs }) : null;
+  // As many as the widget takes: one per core, at most 4.
+  const threads = Math.min(navigator.hardwareConcurrency || 1, 4);
+  const [threaded, threadsNote] = threads > 1 ? await benchThreads(models, { warmup, runs, threads }) : [null, "one core"];
   return {
     results,
+    threaded,
+    threadsNote,
     search,
     gpuNote,
     userAgent: navigator.userAgent,

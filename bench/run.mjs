@@ -107,6 +107,9 @@ function serve(routes, files) {
       ...(partial ? { "Content-Range": `bytes ${start}-${end - 1}/${size}` } : {}),
       // The demo site is served as a static host would: cacheable, so a second visit is a warm cache.
       ...(path.startsWith(SITE) ? { "Cache-Control": "max-age=3600" } : {}),
+      // Cross-origin isolated, as `otlens serve` and the README ask of a shop: the widget runs on several threads.
+      "Cross-Origin-Opener-Policy": "same-origin",
+      "Cross-Origin-Embedder-Policy": "require-corp",
     });
     response.end(body);
   });
@@ -115,12 +118,22 @@ function serve(routes, files) {
   return new Promise((done) => server.listen(0, "127.0.0.1", () => done(server)));
 }
 
-/** Opens `url` in a new page and waits for the widget's otlens-ready: the page, when (ms) and its detail. */
-async function openReady(context, url, timeout) {
+/**
+ * Opens `url` in a new page and waits for the widget's otlens-ready: the page, when (ms) and its detail. With
+ * `oneThread`, the page's widget gets threads="off" before it starts.
+ */
+async function openReady(context, url, timeout, { oneThread = false } = {}) {
   const page = await context.newPage();
-  await page.addInitScript(() => {
+  await page.addInitScript((oneThread) => {
     addEventListener("otlens-ready", (event) => (window.otlensReady ??= { at: performance.now(), ...event.detail }));
-  });
+    // The element is parsed before the otlens.js module defines it, and observers run before modules do.
+    if (oneThread) {
+      new MutationObserver(() => document.querySelector("ot-lens")?.setAttribute("threads", "off")).observe(
+        document,
+        { childList: true, subtree: true },
+      );
+    }
+  }, oneThread);
   await page.goto(url);
   await page.waitForFunction(() => window.otlensReady !== undefined, null, { timeout });
   return { page, ready: await page.evaluate(() => window.otlensReady) };
@@ -142,8 +155,8 @@ async function timeToReady(context, url, visits = 5) {
  * The demo page on a large catalog: ms from handing the widget a photo (`search(blob)`: decode,
  * preprocess, embed, search, render) to the frame after its results are in the page.
  */
-async function endToEnd(context, url, { warmup, runs }) {
-  const { page, ready } = await openReady(context, url, 300_000);
+async function endToEnd(context, url, { warmup, runs }, { oneThread = false } = {}) {
+  const { page, ready } = await openReady(context, url, 300_000, { oneThread });
   const measuredRuns = await page.evaluate(
     async ({ warmup, runs }) => {
       const lens = document.querySelector("ot-lens");
@@ -177,6 +190,7 @@ async function endToEnd(context, url, { warmup, runs }) {
   const part = (name) => quantile(runsMeasured.map((run) => run.timings[name]), 0.5);
   return {
     products: ready.products,
+    threads: ready.threads,
     runs: runsMeasured.length,
     shown: Math.min(...runsMeasured.map((run) => run.shown)),
     p50: quantile(ms, 0.5),
@@ -323,7 +337,13 @@ async function main() {
   files["/photo.jpg"] = DOG_JPG;
   const scaleManifest = options.scale && join(options.scale, "manifest.json");
   if (scaleManifest && !existsSync(scaleManifest)) throw new Error(`--scale: no catalog at ${scaleManifest}`);
-  const routes = { [SITE]: WWW, "/pkg/": join(WWW, "pkg"), "/ort/": ORT_DIST, "/catalog/": join(WWW, "catalog") };
+  const routes = {
+    [SITE]: WWW,
+    "/pkg/": join(WWW, "pkg"),
+    "/pkg-threads/": join(WWW, "pkg-threads"),
+    "/ort/": ORT_DIST,
+    "/catalog/": join(WWW, "catalog"),
+  };
   // The demo page again, on the large catalog (routes match in order: its catalog first).
   if (options.scale) Object.assign(routes, { [`${SCALE}catalog/`]: options.scale, [SCALE]: WWW });
   if (options.ranged && !options.scale) throw new Error("--ranged compares with the whole catalog: pass --scale too");
@@ -373,6 +393,9 @@ async function main() {
     if (options.scale) {
       console.error("end-to-end queries on the large catalog…");
       scaled = await endToEnd(browser.context, `${url}${SCALE.slice(1)}`, options);
+      if (scaled.threads > 1) {
+        scaled.oneThread = await endToEnd(browser.context, `${url}${SCALE.slice(1)}`, options, { oneThread: true });
+      }
     }
     if (options.ranged) {
       console.error("queries on the large catalog, ranged…");
@@ -401,6 +424,20 @@ async function main() {
       r.agreement.toFixed(5),
     ]),
   );
+  console.log(`\nmedian ms per embedding, ${report.threadsNote}, in a worker (the widget's engine on a cross-origin isolated page)\n`);
+  if (report.threaded) {
+    printTable(
+      ["model", "tract-wasm ms", "ort-web ms", "tract/ort", "tract vs its 1 thread", "output cosine"],
+      report.threaded.map((r, i) => [
+        r.name,
+        r.tract_ms.toFixed(1),
+        r.ort_ms.toFixed(1),
+        (r.tract_ms / r.ort_ms).toFixed(2),
+        (r.tract_ms / report.results[i].tract_ms).toFixed(2),
+        r.agreement.toFixed(5),
+      ]),
+    );
+  }
   const onGpu = report.results.filter((r) => r.webgpu);
   console.log(`\nWebGPU module, ${report.gpuNote}: median ms per embedding, ${options.gpuRuns} runs after 1 warm-up\n`);
   if (onGpu.length) {
@@ -442,13 +479,15 @@ async function main() {
       `\nEnd-to-end query on ${scaled.products.toLocaleString("en")} products (demo page, dog.jpg, photo in to ` +
         `${scaled.shown} results painted), ${scaled.runs} runs, ms:\n`,
     );
+    const row = (run) => [
+      `${run.threads}`,
+      ...[run.p50, run.p90, run.p50 / 120, run.worker, run.decode, run.embed, run.search].map((value, column) =>
+        value.toFixed(column === 2 ? 2 : 1),
+      ),
+    ];
     printTable(
-      ["p50", "p90", "p50 / 120 ms target", "worker total", "decode+resize", "embed", "index search"],
-      [
-        [scaled.p50, scaled.p90, scaled.p50 / 120, scaled.worker, scaled.decode, scaled.embed, scaled.search].map(
-          (value, column) => value.toFixed(column === 2 ? 2 : 1),
-        ),
-      ],
+      ["tract threads", "p50", "p90", "p50 / 120 ms target", "worker total", "decode+resize", "embed", "index search"],
+      [row(scaled), ...(scaled.oneThread ? [row(scaled.oneThread)] : [])],
     );
     const { category, search, results } = scaled.filtered;
     console.log(
@@ -462,8 +501,10 @@ async function main() {
 
   console.log("\nDownload sizes:\n");
   const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
+  const threadsWasm = join(WWW, "pkg-threads/otlens_bg.wasm");
   const sized = [
     ["otlens wasm (tract)", wasmPath],
+    ...(existsSync(threadsWasm) ? [["otlens multi-threaded wasm (isolated pages)", threadsWasm]] : []),
     ["otlens WebGPU module (with an adapter only)", join(WWW, "pkg/otlens_gpu_bg.wasm")],
     ["onnxruntime-web wasm", ortWasm],
     ...options.models.flatMap((path, i) => [
