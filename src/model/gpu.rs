@@ -118,6 +118,14 @@ impl Lowering {
         output
     }
 
+    /// The value of a one-element constant.
+    fn scalar(&self, tensor: TensorId) -> Option<f32> {
+        match self.tensors[tensor].source {
+            Source::Constant(offset) if self.tensors[tensor].len() == 1 => Some(self.constants[offset]),
+            _ => None,
+        }
+    }
+
     fn shape(&self, tensor: TensorId) -> &[usize] {
         &self.tensors[tensor].shape
     }
@@ -224,7 +232,8 @@ impl Lowering {
 
     /// Every tensor is f32 on the GPU, so a cast only has to reproduce the target type's values.
     fn cast(&mut self, node: &TypedNode, to: DatumType, input: TensorId, shape: Vec<usize>) -> Result<TensorId> {
-        let op = match to {
+        // A quantised type's values are its integer codes.
+        let op = match to.unquantized() {
             DatumType::Bool => UnaryOp::CastToBool,
             DatumType::I8 => integer_cast(i8::MIN as f32, i8::MAX as f32),
             DatumType::U8 => integer_cast(0.0, u8::MAX as f32),
@@ -261,17 +270,45 @@ impl Lowering {
     }
 
     fn conv(&mut self, node: &TypedNode, conv: &Conv, inputs: &[TensorId], shape: Vec<usize>) -> Result<TensorId> {
-        if conv.q_params.is_some() {
-            return Err(unsupported(node, "it is a quantised convolution"));
-        }
         if conv.kernel_fmt != KernelFormat::OIHW {
             return Err(unsupported(node, format!("{:?} weights", conv.kernel_fmt)));
         }
-        let [input, weights, ..] = inputs[..] else {
+        let [mut input, weights, ..] = inputs[..] else {
             return Err(unsupported(node, "it has no weights"));
         };
+        let mut bias = inputs.get(2).copied();
+        if let Some(output) = conv.q_params {
+            // The integer convolutions `otlens compile` writes: `Σ (x - x0) * w` in i32, every
+            // scale 1 and the other zero points 0. In f32 the sums of up to 2^24 are exact.
+            let [_, _, integer_bias, x0, x_scale, k0, k_scale, y0, y_scale] = inputs[..] else {
+                return Err(unsupported(
+                    node,
+                    "it is a quantised convolution without its parameters",
+                ));
+            };
+            let plain = [
+                (integer_bias, 0.0),
+                (x_scale, 1.0),
+                (k0, 0.0),
+                (k_scale, 1.0),
+                (y0, 0.0),
+                (y_scale, 1.0),
+            ]
+            .into_iter()
+            .all(|(tensor, wanted)| self.scalar(tensor) == Some(wanted));
+            if output != DatumType::I32 || !plain || self.scalar(x0).is_none() {
+                return Err(unsupported(node, "it is a quantised convolution with scales"));
+            }
+            let shape = self.shape(input).to_vec();
+            input = self.computed(shape, |output| Step::Binary {
+                op: BinaryOp::Sub,
+                a: input,
+                b: x0,
+                output,
+            });
+            bias = None;
+        }
         let geometry = window(node, &conv.pool_spec, self.shape(input))?;
-        let bias = inputs.get(2).copied();
         let groups = conv.group;
         Ok(self.computed(shape, |output| Step::Conv {
             input,

@@ -14,12 +14,15 @@ use std::path::Path;
 
 use flate2::read::GzDecoder;
 use tract_nnef::ast::parse::parse_document;
+use tract_nnef::ast::quant::parse_quantization;
 use tract_nnef::ast::ProtoModel;
 use tract_nnef::framework::stdlib;
 use tract_nnef::internal::*;
-use tract_nnef::resource::{resource_path_to_id, GRAPH_NNEF_FILENAME};
+use tract_nnef::ops::nnef::deser::read_conv_parameters;
+use tract_nnef::resource::{resource_path_to_id, GRAPH_NNEF_FILENAME, GRAPH_QUANT_FILENAME};
 use tract_nnef::tensors::read_tensor;
 use tract_nnef::tract_core::ops::cast::Cast;
+use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_nnef::tract_core::ops::element_wise::ElementWiseOp;
 use tract_nnef::tract_core::ops::math::{PowConst, RoundHalfToEven};
 use tract_nnef::tract_core::ops::Downsample;
@@ -35,6 +38,7 @@ pub fn read(archive: &[u8]) -> TractResult<TypedModel> {
         Box::new(archive)
     };
     let mut graph = None;
+    let mut quantization = None;
     let mut tensors = HashMap::new();
     for entry in tar::Archive::new(unpacked).entries()? {
         let mut entry = entry?;
@@ -46,11 +50,17 @@ pub fn read(archive: &[u8]) -> TractResult<TypedModel> {
             graph = Some(text);
             continue;
         }
+        if path == Path::new(GRAPH_QUANT_FILENAME) {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            quantization = Some(parse_quantization(&text)?.into_iter().collect());
+            continue;
+        }
         let tensor = match path.extension().and_then(|extension| extension.to_str()) {
             Some("dat") => read_tensor(&mut entry),
             Some(Q8_EXTENSION) => read_int8_weights(&mut entry),
             _ if entry.header().entry_type().is_file() => {
-                bail!("unexpected file {path:?}: a compiled model holds graph.nnef, .dat and .q8 files")
+                bail!("unexpected file {path:?}: a compiled model holds graph.nnef, graph.quant, .dat and .q8 files")
             }
             _ => continue,
         };
@@ -61,14 +71,14 @@ pub fn read(archive: &[u8]) -> TractResult<TypedModel> {
     let proto = ProtoModel {
         doc: parse_document(&graph)?,
         tensors,
-        quantization: None,
+        quantization,
         resources: HashMap::new(),
     };
     framework().model_for_proto_model(&proto)
 }
 
-/// The operators compiled models may use. There is no `graph.quant`: compiling spells
-/// quantisation out in plain arithmetic, so compiled graphs carry no quantised types.
+/// The operators compiled models may use. Compiling spells quantisation out in plain
+/// arithmetic, except in integer convolutions, whose u8 and i8 operands `graph.quant` types.
 fn framework() -> Nnef {
     Nnef {
         stdlib: stdlib(),
@@ -104,6 +114,28 @@ fn tract_core_subset() -> Registry {
         load_downsample,
     );
     registry.register_primitive(
+        "tract_core_qconv",
+        &[
+            TypeName::Scalar.tensor().named("input"),
+            TypeName::Scalar.tensor().named("filter"),
+            TypeName::Scalar.tensor().named("bias").default(0),
+            TypeName::Integer.spec().named("group"),
+            TypeName::Integer.array().named("dilation"),
+            TypeName::Integer.array().named("stride"),
+            TypeName::Integer.array().array().named("padding"),
+            TypeName::String.spec().named("border"),
+            TypeName::Integer.spec().named("a0"),
+            TypeName::Scalar.spec().named("a_scale"),
+            TypeName::Integer.spec().named("b0"),
+            TypeName::Scalar.spec().named("b_scale"),
+            TypeName::Integer.spec().named("c0"),
+            TypeName::Scalar.spec().named("c_scale"),
+            TypeName::String.spec().named("output_dt").default(""),
+        ],
+        &[("output", TypeName::Scalar.tensor())],
+        load_qconv,
+    );
+    registry.register_primitive(
         "tract_core_pow_const",
         &[
             TypeName::Scalar.tensor().named("input"),
@@ -127,6 +159,30 @@ fn load_downsample(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) 
     let stride = invocation.named_arg_as::<i64>(builder, "stride")? as isize;
     let modulo = invocation.named_arg_as(builder, "modulo")?;
     builder.wire(Downsample { axis, stride, modulo }, &[input])
+}
+
+/// tract-nnef's loader, for the form `otlens compile` writes: every parameter given, the
+/// output type named.
+fn load_qconv(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let input: OutletId = invocation.named_arg_as(builder, "input")?;
+    let filter: OutletId = invocation.named_arg_as(builder, "filter")?;
+    let bias: OutletId = invocation.named_arg_as(builder, "bias")?;
+    let input_fact = builder.model.outlet_fact(input)?.clone();
+    let filter_shape = builder.model.outlet_fact(filter)?.shape.clone();
+    let filter_shape = filter_shape.as_concrete().context("the filter's shape is not fixed")?;
+    let (group, pool_spec) = read_conv_parameters(builder, invocation, filter_shape, &input_fact)?;
+    // tract_core_qconv names the filter's parameters a and the input's b; Conv takes the
+    // input's first.
+    let mut inputs = tvec!(input, filter, bias);
+    for name in ["b0", "b_scale", "a0", "a_scale", "c0", "c_scale"] {
+        let mut value: OutletId = invocation.named_arg_as(builder, name)?;
+        if name.ends_with('0') {
+            value = builder.wire_as_outlets(Cast { to: i32::datum_type() }, &[value])?[0];
+        }
+        inputs.push(value);
+    }
+    let output: DatumType = invocation.named_arg_as::<String>(builder, "output_dt")?.parse()?;
+    builder.wire(Conv::new(pool_spec, KernelFormat::OIHW, group, Some(output)), &inputs)
 }
 
 fn load_pow_const(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {

@@ -1,12 +1,13 @@
-//! `otlens compile`: the widget's model file (NNEF, int8 weights kept) embeds exactly like
-//! the ONNX file it came from, names that file, and is the same bytes every time.
+//! `otlens compile`: the widget's model file (NNEF, int8 weights kept) embeds like the ONNX
+//! file it came from (exactly, bar int8 activations), names that file, and is the same bytes
+//! every time.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use otlens::import::{self, Arch};
-use otlens::model::{self, sha256_hex, Embedder};
+use otlens::model::{self, cosine, sha256_hex, Embedder};
 use otlens::preprocess::DecodeLimits;
 
 const DARKNET_PHOTOS: &str = "/usr/share/darknet/data";
@@ -55,20 +56,33 @@ fn compiled_models_embed_exactly_like_their_onnx() {
 
         let size = from_onnx.info().input.size as usize;
         let tensor: Vec<f32> = (0..3 * size * size).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect();
-        assert_eq!(
-            from_compiled.embed_tensor(tensor.clone()).unwrap(),
-            from_onnx.embed_tensor(tensor).unwrap(),
-            "{name}"
+        assert_embeds_like(
+            name,
+            &from_compiled.embed_tensor(tensor.clone()).unwrap(),
+            &from_onnx.embed_tensor(tensor).unwrap(),
         );
         for photo in &photos {
             let bytes = std::fs::read(photo).unwrap();
-            assert_eq!(
-                from_compiled.embed_photo(&bytes, &limits).unwrap(),
-                from_onnx.embed_photo(&bytes, &limits).unwrap(),
-                "{name} on {}",
-                photo.display()
+            assert_embeds_like(
+                &format!("{name} on {}", photo.display()),
+                &from_compiled.embed_photo(&bytes, &limits).unwrap(),
+                &from_onnx.embed_photo(&bytes, &limits).unwrap(),
             );
         }
+    }
+}
+
+/// Bit for bit, except where int8 activations meet int8 weights: the compiled model sums
+/// their products exactly in i32 and scales once, tract's QDQ graph sums dequantised f32
+/// values, so an activation may round to the neighbouring code in a later layer (ResNet-18:
+/// cosine 0.999996 on dog.jpg; EfficientNet-Lite0, 16 more rounded layers: 0.9998). The
+/// bound is the one the browser's int8 parity test holds wasm to.
+fn assert_embeds_like(name: &str, compiled: &[f32], onnx: &[f32]) {
+    if name.contains("int8 weights") || name.contains("int8-weights") {
+        assert_eq!(compiled, onnx, "{name}");
+    } else {
+        let similarity = cosine(compiled, onnx);
+        assert!(similarity >= 0.999, "{name}: cosine {similarity}");
     }
 }
 
@@ -90,12 +104,59 @@ fn compiled_resnet18_embeds_exactly_like_its_onnx() {
         let from_onnx = Embedder::from_bytes(onnx).unwrap();
         let from_compiled = Embedder::from_bytes(&model::compile(onnx).unwrap()).unwrap();
         assert_eq!(from_compiled.info(), from_onnx.info(), "{name}");
-        assert_eq!(
-            from_compiled.embed_tensor(tensor.clone()).unwrap(),
-            from_onnx.embed_tensor(tensor.clone()).unwrap(),
-            "{name}"
+        assert_embeds_like(
+            name,
+            &from_compiled.embed_tensor(tensor.clone()).unwrap(),
+            &from_onnx.embed_tensor(tensor.clone()).unwrap(),
         );
     }
+}
+
+/// The int8 model's convolutions run on tract's integer kernels: in the compiled graph as
+/// integer convolutions on the quantised codes, none left on dequantised values, except
+/// the depthwise ones.
+#[test]
+fn int8_convolutions_compile_to_integer_ones() {
+    let spec = Arch::ResNet18.input_spec();
+    let size = spec.size as usize;
+    let tensor: Vec<f32> = (0..3 * size * size).map(|i| (i % 241) as f32 / 120.0 - 1.0).collect();
+    let imported = import::import(
+        Arch::ResNet18,
+        &import::random_resnet18(1),
+        false,
+        std::slice::from_ref(&tensor),
+    )
+    .unwrap();
+    let graph = graph_text(&model::compile(&imported.int8).unwrap());
+    let integer = graph.matches("= tract_core_qconv(").count();
+    let float = graph.matches("= conv(").count();
+    assert_eq!((integer, float), (17, 0), "ResNet-18 has 17 3x3 and 7x7 convolutions");
+    let graph = graph_text(&model::compile(&imported.int8_weights).unwrap());
+    assert_eq!(
+        graph.matches("= tract_core_qconv(").count(),
+        0,
+        "int8 weights, f32 activations"
+    );
+
+    let graph = graph_text(&model::compile(&committed("efficientnet-lite0-int8.onnx")).unwrap());
+    assert_eq!(graph.matches("= tract_core_qconv(").count(), 1, "the stem");
+    assert!(
+        graph.matches("= conv(").count() >= 16,
+        "depthwise convolutions stay f32"
+    );
+}
+
+fn graph_text(archive: &[u8]) -> String {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut graph = tar
+        .entries()
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|entry| entry.path().unwrap().to_str() == Some("graph.nnef"))
+        .unwrap();
+    let mut text = String::new();
+    graph.read_to_string(&mut text).unwrap();
+    text
 }
 
 #[test]
