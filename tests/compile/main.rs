@@ -86,12 +86,9 @@ fn assert_embeds_like(name: &str, compiled: &[f32], onnx: &[f32]) {
     }
 }
 
-/// ResNet-18 brings operators EfficientNet-Lite0 does not (max pooling, the downsampling tract
-/// makes of strided 1x1 convolutions): the widget's reader must know them too.
-#[test]
-fn compiled_resnet18_embeds_exactly_like_its_onnx() {
-    let spec = Arch::ResNet18.input_spec();
-    let size = spec.size as usize;
+/// A ResNet-18 with random weights, imported (int8 calibrated on) a synthetic input, and that input.
+fn random_resnet18() -> (import::Imported, Vec<f32>) {
+    let size = Arch::ResNet18.input_spec().size as usize;
     let tensor: Vec<f32> = (0..3 * size * size).map(|i| (i % 241) as f32 / 120.0 - 1.0).collect();
     let imported = import::import(
         Arch::ResNet18,
@@ -100,6 +97,14 @@ fn compiled_resnet18_embeds_exactly_like_its_onnx() {
         std::slice::from_ref(&tensor),
     )
     .unwrap();
+    (imported, tensor)
+}
+
+/// ResNet-18 brings operators EfficientNet-Lite0 does not (max pooling, the downsampling tract
+/// makes of strided 1x1 convolutions): the widget's reader must know them too.
+#[test]
+fn compiled_resnet18_embeds_exactly_like_its_onnx() {
+    let (imported, tensor) = random_resnet18();
     for (name, onnx) in [("int8", &imported.int8), ("int8 weights", &imported.int8_weights)] {
         let from_onnx = Embedder::from_bytes(onnx).unwrap();
         let from_compiled = Embedder::from_bytes(&model::compile(onnx).unwrap()).unwrap();
@@ -117,16 +122,7 @@ fn compiled_resnet18_embeds_exactly_like_its_onnx() {
 /// the depthwise ones.
 #[test]
 fn int8_convolutions_compile_to_integer_ones() {
-    let spec = Arch::ResNet18.input_spec();
-    let size = spec.size as usize;
-    let tensor: Vec<f32> = (0..3 * size * size).map(|i| (i % 241) as f32 / 120.0 - 1.0).collect();
-    let imported = import::import(
-        Arch::ResNet18,
-        &import::random_resnet18(1),
-        false,
-        std::slice::from_ref(&tensor),
-    )
-    .unwrap();
+    let (imported, _) = random_resnet18();
     let graph = graph_text(&model::compile(&imported.int8).unwrap());
     let integer = graph.matches("= tract_core_qconv(").count();
     let float = graph.matches("= conv(").count();
