@@ -212,7 +212,7 @@ fn int8_kernel(model: &TypedModel, kernel: OutletId) -> TractResult<Option<(Tens
 /// the codes are only a rounding: spells each quantise-dequantise pair in f32,
 /// `clamp(round_half_even(x * inverse_scale), low - zero_point, high - zero_point) * scale`,
 /// the same numbers without the two casts (every intermediate is a small integer, exact in
-/// f32), and leaves the codes to the integer convolutions that read them too, if any.
+/// f32), unless integer convolutions read the same codes.
 fn fake_quantisation(model: &mut TypedModel) -> TractResult<()> {
     for id in 0..model.nodes().len() {
         let node = model.node(id);
@@ -228,7 +228,12 @@ fn fake_quantisation(model: &mut TypedModel) -> TractResult<()> {
         else {
             continue;
         };
-        if quantised_zero_point != zero_point || model.outlet_fact(quantise.inputs[0])?.datum_type != f32::datum_type()
+        // Codes an integer convolution reads too are computed anyway: dequantising them (a
+        // cast and a product) is cheaper than rounding the activations a second time.
+        let codes_read_elsewhere = quantise.outputs[0].successors.len() > 1;
+        if codes_read_elsewhere
+            || quantised_zero_point != zero_point
+            || model.outlet_fact(quantise.inputs[0])?.datum_type != f32::datum_type()
         {
             continue;
         }
