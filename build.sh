@@ -22,6 +22,7 @@ PATCHED_CRATES=(
   "tract-nnef-0.23.9 3bdfc2f17d10eaf04d27f7a2d7b45e3dc41ffd0bc6c1e48d87636d7e960d441d"
   "tract-linalg-0.23.9 ca57ed3a2f6293e7866c6ceed7c6ca3413b4e083a892a00a79f5e9b607154982"
   "tract-data-0.23.9 27082b8906ef417d17a7da29beb6d9b42fdf5bb22bd83b7007f43039747a5121"
+  "tract-core-0.23.9 bb76580817f14ceb9f054d3732c1d09575940e88fa5bbfc85c3eae34482bb089"
 )
 PORT=${PORT:-8080}
 # The multi-threaded module's memory: imported and shared (the workers all use it), at most 2 GiB;
