@@ -1,5 +1,6 @@
 // Runs in the benchmark page: times tract-wasm (otlens Model.run_tensor) and onnxruntime-web
-// (wasm backend) on the same ONNX files and the same input tensor, one thread each, then on one thread
+// (wasm backend) on the same ONNX files and the same input tensor, their runs interleaved, one thread each,
+// then on one thread
 // per core in a worker (threads.mjs), and the WebGPU module (otlens_gpu GpuEmbedder) when the browser
 // has an adapter.
 // bench/run.mjs serves /pkg/ and /pkg-threads/ (www/), /ort/ (onnxruntime-web's dist), /models/N and
@@ -8,33 +9,44 @@
 import init, { Lens, Model, gpuPlan } from "/pkg/otlens.js";
 import * as ort from "/ort/ort.wasm.min.mjs";
 
-import { cosine, fetchBytes, inputTensor, median, timeOrt, timeRuns, timeRunsAsync } from "./common.mjs";
+import {
+  cosine,
+  fetchBytes,
+  inputTensor,
+  median,
+  openOrt,
+  timeInterleaved,
+  timeRuns,
+  timeRunsAsync,
+} from "./common.mjs";
 
 const log = (line) => (document.getElementById("log").textContent += `${line}\n`);
 
 async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs, gpu }) {
   const [bytes, compiledBytes] = await Promise.all([fetchBytes(onnxUrl), fetchBytes(compiledUrl)]);
 
-  let started = performance.now();
+  const started = performance.now();
   const model = new Model(compiledBytes);
   const tractLoadMs = performance.now() - started;
   const { size } = model.info().input;
   const input = inputTensor(size);
-  let tractOutput;
-  const tractTimes = timeRuns(() => (tractOutput = model.run_tensor(input)), warmup, runs);
+  const onOrt = await openOrt(ort, bytes);
+  const [tract, ortRuns] = await timeInterleaved([async () => model.run_tensor(input), () => onOrt.run(input)], {
+    warmup,
+    runs,
+  });
   model.free();
-  const webgpu = gpu && (await benchGpu(compiledBytes, input, tractOutput, gpu));
-
-  const onOrt = await timeOrt(ort, bytes, input, { warmup, runs });
+  await onOrt.release();
+  const webgpu = gpu && (await benchGpu(compiledBytes, input, tract.output, gpu));
 
   const result = {
     name,
     size,
-    tract_ms: median(tractTimes),
-    ort_ms: onOrt.ms,
+    tract_ms: tract.ms,
+    ort_ms: ortRuns.ms,
     tract_load_ms: tractLoadMs,
     ort_load_ms: onOrt.loadMs,
-    agreement: cosine(tractOutput, onOrt.output),
+    agreement: cosine(tract.output, ortRuns.output),
     webgpu,
   };
   log(JSON.stringify(result));

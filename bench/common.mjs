@@ -58,10 +58,10 @@ export async function fetchBytes(url) {
 }
 
 /**
- * onnxruntime-web (`ort`, its wasm backend) on the ONNX file `bytes` and the 1x3xSxS `input`, with `threads`
- * threads within each operator: the session's load ms, the median ms per run and the last output.
+ * An onnxruntime-web (`ort`, its wasm backend) session on the ONNX file `bytes`, with `threads` threads within
+ * each operator: its load ms, `run(input)` (a 1x3xSxS tensor in, the output's data out) and `release()`.
  */
-export async function timeOrt(ort, bytes, input, { warmup, runs, threads = 1 }) {
+export async function openOrt(ort, bytes, { threads = 1 } = {}) {
   const started = performance.now();
   const session = await ort.InferenceSession.create(bytes, {
     executionProviders: ["wasm"],
@@ -69,14 +69,41 @@ export async function timeOrt(ort, bytes, input, { warmup, runs, threads = 1 }) 
     intraOpNumThreads: threads,
   });
   const loadMs = performance.now() - started;
-  const size = Math.sqrt(input.length / 3);
-  const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", input, [1, 3, size, size]) };
-  let output;
-  const times = await timeRunsAsync(
-    async () => (output = (await session.run(feeds))[session.outputNames[0]].data),
-    warmup,
-    runs,
-  );
-  await session.release();
-  return { loadMs, ms: median(times), output };
+  return {
+    loadMs,
+    async run(input) {
+      const size = Math.sqrt(input.length / 3);
+      const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", input, [1, 3, size, size]) };
+      return (await session.run(feeds))[session.outputNames[0]].data;
+    },
+    release: () => session.release(),
+  };
+}
+
+const pause = (ms) => new Promise((done) => setTimeout(done, ms));
+
+/**
+ * Times runtimes on the same model in alternating blocks of `block` runs, each block after a pause: a burst of
+ * load on a shared machine then falls on every side alike. (Timed one after the other, the two-thread ratios
+ * moved by up to 25 % between runs.) The pause lets onnxruntime's threads go idle before the next block, and
+ * each runtime leads in turn. `runners`: async functions returning an output. Per runner: the median ms per
+ * run and its last output.
+ */
+export async function timeInterleaved(runners, { warmup, runs, block = 2, pauseMs = 50 }) {
+  const outputs = [];
+  for (const [i, run] of runners.entries()) for (let w = 0; w < warmup; w++) outputs[i] = await run();
+  const times = runners.map(() => []);
+  for (let round = 0; times[0].length < runs; round++) {
+    const count = Math.min(block, runs - times[0].length);
+    for (let turn = 0; turn < runners.length; turn++) {
+      const i = (round + turn) % runners.length;
+      await pause(pauseMs);
+      for (let r = 0; r < count; r++) {
+        const started = performance.now();
+        outputs[i] = await runners[i]();
+        times[i].push(performance.now() - started);
+      }
+    }
+  }
+  return times.map((t, i) => ({ ms: median(t), output: outputs[i] }));
 }

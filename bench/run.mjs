@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Browser benchmark: median ms per embedding for tract-wasm (otlens, running each ONNX file
-// compiled by `otlens compile`) and onnxruntime-web (wasm, 1 thread, the ONNX file itself),
+// compiled by `otlens compile`) and onnxruntime-web (wasm, 1 thread, the ONNX file itself), their runs
+// interleaved, then the same on one thread per core,
 // search timings on the demo catalog, and download sizes. With --scale DIR (a catalog written by
 // `otlens demo scale`), the end-to-end query time on it: photo in, results painted. Chromium runs
 // with WebGPU on: the WebGPU module is timed on each model too (--gpu-runs runs after one warm-up;
