@@ -1,8 +1,7 @@
 // Runs in the benchmark page: times tract-wasm (otlens Model.run_tensor) and onnxruntime-web
-// (wasm backend) on the same ONNX files and the same input tensor, their runs interleaved, one thread each,
-// then on one thread
-// per core in a worker (threads.mjs), and the WebGPU module (otlens_gpu GpuEmbedder) when the browser
-// has an adapter.
+// (wasm backend) on the same ONNX files and the same input tensor, their runs interleaved, one thread
+// each, then on one thread per core in a worker (threads.mjs), and the WebGPU module (otlens_gpu
+// GpuEmbedder) when the browser has an adapter.
 // bench/run.mjs serves /pkg/ and /pkg-threads/ (www/), /ort/ (onnxruntime-web's dist), /models/N and
 // /catalog/, all cross-origin isolated.
 
