@@ -8,46 +8,20 @@
 import init, { Lens, Model, gpuPlan } from "/pkg/otlens.js";
 import * as ort from "/ort/ort.wasm.min.mjs";
 
-import {
-  cosine,
-  fetchBytes,
-  inputTensor,
-  median,
-  openOrt,
-  timeInterleaved,
-  timeRuns,
-  timeRunsAsync,
-} from "./common.mjs";
+import { cosine, fetchBytes, median, timeRuns, timeRunsAsync, timeTractAndOrt } from "./common.mjs";
 
 const log = (line) => (document.getElementById("log").textContent += `${line}\n`);
 
 async function benchModel({ name, onnxUrl, compiledUrl }, { warmup, runs, gpu }) {
-  const [bytes, compiledBytes] = await Promise.all([fetchBytes(onnxUrl), fetchBytes(compiledUrl)]);
-
-  const started = performance.now();
-  const model = new Model(compiledBytes);
-  const tractLoadMs = performance.now() - started;
-  const { size } = model.info().input;
-  const input = inputTensor(size);
-  const onOrt = await openOrt(ort, bytes);
-  const [tract, ortRuns] = await timeInterleaved([async () => model.run_tensor(input), () => onOrt.run(input)], {
-    warmup,
-    runs,
-  });
-  model.free();
-  await onOrt.release();
-  const webgpu = gpu && (await benchGpu(compiledBytes, input, tract.output, gpu));
-
-  const result = {
-    name,
-    size,
-    tract_ms: tract.ms,
-    ort_ms: ortRuns.ms,
-    tract_load_ms: tractLoadMs,
-    ort_load_ms: onOrt.loadMs,
-    agreement: cosine(tract.output, ortRuns.output),
-    webgpu,
-  };
+  const [onnxBytes, compiledBytes] = await Promise.all([fetchBytes(onnxUrl), fetchBytes(compiledUrl)]);
+  const { input, tractOutput, ...timed } = await timeTractAndOrt(
+    Model,
+    ort,
+    { compiledBytes, onnxBytes },
+    { warmup, runs },
+  );
+  const webgpu = gpu && (await benchGpu(compiledBytes, input, tractOutput, gpu));
+  const result = { name, ...timed, webgpu };
   log(JSON.stringify(result));
   return result;
 }

@@ -61,7 +61,7 @@ export async function fetchBytes(url) {
  * An onnxruntime-web (`ort`, its wasm backend) session on the ONNX file `bytes`, with `threads` threads within
  * each operator: its load ms, `run(input)` (a 1x3xSxS tensor in, the output's data out) and `release()`.
  */
-export async function openOrt(ort, bytes, { threads = 1 } = {}) {
+async function openOrt(ort, bytes, threads) {
   const started = performance.now();
   const session = await ort.InferenceSession.create(bytes, {
     executionProviders: ["wasm"],
@@ -89,7 +89,7 @@ const pause = (ms) => new Promise((done) => setTimeout(done, ms));
  * each runtime leads in turn. `runners`: async functions returning an output. Per runner: the median ms per
  * run and its last output.
  */
-export async function timeInterleaved(runners, { warmup, runs, block = 2, pauseMs = 50 }) {
+async function timeInterleaved(runners, { warmup, runs, block = 2, pauseMs = 50 }) {
   const outputs = [];
   for (const [i, run] of runners.entries()) for (let w = 0; w < warmup; w++) outputs[i] = await run();
   const times = runners.map(() => []);
@@ -106,4 +106,34 @@ export async function timeInterleaved(runners, { warmup, runs, block = 2, pauseM
     }
   }
   return times.map((t, i) => ({ ms: median(t), output: outputs[i] }));
+}
+
+/**
+ * One model on tract (`Model`, from the one-thread or the multi-threaded module, as the caller started it) and
+ * on onnxruntime-web, each on `threads` threads, their runs interleaved: the input size, both runtimes' median
+ * ms per run and load ms, the cosine of their outputs, and the input and tract's output for further checks.
+ */
+export async function timeTractAndOrt(Model, ort, { compiledBytes, onnxBytes }, { threads = 1, warmup, runs }) {
+  const started = performance.now();
+  const model = new Model(compiledBytes);
+  const tractLoadMs = performance.now() - started;
+  const { size } = model.info().input;
+  const input = inputTensor(size);
+  const onOrt = await openOrt(ort, onnxBytes, threads);
+  const [tract, onnxruntime] = await timeInterleaved([async () => model.run_tensor(input), () => onOrt.run(input)], {
+    warmup,
+    runs,
+  });
+  model.free();
+  await onOrt.release();
+  return {
+    size,
+    tract_ms: tract.ms,
+    ort_ms: onnxruntime.ms,
+    tract_load_ms: tractLoadMs,
+    ort_load_ms: onOrt.loadMs,
+    agreement: cosine(tract.output, onnxruntime.output),
+    input,
+    tractOutput: tract.output,
+  };
 }

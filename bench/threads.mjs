@@ -5,7 +5,7 @@
 import init, { Model, initThreadPool, useThreadPool } from "/pkg-threads/otlens.js";
 import * as ort from "/ort/ort.wasm.min.mjs";
 
-import { cosine, fetchBytes, inputTensor, openOrt, timeInterleaved } from "./common.mjs";
+import { fetchBytes, timeTractAndOrt } from "./common.mjs";
 
 self.onmessage = async ({ data: { models, threads, warmup, runs } }) => {
   try {
@@ -17,16 +17,9 @@ self.onmessage = async ({ data: { models, threads, warmup, runs } }) => {
     ort.env.wasm.proxy = false;
     const results = [];
     for (const { name, onnxUrl, compiledUrl } of models) {
-      const model = new Model(await fetchBytes(compiledUrl));
-      const input = inputTensor(model.info().input.size);
-      const onOrt = await openOrt(ort, await fetchBytes(onnxUrl), { threads });
-      const [tract, ortRuns] = await timeInterleaved(
-        [async () => model.run_tensor(input), () => onOrt.run(input)],
-        { warmup, runs },
-      );
-      model.free();
-      await onOrt.release();
-      results.push({ name, tract_ms: tract.ms, ort_ms: ortRuns.ms, agreement: cosine(tract.output, ortRuns.output) });
+      const [onnxBytes, compiledBytes] = await Promise.all([fetchBytes(onnxUrl), fetchBytes(compiledUrl)]);
+      const timed = await timeTractAndOrt(Model, ort, { compiledBytes, onnxBytes }, { threads, warmup, runs });
+      results.push({ name, tract_ms: timed.tract_ms, ort_ms: timed.ort_ms, agreement: timed.agreement });
     }
     postMessage({ results });
   } catch (error) {
