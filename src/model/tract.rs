@@ -1,6 +1,8 @@
 //! The tract backend: runs on every target, wasm SIMD included.
 
 use std::collections::HashMap;
+#[cfg(feature = "threads")]
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tract_nnef::internal::DimLike;
@@ -9,6 +11,13 @@ use tract_nnef::prelude::*;
 use super::{ModelInfo, META_ARCH, META_INPUT, META_SOURCE_SHA256};
 use crate::preprocess::InputSpec;
 use crate::{Error, Result};
+
+/// Set by the multi-threaded wasm module once rayon's pool runs (`web::use_thread_pool`): each
+/// inference then runs on a thread of the pool. Run from the widget's worker, each parallel
+/// operator was handed to the pool while that worker waited, and the pool's threads, spinning
+/// after each, slowed the serial operators between them: three threads on two cores.
+#[cfg(feature = "threads")]
+pub static RUN_ON_THREAD_POOL: AtomicBool = AtomicBool::new(false);
 
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
@@ -100,6 +109,17 @@ impl TractModel {
     }
 
     pub fn run(&self, input: Vec<f32>) -> Result<Vec<Vec<f32>>> {
+        #[cfg(feature = "threads")]
+        if RUN_ON_THREAD_POOL.load(Ordering::Relaxed) {
+            // A panic on a pool thread traps that thread alone and leaves this one waiting; so
+            // only inference goes there, on tensors `preprocess` made. Decoding, which meets
+            // the shopper's files, stays on this thread.
+            return rayon::scope(|_| self.run_here(input));
+        }
+        self.run_here(input)
+    }
+
+    fn run_here(&self, input: Vec<f32>) -> Result<Vec<Vec<f32>>> {
         let size = self.info.input.size as usize;
         let tensor = Tensor::from_shape(&[1, 3, size, size], &input).map_err(model_error("bad input"))?;
         let outputs = self
