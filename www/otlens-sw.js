@@ -7,8 +7,8 @@
 //
 // It keeps one cache per version of this file ("otlens-<VERSION>"); a new version deletes the older
 // caches when it takes over. In it:
-// - the widget (otlens.js, otlens-worker.js, pkg/) and the page that showed it, with its style sheets,
-//   icons and web app manifest;
+// - the widget (otlens.js, otlens-worker.js, pkg/; pkg-threads/ when the engine ran on threads) and the page
+//   that showed it, with its style sheets, icons and web app manifest;
 // - each catalog the widget has loaded and checked: manifest, model and index, saved when the widget
 //   asks. Files go in first and the manifest last, so a cached manifest always names cached files, and
 //   the model and index are checked against the manifest's sha256 before they are kept. When a newer
@@ -118,7 +118,7 @@ self.addEventListener("message", (event) => {
 });
 
 /** Saves the widget, the page and a catalog for offline use, replacing an older version of the catalog. */
-async function save({ manifestUrl, pageUrl, pageFiles = [] }) {
+async function save({ manifestUrl, pageUrl, pageFiles = [], threadsFiles = [] }) {
   const cache = await caches.open(CACHE);
   let manifestResponse;
   try {
@@ -144,7 +144,8 @@ async function save({ manifestUrl, pageUrl, pageFiles = [] }) {
       await cache.put(url, response);
     }
     // All fetched before any is stored, so the cached widget files come from one deployment.
-    const widgetAndPage = [...SHELL, pageUrl, ...pageFiles];
+    const sameOrigin = (url) => new URL(url).origin === self.location.origin;
+    const widgetAndPage = [...SHELL, ...threadsFiles.filter(sameOrigin), pageUrl, ...pageFiles];
     const fresh = await Promise.all(widgetAndPage.map(async (url) => [url, await fetchOk(url)]));
     for (const [url, response] of fresh) await cache.put(url, response);
   } catch (error) {

@@ -13,10 +13,12 @@
 //               {type: "embed", id, photo: Blob}
 // Messages out: {type: "progress", step, steps, label, loaded, total}
 //               {type: "ready", manifest, model, products, facets, colours, ranged, backend: "tract", threads,
-//                                         threadsReason?}
+//                                         threadsReason?, threadsFiles}
 //                                         (colours: the catalog can be matched by colour; ranged: its
 //                                          lists download as searches reach them, with Range requests;
-//                                          threads: how many threads tract runs on, and if one, why)
+//                                          threads: how many threads tract runs on, and if one, why;
+//                                          threadsFiles: the URLs of the multi-threaded module's files
+//                                          when it runs, for the service worker to keep)
 //               {type: "backend", backend, adapter?, dispatches?, weights?, threads?, reason?}
 //                                         (after ready: the WebGPU path took over, or why inference stays on tract)
 //               {type: "results", id, results, colour?, timings}  (colour: {name?, rgb} of a photo;
@@ -28,8 +30,9 @@
 const SUPPORTED_FORMAT = 1;
 // The engine's module (wasm-bindgen's exports): pkg/, or pkg-threads/ when it runs on several threads.
 let engine = null;
-// How many threads tract runs on, and if only one while more were asked for, why.
-let threads = { count: 1, reason: undefined };
+// How many threads tract runs on, if only one while more were asked for, why, and if several, the files of
+// the module that runs them.
+let threads = { count: 1, reason: undefined, files: [] };
 // More threads than this gain little on a 224x224 photo and each costs a worker's memory.
 const MAX_THREADS = 4;
 let lens = null;
@@ -164,14 +167,24 @@ async function startEngineOnThreads(mode, progress) {
       const module = await startEngine("pkg-threads", progress);
       await module.initThreadPool(cores);
       module.useThreadPool();
-      threads = { count: cores, reason: undefined };
+      threads = { count: cores, reason: undefined, files: filesLoadedFrom("pkg-threads") };
       return module;
     } catch (error) {
       reason = `the multi-threaded engine did not start: ${error.message || error}`;
     }
   }
-  threads = { count: 1, reason };
+  threads = { count: 1, reason, files: [] };
   return startEngine("pkg", progress);
+}
+
+/**
+ * The URLs this worker loaded from `folder`. wasm-bindgen names the thread pool's helper script after a hash
+ * of its crate, so the list comes from the browser's record of the fetches rather than from a fixed name.
+ */
+function filesLoadedFrom(folder) {
+  const prefix = new URL(`./${folder}/`, import.meta.url).href;
+  const urls = performance.getEntriesByType("resource").map((entry) => entry.name);
+  return [...new Set(urls.filter((url) => url.startsWith(prefix)))];
 }
 
 async function verify(bytes, entry, label) {
@@ -258,6 +271,7 @@ async function load(manifestUrl, withModel, threadsMode) {
     backend: "tract",
     threads: threads.count,
     threadsReason: threads.reason,
+    threadsFiles: threads.files,
   });
 }
 

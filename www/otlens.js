@@ -207,9 +207,9 @@ const STRINGS = {
 let serviceWorker = null;
 const saves = new Map(); // manifest URL -> Promise of {saved, offline?, storageFull?, message?}
 
-function saveForOffline(manifestUrl) {
+function saveForOffline(manifestUrl, threadsFiles) {
   if (!saves.has(manifestUrl)) {
-    const outcome = askServiceWorkerToSave(manifestUrl).catch((error) => ({
+    const outcome = askServiceWorkerToSave(manifestUrl, threadsFiles).catch((error) => ({
       saved: false,
       message: error.message || String(error),
     }));
@@ -221,8 +221,11 @@ function saveForOffline(manifestUrl) {
   return saves.get(manifestUrl);
 }
 
-/** Asks otlens-sw.js to keep the widget, this page and a catalog, and resolves with its answer. */
-async function askServiceWorkerToSave(manifestUrl) {
+/**
+ * Asks otlens-sw.js to keep the widget, this page and a catalog, and resolves with its answer. `threadsFiles`: the
+ * multi-threaded engine's files when it runs, so that it runs offline too.
+ */
+async function askServiceWorkerToSave(manifestUrl, threadsFiles) {
   if (!("serviceWorker" in navigator)) throw new Error("this browser has no service workers");
   serviceWorker ??= navigator.serviceWorker.register(new URL("otlens-sw.js", import.meta.url));
   const registration = await serviceWorker;
@@ -242,7 +245,7 @@ async function askServiceWorkerToSave(manifestUrl) {
     const selector = 'link[rel~="stylesheet"], link[rel~="icon"], link[rel="manifest"]';
     const links = document.querySelectorAll(selector);
     const pageFiles = [...links].map((link) => link.href).filter((href) => href.startsWith(location.origin));
-    active.postMessage({ type: "save", manifestUrl, pageUrl, pageFiles }, [channel.port2]);
+    active.postMessage({ type: "save", manifestUrl, pageUrl, pageFiles, threadsFiles }, [channel.port2]);
   });
 }
 
@@ -999,7 +1002,7 @@ class OtLens extends HTMLElement {
           this.#queuedPhoto = null;
           this.#searchFromUi(photo);
         }
-        if (this.hasAttribute("offline")) this.#showSaved(this.#manifestUrl);
+        if (this.hasAttribute("offline")) this.#showSaved(this.#manifestUrl, data.threadsFiles);
         return;
       case "backend": {
         const { type, ...detail } = data;
@@ -1024,9 +1027,9 @@ class OtLens extends HTMLElement {
   }
 
   /** Saves what this widget loaded for offline use; the shopper sees whether it worked. */
-  async #showSaved(manifestUrl) {
+  async #showSaved(manifestUrl, threadsFiles) {
     const note = this.#$(".offline");
-    const outcome = await saveForOffline(manifestUrl);
+    const outcome = await saveForOffline(manifestUrl, threadsFiles);
     if (manifestUrl !== this.#manifestUrl) return; // another catalog was loaded meanwhile
     const text = this.#text;
     if (outcome.saved) {

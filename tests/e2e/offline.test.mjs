@@ -108,6 +108,7 @@ describe("offline", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
 
   test("after one visit, search works offline", async () => {
     const { page, problems, note } = await openSite();
+    const [online] = await waitForWidgetEvents(page, "otlens-ready");
     const [saved] = await waitForWidgetEvents(page, "otlens-offline");
     assert.equal(saved.saved, true, saved.message);
     assert.equal(await note.textContent(), SAVED);
@@ -117,10 +118,20 @@ describe("offline", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
       assert.ok(cached.includes(path), `${path} is saved`);
     }
     assert.ok(cached.includes(`/catalog/${v1.index.file}`) && cached.includes(`/catalog/${v1.model.file}`));
+    // The page is cross-origin isolated: on a machine of two cores or more the engine runs on threads, and
+    // their module (with its thread pool's helper script) is saved too.
+    if (online.threads > 1) {
+      for (const path of ["/pkg-threads/otlens.js", "/pkg-threads/otlens_bg.wasm"]) {
+        assert.ok(cached.includes(path), `${path} is saved`);
+      }
+      const helper = /^\/pkg-threads\/snippets\/.+\.js$/;
+      assert.ok(cached.some((path) => helper.test(path)), "the thread pool's script is saved");
+    }
 
     await browser.context.setOffline(true);
     const ready = await reloadUntilReady(page);
     assert.equal(ready.products, v1.products);
+    assert.equal(ready.threads, online.threads, `offline on as many threads as online (${ready.threadsReason})`);
     await waitForWidgetEvents(page, "otlens-offline");
     assert.equal(await note.textContent(), OFFLINE);
     assert.equal((await searchProduct(page, 7)).id, catalogProduct(7).product.id);
