@@ -183,7 +183,8 @@ async function startEngineOnThreads(mode, progress) {
  */
 function filesLoadedFrom(folder) {
   const prefix = new URL(`./${folder}/`, import.meta.url).href;
-  const urls = performance.getEntriesByType("resource").map((entry) => entry.name);
+  // Only for offline use: a browser without resource timing in workers still runs on threads.
+  const urls = (self.performance?.getEntriesByType?.("resource") ?? []).map((entry) => entry.name);
   return [...new Set(urls.filter((url) => url.startsWith(prefix)))];
 }
 
