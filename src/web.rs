@@ -39,9 +39,6 @@ pub fn use_thread_pool() {
     // idles at the end. Four per thread let it take up the slack (A/B, two threads,
     // ResNet-18 int8: 1.01-1.14x faster; eight were slower than four).
     tract_linalg::knobs::TRACT_MMM_CHUNKS_PER_THREAD.set(Some(4));
-    // Two threads, a photo: EfficientNet-Lite0 int8 weights 28.5-30.0 ms → 22.5-23.4,
-    // ResNet-18 int8 67.3 → 58.6, fp32 64.9 → 60.8.
-    model::RUN_ON_THREAD_POOL.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[wasm_bindgen]

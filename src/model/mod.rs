@@ -12,8 +12,6 @@ pub mod gpu;
 mod int8_weights;
 mod reader;
 mod tract;
-#[cfg(feature = "threads")]
-pub use tract::RUN_ON_THREAD_POOL;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -1,8 +1,6 @@
 //! The tract backend: runs on every target, wasm SIMD included.
 
 use std::collections::HashMap;
-#[cfg(feature = "threads")]
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tract_nnef::internal::DimLike;
@@ -11,13 +9,6 @@ use tract_nnef::prelude::*;
 use super::{ModelInfo, META_ARCH, META_INPUT, META_SOURCE_SHA256};
 use crate::preprocess::InputSpec;
 use crate::{Error, Result};
-
-/// Set by the multi-threaded wasm module once rayon's pool runs (`web::use_thread_pool`): each
-/// inference then runs on a thread of the pool. Run from the widget's worker, each parallel
-/// operator was handed to the pool while that worker waited, and the serial operators between
-/// them ran slower than without a pool (depthwise 4.1 -> 6.8 ms): three threads on two cores.
-#[cfg(feature = "threads")]
-pub static RUN_ON_THREAD_POOL: AtomicBool = AtomicBool::new(false);
 
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
@@ -109,11 +100,19 @@ impl TractModel {
     }
 
     pub fn run(&self, input: Vec<f32>) -> Result<Vec<Vec<f32>>> {
+        // Once the multi-threaded module has handed tract rayon's pool (`web::use_thread_pool`),
+        // inference runs on a thread of it. Run from the widget's worker, each parallel operator
+        // was handed to the pool while that worker waited, and the serial operators between them
+        // ran slower than without a pool (depthwise 4.1 -> 6.8 ms): three threads on two cores.
+        // Two threads, a photo: EfficientNet-Lite0 int8 weights 28.5-30.0 ms -> 22.5-23.4,
+        // ResNet-18 int8 67.3 -> 58.6. A panic on a pool thread traps that thread alone and
+        // leaves this one waiting; so only inference goes there, on tensors `preprocess` made.
+        // Decoding, which meets the shopper's files, stays on this thread.
         #[cfg(feature = "threads")]
-        if RUN_ON_THREAD_POOL.load(Ordering::Relaxed) {
-            // A panic on a pool thread traps that thread alone and leaves this one waiting; so
-            // only inference goes there, on tensors `preprocess` made. Decoding, which meets
-            // the shopper's files, stays on this thread.
+        if matches!(
+            tract_linalg::multithread::current_tract_executor(),
+            tract_linalg::multithread::Executor::RayonGlobal
+        ) {
             return rayon::scope(|_| self.run_here(input));
         }
         self.run_here(input)
