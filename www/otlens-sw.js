@@ -7,8 +7,9 @@
 //
 // It keeps one cache per version of this file ("otlens-<VERSION>"); a new version deletes the older
 // caches when it takes over. In it:
-// - the widget (otlens.js, otlens-worker.js, pkg/; pkg-threads/ when the engine ran on threads) and the page
-//   that showed it, with its style sheets, icons and web app manifest;
+// - the widget (otlens.js, otlens-worker.js, the WebGPU module, and the engine's files it ran from: pkg/ or
+//   pkg-threads/, plain or relaxed-SIMD build) and the page that showed it, with its style sheets, icons and
+//   web app manifest;
 // - each catalog the widget has loaded and checked: manifest, model and index, saved when the widget
 //   asks. Files go in first and the manifest last, so a cached manifest always names cached files, and
 //   the model and index are checked against the manifest's sha256 before they are kept. When a newer
@@ -20,9 +21,9 @@
 
 const VERSION = "1";
 const CACHE = `otlens-${VERSION}`;
-// With the WebGPU module (otlens_gpu*), which the worker loads only when the browser has an adapter.
+// With the WebGPU module (otlens_gpu*), which the worker loads only when the browser has an adapter. The
+// engine's wasm comes with the widget's list of the files it ran from: only the build this browser runs.
 const SHELL = [
-  "pkg/otlens_bg.wasm",
   "pkg/otlens.js",
   "pkg/otlens_gpu_bg.wasm",
   "pkg/otlens_gpu.js",
@@ -118,7 +119,7 @@ self.addEventListener("message", (event) => {
 });
 
 /** Saves the widget, the page and a catalog for offline use, replacing an older version of the catalog. */
-async function save({ manifestUrl, pageUrl, pageFiles = [], threadsFiles = [] }) {
+async function save({ manifestUrl, pageUrl, pageFiles = [], engineFiles = [] }) {
   const cache = await caches.open(CACHE);
   let manifestResponse;
   try {
@@ -145,7 +146,7 @@ async function save({ manifestUrl, pageUrl, pageFiles = [], threadsFiles = [] })
     }
     // All fetched before any is stored, so the cached widget files come from one deployment.
     const sameOrigin = (url) => new URL(url).origin === self.location.origin;
-    const widgetAndPage = [...SHELL, ...threadsFiles.filter(sameOrigin), pageUrl, ...pageFiles];
+    const widgetAndPage = [...SHELL, ...engineFiles.filter(sameOrigin), pageUrl, ...pageFiles];
     const fresh = await Promise.all(widgetAndPage.map(async (url) => [url, await fetchOk(url)]));
     for (const [url, response] of fresh) await cache.put(url, response);
   } catch (error) {

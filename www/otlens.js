@@ -31,13 +31,14 @@
 //                otlens-sw.js before turning it on: its folder must contain the page. Default: absent
 //
 // Events (bubbling, composed), on the element:
-//   otlens-ready    detail: {products, model, manifest, backend, threads, threadsReason?, ranged}  model and
-//                                                          catalog loaded and checked (again after a restart);
-//                                                          model is null with `product`; backend is "tract":
-//                                                          the GPU path starts after; threads: how many tract
-//                                                          runs on (and if one, why); ranged: the catalog's
-//                                                          lists download as searches reach them (HTTP Range
-//                                                          requests)
+//   otlens-ready    detail: {products, model, manifest, backend, threads, threadsReason?, relaxedSimd, ranged}
+//                                                          model and catalog loaded and checked (again after a
+//                                                          restart); model is null with `product`; backend is
+//                                                          "tract": the GPU path starts after; threads: how
+//                                                          many tract runs on (and if one, why); relaxedSimd:
+//                                                          tract is the build for browsers with relaxed SIMD
+//                                                          (fused multiply-adds); ranged: the catalog's lists
+//                                                          download as searches reach them (Range requests)
 //   otlens-backend  detail: {backend, adapter?, dispatches?, weights?, threads?, reason?}  where the model
 //                                                          runs from now on: "webgpu" (with the adapter's name,
 //                                                          kernel launches per photo, and weights "f16" or
@@ -207,9 +208,9 @@ const STRINGS = {
 let serviceWorker = null;
 const saves = new Map(); // manifest URL -> Promise of {saved, offline?, storageFull?, message?}
 
-function saveForOffline(manifestUrl, threadsFiles) {
+function saveForOffline(manifestUrl, engineFiles) {
   if (!saves.has(manifestUrl)) {
-    const outcome = askServiceWorkerToSave(manifestUrl, threadsFiles).catch((error) => ({
+    const outcome = askServiceWorkerToSave(manifestUrl, engineFiles).catch((error) => ({
       saved: false,
       message: error.message || String(error),
     }));
@@ -222,10 +223,10 @@ function saveForOffline(manifestUrl, threadsFiles) {
 }
 
 /**
- * Asks otlens-sw.js to keep the widget, this page and a catalog, and resolves with its answer. `threadsFiles`: the
- * multi-threaded engine's files when it runs, so that it runs offline too.
+ * Asks otlens-sw.js to keep the widget, this page and a catalog, and resolves with its answer. `engineFiles`: the
+ * files of the engine build that runs (one or several threads, plain or relaxed SIMD), so that it runs offline too.
  */
-async function askServiceWorkerToSave(manifestUrl, threadsFiles) {
+async function askServiceWorkerToSave(manifestUrl, engineFiles) {
   if (!("serviceWorker" in navigator)) throw new Error("this browser has no service workers");
   serviceWorker ??= navigator.serviceWorker.register(new URL("otlens-sw.js", import.meta.url));
   const registration = await serviceWorker;
@@ -245,7 +246,7 @@ async function askServiceWorkerToSave(manifestUrl, threadsFiles) {
     const selector = 'link[rel~="stylesheet"], link[rel~="icon"], link[rel="manifest"]';
     const links = document.querySelectorAll(selector);
     const pageFiles = [...links].map((link) => link.href).filter((href) => href.startsWith(location.origin));
-    active.postMessage({ type: "save", manifestUrl, pageUrl, pageFiles, threadsFiles }, [channel.port2]);
+    active.postMessage({ type: "save", manifestUrl, pageUrl, pageFiles, engineFiles }, [channel.port2]);
   });
 }
 
@@ -994,6 +995,7 @@ class OtLens extends HTMLElement {
           backend: data.backend,
           threads: data.threads,
           threadsReason: data.threadsReason,
+          relaxedSimd: data.relaxedSimd,
           ranged: data.ranged,
         });
         if (this.hasAttribute("product")) this.similar(this.getAttribute("product")).catch(() => {});
@@ -1002,7 +1004,7 @@ class OtLens extends HTMLElement {
           this.#queuedPhoto = null;
           this.#searchFromUi(photo);
         }
-        if (this.hasAttribute("offline")) this.#showSaved(this.#manifestUrl, data.threadsFiles);
+        if (this.hasAttribute("offline")) this.#showSaved(this.#manifestUrl, data.engineFiles);
         return;
       case "backend": {
         const { type, ...detail } = data;
@@ -1027,9 +1029,9 @@ class OtLens extends HTMLElement {
   }
 
   /** Saves what this widget loaded for offline use; the shopper sees whether it worked. */
-  async #showSaved(manifestUrl, threadsFiles) {
+  async #showSaved(manifestUrl, engineFiles) {
     const note = this.#$(".offline");
-    const outcome = await saveForOffline(manifestUrl, threadsFiles);
+    const outcome = await saveForOffline(manifestUrl, engineFiles);
     if (manifestUrl !== this.#manifestUrl) return; // another catalog was loaded meanwhile
     const text = this.#text;
     if (outcome.saved) {

@@ -113,17 +113,20 @@ describe("offline", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
     assert.equal(saved.saved, true, saved.message);
     assert.equal(await note.textContent(), SAVED);
     const cached = (await cachedPaths(page))["otlens-1"];
-    const widgetAndPage = ["/", "/demo.css", "/icon.svg", "/app.webmanifest", "/otlens.js", "/pkg/otlens_bg.wasm"];
+    const widgetAndPage = ["/", "/demo.css", "/icon.svg", "/app.webmanifest", "/otlens.js", "/pkg/otlens.js"];
     for (const path of [...widgetAndPage, "/otlens-worker.js", "/catalog/manifest.json"]) {
       assert.ok(cached.includes(path), `${path} is saved`);
     }
     assert.ok(cached.includes(`/catalog/${v1.index.file}`) && cached.includes(`/catalog/${v1.model.file}`));
     // The page is cross-origin isolated: on a machine of two cores or more the engine runs on threads, and
-    // their module (with its thread pool's helper script) is saved too.
+    // their module (with its thread pool's helper script) is saved. Of the engine's builds, only the one
+    // that ran is: relaxed SIMD in this Chromium.
+    const folder = online.threads > 1 ? "/pkg-threads" : "/pkg";
+    assert.equal(online.relaxedSimd, true);
+    assert.ok(cached.includes(`${folder}/otlens_relaxed_bg.wasm`), `${folder}'s relaxed-SIMD build is saved`);
+    assert.ok(!cached.includes(`${folder}/otlens_bg.wasm`), "the plain build is not");
     if (online.threads > 1) {
-      for (const path of ["/pkg-threads/otlens.js", "/pkg-threads/otlens_bg.wasm"]) {
-        assert.ok(cached.includes(path), `${path} is saved`);
-      }
+      assert.ok(cached.includes("/pkg-threads/otlens.js"), "/pkg-threads/otlens.js is saved");
       const helper = /^\/pkg-threads\/snippets\/.+\.js$/;
       assert.ok(cached.some((path) => helper.test(path)), "the thread pool's script is saved");
     }
