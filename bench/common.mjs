@@ -109,22 +109,44 @@ async function timeInterleaved(runners, { warmup, runs, block = 2, pauseMs = 50 
 }
 
 /**
- * One model on tract (`Model`, from the one-thread or the multi-threaded module, as the caller started it) and
- * on onnxruntime-web, each on `threads` threads, their runs interleaved: the input size, both runtimes' median
- * ms per run and load ms, the cosine of their outputs, and the input and tract's output for further checks.
+ * Starts the engine module in `folder` (wasm-bindgen's `init`) as the widget's worker does: its relaxed-SIMD
+ * build when the browser accepts it, else (or with `plain`) the plain one. Whether the relaxed build runs.
  */
-export async function timeTractAndOrt(Model, ort, { compiledBytes, onnxBytes }, { threads = 1, warmup, runs }) {
+export async function startEngineBuild(folder, init, { plain = false } = {}) {
+  const response = plain ? null : await fetch(`${folder}otlens_relaxed_bg.wasm`);
+  const relaxed = response?.ok ? new Uint8Array(await response.arrayBuffer()) : null;
+  if (relaxed && WebAssembly.validate(relaxed)) {
+    await init({ module_or_path: relaxed });
+    return true;
+  }
+  await init({ module_or_path: `${folder}otlens_bg.wasm` });
+  return false;
+}
+
+/**
+ * One model on tract (`Model`, from the one-thread or the multi-threaded module, as the caller started it) and
+ * on onnxruntime-web, each on `threads` threads, their runs interleaved, with tract's plain-SIMD build
+ * (`PlainModel`) as a third when `Model` is the relaxed-SIMD one: the input size, the median ms per run and load
+ * ms, the cosine of tract's and onnxruntime's outputs, and the input and tract's output for further checks.
+ */
+export async function timeTractAndOrt(
+  { Model, PlainModel },
+  ort,
+  { compiledBytes, onnxBytes },
+  { threads = 1, warmup, runs },
+) {
   const started = performance.now();
   const model = new Model(compiledBytes);
   const tractLoadMs = performance.now() - started;
   const { size } = model.info().input;
   const input = inputTensor(size);
   const onOrt = await openOrt(ort, onnxBytes, threads);
-  const [tract, onnxruntime] = await timeInterleaved([async () => model.run_tensor(input), () => onOrt.run(input)], {
-    warmup,
-    runs,
-  });
+  const plain = PlainModel && new PlainModel(compiledBytes);
+  const runners = [async () => model.run_tensor(input), () => onOrt.run(input)];
+  if (plain) runners.push(async () => plain.run_tensor(input));
+  const [tract, onnxruntime, onPlain] = await timeInterleaved(runners, { warmup, runs });
   model.free();
+  plain?.free();
   await onOrt.release();
   return {
     size,
@@ -133,6 +155,7 @@ export async function timeTractAndOrt(Model, ort, { compiledBytes, onnxBytes }, 
     tract_load_ms: tractLoadMs,
     ort_load_ms: onOrt.loadMs,
     agreement: cosine(tract.output, onnxruntime.output),
+    plain: onPlain && { ms: onPlain.ms, ort_ms: onnxruntime.ms },
     input,
     tractOutput: tract.output,
   };

@@ -412,9 +412,20 @@ async function main() {
   }
 
   console.log(`\n${report.userAgent}`);
-  console.log(`median ms per embedding, 1 thread, ${options.runs} runs after ${options.warmup} warm-up\n`);
+  const build = report.relaxedSimd ? "relaxed SIMD" : "plain SIMD (no relaxed SIMD here)";
+  console.log(`median ms per embedding, 1 thread, ${build}, ${options.runs} runs after ${options.warmup} warm-up\n`);
+  // With the relaxed-SIMD build, the plain one (what browsers without relaxed SIMD run): on one thread in the
+  // same runs; on threads in a pass of its own after, against onnxruntime again.
+  const plainColumns = (r) =>
+    r.plain
+      ? [r.plain.ms.toFixed(1), (r.plain.ms / r.plain.ort_ms).toFixed(2), (r.tract_ms / r.plain.ms).toFixed(2)]
+      : [];
+  const plainHeader = report.relaxedSimd ? ["plain SIMD ms", "plain/ort", "relaxed/plain"] : [];
   printTable(
-    ["model", "input", "tract-wasm ms", "ort-web ms", "tract/ort", "load tract/ort ms", "output cosine"],
+    [
+      ...["model", "input", "tract-wasm ms", "ort-web ms", "tract/ort", "load tract/ort ms", "output cosine"],
+      ...plainHeader,
+    ],
     report.results.map((r) => [
       r.name,
       `${r.size}x${r.size}`,
@@ -423,12 +434,13 @@ async function main() {
       (r.tract_ms / r.ort_ms).toFixed(2),
       `${r.tract_load_ms.toFixed(0)} / ${r.ort_load_ms.toFixed(0)}`,
       r.agreement.toFixed(5),
+      ...plainColumns(r),
     ]),
   );
   console.log(`\nmedian ms per embedding, ${report.threadsNote}, in a worker (the widget's engine on a cross-origin isolated page)\n`);
   if (report.threaded) {
     printTable(
-      ["model", "tract-wasm ms", "ort-web ms", "tract/ort", "tract vs its 1 thread", "output cosine"],
+      ["model", "tract-wasm ms", "ort-web ms", "tract/ort", "tract vs its 1 thread", "output cosine", ...plainHeader],
       report.threaded.map((r, i) => [
         r.name,
         r.tract_ms.toFixed(1),
@@ -436,6 +448,7 @@ async function main() {
         (r.tract_ms / r.ort_ms).toFixed(2),
         (r.tract_ms / report.results[i].tract_ms).toFixed(2),
         r.agreement.toFixed(5),
+        ...plainColumns(r),
       ]),
     );
   }
@@ -502,10 +515,12 @@ async function main() {
 
   console.log("\nDownload sizes:\n");
   const ortWasm = join(ORT_DIST, "ort-wasm-simd-threaded.wasm");
-  const threadsWasm = join(WWW, "pkg-threads/otlens_bg.wasm");
+  const ifBuilt = (label, path) => (existsSync(path) ? [[label, path]] : []);
   const sized = [
     ["otlens wasm (tract)", wasmPath],
-    ...(existsSync(threadsWasm) ? [["otlens multi-threaded wasm (isolated pages)", threadsWasm]] : []),
+    ...ifBuilt("otlens wasm, relaxed SIMD", join(WWW, "pkg/otlens_relaxed_bg.wasm")),
+    ...ifBuilt("otlens multi-threaded wasm (isolated pages)", join(WWW, "pkg-threads/otlens_bg.wasm")),
+    ...ifBuilt("otlens multi-threaded wasm, relaxed SIMD", join(WWW, "pkg-threads/otlens_relaxed_bg.wasm")),
     ["otlens WebGPU module (with an adapter only)", join(WWW, "pkg/otlens_gpu_bg.wasm")],
     ["onnxruntime-web wasm", ortWasm],
     ...options.models.flatMap((path, i) => [
