@@ -118,7 +118,7 @@ fetch_checkpoint() {
 # wasm_engine OUT TARGET_DIR RELAXED_TARGET_DIR RUSTFLAGS CARGO_BUILD...: one engine module, bound by
 # wasm-bindgen into www/OUT, then the same with relaxed SIMD as www/OUT/otlens_relaxed_bg.wasm, which the
 # worker loads in browsers that have relaxed SIMD: tract's float kernels then use fused multiply-adds
-# (f32x4.relaxed_madd), a sixth faster on ResNet-18's convolutions. One JavaScript glue serves both
+# (f32x4.relaxed_madd): an embedding in 0.8-0.9 of the time. One JavaScript glue serves both
 # files, so the two builds must export and import the same; that is checked.
 wasm_engine() {
   local out=$1 target_dir=$2 relaxed_dir=$3 flags=$4

@@ -36,8 +36,8 @@ let threads = { count: 1, reason: undefined };
 // Which build of the engine runs, the URL of its wasm file and the URLs of all its files.
 let engineBuild = { relaxedSimd: false, wasm: undefined, files: [] };
 // f32x4.relaxed_madd on three splats: a module that validates only in browsers with relaxed SIMD (Chrome
-// 114 and later). They get the engine built with it, whose float matrix products use fused multiply-adds:
-// ResNet-18 embeds a sixth faster. Others, and pages where that file is missing, get the plain build.
+// 114 and later). They get the engine built with it, whose float matrix products use fused multiply-adds
+// (an embedding in 0.8-0.9 of the time). Others, and pages where that file is missing, get the plain build.
 const RELAXED_SIMD_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 19, 1, 17, 0, 65, 0, 253, 15, 65, 0, 253, 15,
   65, 0, 253, 15, 253, 133, 2, 11,
