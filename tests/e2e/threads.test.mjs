@@ -129,7 +129,7 @@ describe("threads", { skip: skipUnlessBuilt() || (!existsSync(THREADS_MODULE) &&
     await page.close();
   });
 
-  test("without the relaxed-SIMD builds the plain ones run, on threads and on one", { timeout: LOAD_TIMEOUT }, async () => {
+  test("without relaxed-SIMD files the plain builds run, on threads and on one", { timeout: LOAD_TIMEOUT }, async () => {
     const embeddings = [];
     for (const mode of ["auto", "off"]) {
       const { page, problems, ready } = await openWidget(browser.context, isolated.url, mode, {
