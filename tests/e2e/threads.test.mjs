@@ -13,6 +13,7 @@ import {
   DOG_JPG,
   LOAD_TIMEOUT,
   WWW,
+  cosine,
   launchBrowser,
   openDemo,
   skipUnlessBuilt,
@@ -24,18 +25,6 @@ import {
 const THREADS_MODULE = join(WWW, "pkg-threads/otlens_bg.wasm");
 // Routes that leave a page without the relaxed-SIMD builds, as on a host that lacks them.
 const withoutRelaxedSimd = (page) => page.route("**/otlens_relaxed_bg.wasm", (route) => route.fulfill({ status: 404 }));
-
-function cosine(a, b) {
-  let dot = 0;
-  let normA = 0;
-  let normB = 0;
-  a.forEach((x, i) => {
-    dot += x * b[i];
-    normA += x * x;
-    normB += b[i] * b[i];
-  });
-  return dot / Math.sqrt(normA * normB);
-}
 
 /**
  * A shop page with the widget, its `threads` attribute set to `mode`, once ready: the page and the ready detail.
