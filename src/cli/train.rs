@@ -8,6 +8,7 @@
 //! With `--tune-last-conv`, the backbone's last convolution is then fine-tuned with the head
 //! (stage 2, `train::tune`), from feature maps cached one layer earlier.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,6 +36,16 @@ pub struct Args {
     /// Training CSV: path, item_id, optional role (for the held-out products), category.
     #[arg(long)]
     pub train: PathBuf,
+    /// What the head learns to bring together: photos of one product (In-shop's several per
+    /// product), or of one category, for a catalog of one photo per product such as Fashion
+    /// Product Images (measured by `otlens eval --match category`).
+    #[arg(long = "match", value_enum, default_value_t = Match::Product)]
+    pub match_by: Match,
+    /// For a CSV without a role column: leave out of training the products that
+    /// `otlens eval --queries-every N` holds out as queries, so the same catalog can train
+    /// the head and measure it.
+    #[arg(long)]
+    pub queries_every: Option<u32>,
     /// The trained model to write; curves (.svg) and the head checkpoint (.safetensors) go beside it.
     #[arg(long)]
     pub out: PathBuf,
@@ -98,53 +109,22 @@ pub fn run(args: Args) -> Result<()> {
     let base_bytes =
         fs::read(&args.model).with_context(|| format!("cannot read the model {}", args.model.display()))?;
     let base = decode(&base_bytes)?;
-    let dataset = Dataset::read(&args.train)?;
-
-    let held_out = |item: u32| item % args.holdout_every == args.holdout_every - 1;
-    let (holdout_photos, train_photos): (Vec<usize>, Vec<usize>) =
-        (0..dataset.photos.len()).partition(|&i| held_out(dataset.photos[i].item));
-    // Training classes are the kept products, numbered densely.
-    let mut class_of = vec![u32::MAX; dataset.items.len()];
-    let mut classes = 0;
-    let labels: Vec<u32> = train_photos
-        .iter()
-        .map(|&i| {
-            let item = dataset.photos[i].item as usize;
-            if class_of[item] == u32::MAX {
-                class_of[item] = classes;
-                classes += 1;
-            }
-            class_of[item]
-        })
-        .collect();
-    let mut holdout = Dataset {
-        photos: holdout_photos.iter().map(|&i| dataset.photos[i].clone()).collect(),
-        items: dataset.items.clone(),
-        sha256: String::new(),
+    let mut dataset = Dataset::read(&args.train)?;
+    let TrainingSplit {
+        train_photos,
+        labels,
+        classes,
+        holdout_photos,
+        holdout,
+    } = split_for_training(&mut dataset, args.match_by, args.holdout_every, args.queries_every)?;
+    let class_name = match args.match_by {
+        Match::Product => "products",
+        Match::Category => "categories",
     };
-    if holdout.with_role(Role::Query).is_empty() {
-        // No roles in the CSV: each held-out product's photos alternate gallery, query, as In-shop's do.
-        let mut seen = vec![0usize; dataset.items.len()];
-        for photo in &mut holdout.photos {
-            seen[photo.item as usize] += 1;
-            photo.role = if seen[photo.item as usize] % 2 == 0 {
-                Role::Query
-            } else {
-                Role::Gallery
-            };
-        }
-    }
-    if holdout.with_role(Role::Query).is_empty() {
-        bail!(
-            "no held-out product has two photos; every {}th product is held out to choose the best epoch",
-            args.holdout_every
-        );
-    }
     println!(
-        "{}: {} photos of {} products for training, {} photos held out",
+        "{}: {} photos of {classes} {class_name} for training, {} photos held out",
         args.train.display(),
         train_photos.len(),
-        classes,
         holdout.photos.len()
     );
 
@@ -179,14 +159,14 @@ pub fn run(args: Args) -> Result<()> {
         ..TrainConfig::default()
     };
     let holdout_recall = |embedded: &Features| -> Result<f64> {
-        let report = evaluate_split("holdout", &holdout, embedded, Match::Product)?;
+        let report = evaluate_split("holdout", &holdout, embedded, args.match_by)?;
         Ok(report.overall.recall_at(1).unwrap_or(0.0))
     };
     let untrained = holdout_recall(&features.holdout)?;
     let data = TrainData {
         views: &features.train,
         labels: &labels,
-        classes: classes as usize,
+        classes,
     };
     let stage1 = train(&data, &config, |model| holdout_recall(&model.embed(&features.holdout)?))?;
     let stage1_recall = stage1.log[stage1.best_epoch - 1].holdout_recall_at_1;
@@ -249,12 +229,11 @@ pub fn run(args: Args) -> Result<()> {
         dims: args.dims,
         base_model: crate::model::sha256_hex(&base_bytes),
         trained_on: format!(
-            "{} ({} photos of {} products, {} views)",
+            "{} ({} photos of {classes} {class_name}, {} views)",
             args.train
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             train_photos.len(),
-            classes,
             args.views
         ),
         tuned: result.tuned,
@@ -276,6 +255,94 @@ pub fn run(args: Args) -> Result<()> {
         checkpoint.display()
     );
     Ok(())
+}
+
+/// Which photos train the head and under which class, and which choose the best epoch.
+pub struct TrainingSplit {
+    /// Positions in the dataset of the photos trained on.
+    pub train_photos: Vec<usize>,
+    /// The class of each training photo: its product's or its category's, numbered densely.
+    pub labels: Vec<u32>,
+    pub classes: usize,
+    /// Positions of the held-out photos, which `holdout` holds with query and gallery roles.
+    pub holdout_photos: Vec<usize>,
+    pub holdout: Dataset,
+}
+
+/// Holds out every `holdout_every`-th product to choose the best epoch and numbers the classes
+/// of the rest by `match_by`. With `queries_every`, the products `otlens eval` would take as
+/// queries (`Dataset::hold_out_queries`) are left out of both parts.
+pub fn split_for_training(
+    dataset: &mut Dataset,
+    match_by: Match,
+    holdout_every: u32,
+    queries_every: Option<u32>,
+) -> Result<TrainingSplit> {
+    if let Some(every) = queries_every {
+        if every < 2 || !dataset.with_role(Role::Query).is_empty() {
+            bail!("--queries-every needs a CSV without query photos and a value of at least 2");
+        }
+        dataset.hold_out_queries(every);
+    }
+    // Features are extracted for every photo of the CSV (the cache is named by it); the
+    // evaluation's queries are left out here.
+    let held_out = |item: u32| item % holdout_every == holdout_every - 1;
+    let (holdout_photos, train_photos): (Vec<usize>, Vec<usize>) = (0..dataset.photos.len())
+        .filter(|&i| dataset.photos[i].role == Role::Gallery || queries_every.is_none())
+        .partition(|&i| held_out(dataset.photos[i].item));
+    let class_key = |i: usize| -> Result<&str> {
+        let photo = &dataset.photos[i];
+        match match_by {
+            Match::Product => Ok(&dataset.items[photo.item as usize]),
+            Match::Category if photo.category.is_empty() => {
+                bail!("{} has no category to train on", photo.path.display())
+            }
+            Match::Category => Ok(&photo.category),
+        }
+    };
+    let mut class_of: HashMap<&str, u32> = HashMap::new();
+    let labels: Vec<u32> = train_photos
+        .iter()
+        .map(|&i| {
+            let next = class_of.len() as u32;
+            Ok(*class_of.entry(class_key(i)?).or_insert(next))
+        })
+        .collect::<Result<_>>()?;
+    let classes = class_of.len();
+    let mut holdout = Dataset {
+        photos: holdout_photos.iter().map(|&i| dataset.photos[i].clone()).collect(),
+        items: dataset.items.clone(),
+        sha256: String::new(),
+    };
+    if holdout.with_role(Role::Query).is_empty() {
+        // No roles in the CSV: the held-out photos alternate gallery, query, each product's
+        // (as In-shop's do), or all of them when categories are what a query must find.
+        let mut seen = vec![0usize; dataset.items.len()];
+        for photo in &mut holdout.photos {
+            let counter = match match_by {
+                Match::Product => photo.item as usize,
+                Match::Category => 0,
+            };
+            seen[counter] += 1;
+            photo.role = if seen[counter].is_multiple_of(2) {
+                Role::Query
+            } else {
+                Role::Gallery
+            };
+        }
+    }
+    if holdout.with_role(Role::Query).is_empty() {
+        bail!(
+            "no held-out product has two photos; every {holdout_every}th product is held out to choose the best epoch"
+        );
+    }
+    Ok(TrainingSplit {
+        train_photos,
+        labels,
+        classes,
+        holdout_photos,
+        holdout,
+    })
 }
 
 /// The model and head to write, and how training went.

@@ -1,10 +1,11 @@
 //! Training and evaluation: metrics on a hand-made ranking, a loss that learns, a head
-//! that embeds the same in the ONNX model (tract) as in the training library (candle), and
-//! a catalog scored by category and colour name.
+//! that embeds the same in the ONNX model (tract) as in the training library (candle), a
+//! catalog scored by category and colour name, and one split for training by category.
 
 use std::path::Path;
 
 use otlens::cli::eval::{colour_split, evaluate_colour, evaluate_split, Match};
+use otlens::cli::train::split_for_training;
 use otlens::import::head::{feature_map_model, feature_model, with_head, with_last_conv, Head, HeadInfo};
 use otlens::import::{decode, encode};
 use otlens::model::{cosine, Embedder};
@@ -336,4 +337,52 @@ fn a_catalog_is_scored_by_category_and_colour_name() {
     assert_eq!(by_category.overall.recall_at(1), Some(1.0));
     let by_product = evaluate_split("toy", &dataset, &embeddings, Match::Product).unwrap();
     assert_eq!(by_product.overall.recall_at(20), Some(0.0));
+}
+
+#[test]
+fn a_catalog_trains_by_category_without_the_photos_eval_asks_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("product_id,articleType,image\n");
+    for id in 0..60 {
+        csv.push_str(&format!("{id},{},{id}.jpg\n", ["Tshirts", "Jeans", "Dresses"][id % 3]));
+    }
+    let path = dir.path().join("products.csv");
+    std::fs::write(&path, csv).unwrap();
+    let mut evaluated = Dataset::read(&path).unwrap();
+    evaluated.hold_out_queries(5);
+    let eval_queries = evaluated.with_role(Role::Query);
+
+    let mut dataset = Dataset::read(&path).unwrap();
+    let split = split_for_training(&mut dataset, Match::Category, 4, Some(5)).unwrap();
+    assert_eq!(split.classes, 3, "one class per category, not per product");
+    assert_eq!(split.labels.len(), split.train_photos.len());
+    let used: Vec<usize> = split
+        .train_photos
+        .iter()
+        .chain(&split.holdout_photos)
+        .copied()
+        .collect();
+    assert_eq!(used.len() + eval_queries.len(), 60, "every photo but eval's queries");
+    assert!(used.iter().all(|photo| !eval_queries.contains(photo)));
+    for (&photo, &label) in split.train_photos.iter().zip(&split.labels) {
+        let first = split.labels.iter().position(|&l| l == label).unwrap();
+        let category = |photo: usize| &dataset.photos[photo].category;
+        assert_eq!(category(split.train_photos[first]), category(photo));
+    }
+    // One photo per product: held-out photos are split into queries and gallery all the same.
+    assert!(!split.holdout.with_role(Role::Query).is_empty());
+    assert!(!split.holdout.with_role(Role::Gallery).is_empty());
+
+    // By product, a catalog of one photo per product leaves nothing to choose an epoch with.
+    let mut dataset = Dataset::read(&path).unwrap();
+    let error = split_for_training(&mut dataset, Match::Product, 4, Some(5))
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("two photos"), "{error}");
+    // A split whose roles are given already has its queries.
+    std::fs::write(&path, "path,item_id,role\na.jpg,1,query\nb.jpg,1,gallery\n").unwrap();
+    let error = split_for_training(&mut Dataset::read(&path).unwrap(), Match::Product, 2, Some(5))
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("--queries-every"), "{error}");
 }
