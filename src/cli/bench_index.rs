@@ -31,7 +31,8 @@ pub struct Args {
     /// Query photos searched, spread evenly over the split's queries.
     #[arg(long, default_value_t = 1000)]
     pub queries: usize,
-    /// Product-quantisation sizes to compare (bytes per product, at most the dimensions).
+    /// Product-quantisation sizes to compare (bytes per product; those above the embedding's
+    /// dimensions are skipped).
     #[arg(long, value_delimiter = ',', default_value = "16,32,40,64")]
     pub pq_subspaces: Vec<usize>,
     /// Where embeddings are cached between runs (shared with `otlens eval`).
@@ -82,10 +83,15 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let products = numbered(gallery_rows.len());
     let sha256 = &embedder.info().sha256;
+    // A narrow trained embedding has fewer dimensions than the larger default sizes.
+    let (fitting, too_wide): (Vec<usize>, Vec<usize>) = args.pq_subspaces.iter().partition(|&&size| size <= dims);
+    for size in too_wide {
+        println!("pq{size} skipped: more subspaces than the embedding's {dims} dimensions");
+    }
     let codecs = [Codec::Int8, Codec::Binary].into_iter().chain(
-        args.pq_subspaces
-            .iter()
-            .map(|&subspaces| Codec::ProductQuantised { subspaces }),
+        fitting
+            .into_iter()
+            .map(|subspaces| Codec::ProductQuantised { subspaces }),
     );
     println!("| codec | vector bytes per product | recall@{K} | search time vs int8 | build |");
     println!("|---|---|---|---|---|");
