@@ -129,7 +129,7 @@ pub fn evaluate_split(name: &str, dataset: &Dataset, embeddings: &Features, matc
 }
 
 /// Each value's number in order of first appearance, so equal values get equal numbers.
-fn numbered<'a>(values: impl Iterator<Item = &'a str>) -> Vec<u32> {
+pub(crate) fn numbered<'a>(values: impl Iterator<Item = &'a str>) -> Vec<u32> {
     let mut numbers: HashMap<&str, u32> = HashMap::new();
     values
         .map(|value| {

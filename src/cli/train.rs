@@ -8,14 +8,13 @@
 //! With `--tune-last-conv`, the backbone's last convolution is then fine-tuned with the head
 //! (stage 2, `train::tune`), from feature maps cached one layer earlier.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::eval::{evaluate_split, Match};
+use super::eval::{evaluate_split, numbered, Match};
 use candle_nn::VarMap;
 use tract_onnx::pb::ModelProto;
 
@@ -290,25 +289,20 @@ pub fn split_for_training(
     let (holdout_photos, train_photos): (Vec<usize>, Vec<usize>) = (0..dataset.photos.len())
         .filter(|&i| dataset.photos[i].role == Role::Gallery || queries_every.is_none())
         .partition(|&i| held_out(dataset.photos[i].item));
-    let class_key = |i: usize| -> Result<&str> {
+    if match_by == Match::Category {
+        if let Some(&i) = train_photos.iter().find(|&&i| dataset.photos[i].category.is_empty()) {
+            bail!("{} has no category to train on", dataset.photos[i].path.display());
+        }
+    }
+    let labels = numbered(train_photos.iter().map(|&i| {
         let photo = &dataset.photos[i];
         match match_by {
-            Match::Product => Ok(&dataset.items[photo.item as usize]),
-            Match::Category if photo.category.is_empty() => {
-                bail!("{} has no category to train on", photo.path.display())
-            }
-            Match::Category => Ok(&photo.category),
+            Match::Product => dataset.items[photo.item as usize].as_str(),
+            Match::Category => photo.category.as_str(),
         }
-    };
-    let mut class_of: HashMap<&str, u32> = HashMap::new();
-    let labels: Vec<u32> = train_photos
-        .iter()
-        .map(|&i| {
-            let next = class_of.len() as u32;
-            Ok(*class_of.entry(class_key(i)?).or_insert(next))
-        })
-        .collect::<Result<_>>()?;
-    let classes = class_of.len();
+    }));
+    // Numbered densely from 0, so the largest is one less than their count.
+    let classes = labels.iter().max().map_or(0, |&largest| largest as usize + 1);
     let mut holdout = Dataset {
         photos: holdout_photos.iter().map(|&i| dataset.photos[i].clone()).collect(),
         items: dataset.items.clone(),
