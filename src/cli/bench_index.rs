@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
+use super::build_index::default_probe;
 use crate::catalog::Product;
 use crate::index::{unit_length, Codec, Filter, Hit, Index};
 use crate::model::Embedder;
@@ -54,6 +55,10 @@ pub struct Args {
     /// products (searched by the same queries, against its own exact top 10).
     #[arg(long, value_delimiter = ',')]
     pub scales: Vec<usize>,
+    /// Shares of the catalog's own neighbours that a ranged catalog's probe margin is chosen
+    /// to keep (`build-index --list-recall`), each measured beside the fixed numbers of lists.
+    #[arg(long, value_delimiter = ',', default_value = "0.95,0.97,0.99")]
+    pub list_recalls: Vec<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -118,7 +123,7 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     };
     println!("\nint8 in inverted lists; recall@{K} against exact f32 search of the same products");
-    println!("| products | lists | lists scanned | share scanned | recall@{K} | search time vs flat int8 |");
+    println!("| products | lists | lists scanned | products scanned (share) | recall@{K} | search time vs flat int8 |");
     println!("|---|---|---|---|---|---|");
     let mut scales: Vec<usize> = args
         .scales
@@ -139,18 +144,44 @@ pub fn run(args: Args) -> Result<()> {
             (None, None) => (size as f64).sqrt().round() as usize,
         };
         let partitioned = index.partitioned(lists, 1);
-        for &probe in &args.probes {
-            let index = partitioned.clone().with_probe(probe);
+        let fixed = args
+            .probes
+            .iter()
+            .map(|&probe| (probe.to_string(), partitioned.clone().with_probe(probe)));
+        let most = default_probe(lists, true);
+        let calibrated = args.list_recalls.iter().map(|&recall| {
+            let (index, margin) = partitioned.clone().with_calibrated_margin(recall, most);
+            let label = margin.map_or_else(String::new, |m| {
+                format!(
+                    "within {:.3} (for {recall}), at most {most}: {:.1} on average",
+                    m.margin,
+                    mean_scanned(&index, &query_rows).0
+                )
+            });
+            (label, index)
+        });
+        for (label, index) in fixed.chain(calibrated) {
             let (recall, search) = measure(&index, &query_rows, &exact);
+            let (_, scanned) = mean_scanned(&index, &query_rows);
             println!(
-                "| {size} | {lists} | {probe} | {:.1}% | {recall:.3} | {:.2} ({:.2} ms) |",
-                100.0 * probe.min(lists) as f64 / lists as f64,
+                "| {size} | {lists} | {label} | {scanned:.0} ({:.1}%) | {recall:.3} | {:.2} ({:.2} ms) |",
+                100.0 * scanned / size as f64,
                 search.as_secs_f64() / int8_time.as_secs_f64(),
                 per_query_ms(search, query_rows.len())
             );
         }
     }
     Ok(())
+}
+
+/// The lists and products a search scans, on average over `queries`.
+fn mean_scanned(index: &Index, queries: &[Vec<f32>]) -> (f64, f64) {
+    let (lists, products) = queries
+        .iter()
+        .map(|query| index.scanned(query, K, &Filter::ANY))
+        .fold((0, 0), |(lists, products), (l, p)| (lists + l, products + p));
+    let count = queries.len() as f64;
+    (lists as f64 / count, products as f64 / count)
 }
 
 /// An int8 index of `size` of the gallery's products drawn at random (seeded), with the

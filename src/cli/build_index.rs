@@ -80,19 +80,26 @@ pub struct Storage {
 }
 
 /// Inverted lists, so that a search on a large catalog scans the part of it nearest the query.
-#[derive(Clone, Copy, Debug, Default, clap::Args)]
+#[derive(Clone, Copy, Debug, clap::Args)]
 pub struct PartitionArgs {
     /// Inverted lists to group the products into (0 or 1: none; every search scans every
     /// product). Default: none below 50,000 products, else about the square root of the
     /// product count.
     #[arg(long)]
     pub lists: Option<usize>,
-    /// Lists a search scans at least, nearest the query first; more when its filter leaves
-    /// fewer products than results asked for. More lists: closer to an exact search, slower.
-    /// Default: a sixteenth of the lists, at least 8; with --ranged, where each list scanned
-    /// is downloaded, the cube root of the lists, at least 8 (10 of 1,000 lists).
+    /// Lists a search scans, nearest the query first; more when its filter leaves fewer
+    /// products than results asked for. More lists: closer to an exact search, slower.
+    /// Default: a sixteenth of the lists, at least 8. With --ranged, where each list scanned is
+    /// downloaded, the most a search scans: the nearest list, then those whose centroids score
+    /// within a margin of it (see --list-recall); default the cube root of the lists, at least
+    /// 8 (10 of 1,000 lists).
     #[arg(long)]
     pub probe: Option<usize>,
+    /// With --ranged: the share of the catalog's own products' 10 nearest neighbours that the
+    /// lists a search scans must hold, measured on 1,000 of them at build time, which sets the
+    /// margin. Lower: fewer bytes a search, fewer of the exact results.
+    #[arg(long, default_value_t = DEFAULT_LIST_RECALL, value_parser = share)]
+    pub list_recall: f64,
     /// Split the index into a small head and a lists file, which the widget fetches list by
     /// list with HTTP Range requests as searches reach the lists (the whole file from hosts
     /// that ignore Range). For large catalogs; needs inverted lists.
@@ -105,7 +112,7 @@ pub struct PartitionArgs {
 /// recall: on Fashion Product Images' photos (`otlens bench-index --list-size`), the lists a
 /// query must scan for 0.95-0.975 of exact search's top 10 grew as the 0.26th to 0.30th power
 /// of the list count at a fixed list size, which the cube root covers.
-fn default_probe(lists: usize, ranged: bool) -> usize {
+pub(crate) fn default_probe(lists: usize, ranged: bool) -> usize {
     let probe = if ranged {
         // The cube root, rounded up.
         (1..).find(|root: &usize| root.pow(3) >= lists).unwrap_or(lists)
@@ -113,6 +120,30 @@ fn default_probe(lists: usize, ranged: bool) -> usize {
         lists / 16
     };
     probe.max(8)
+}
+
+impl Default for PartitionArgs {
+    /// The command line's defaults.
+    fn default() -> PartitionArgs {
+        PartitionArgs {
+            lists: None,
+            probe: None,
+            list_recall: DEFAULT_LIST_RECALL,
+            ranged: false,
+        }
+    }
+}
+
+/// The share of neighbours a ranged catalog's lists keep unless told: on Fashion Product
+/// Images' photos (`otlens bench-index`) 0.97 of the catalog's own neighbours kept 0.96 of a
+/// held-out photo's exact top 10 in int8.
+const DEFAULT_LIST_RECALL: f64 = 0.97;
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text} is not a share between 0 and 1")),
+    }
 }
 
 /// The files an index is published as, each with its manifest entry.
@@ -144,11 +175,28 @@ impl PartitionArgs {
             return index;
         }
         let started = Instant::now();
-        let index = index.partitioned(lists, self.probe.unwrap_or(default_probe(lists, self.ranged)));
-        if let Some((lists, probe)) = index.lists() {
+        let probe = self.probe.unwrap_or(default_probe(lists, self.ranged));
+        let index = index.partitioned(lists, probe);
+        let lists = index.lists().map_or(0, |(lists, _)| lists);
+        if !self.ranged {
             eprintln!(
-                "grouped the products into {lists} lists, of which a search scans {probe} or more, in {:.1} s",
+                "grouped the products into {lists} lists, of which a search scans {} or more, in {:.1} s",
+                index.lists().map_or(0, |(_, probe)| probe),
                 started.elapsed().as_secs_f64()
+            );
+            return index;
+        }
+        let (index, margin) = index.with_calibrated_margin(self.list_recall, probe);
+        if let Some(margin) = margin {
+            eprintln!(
+                "grouped the products into {lists} lists, in {:.1} s; a search scans the nearest and those within \
+                 {:.3} of it, {} at most: on {} of the products, {:.1} lists on average, holding {:.3} of their 10 nearest",
+                started.elapsed().as_secs_f64(),
+                margin.margin,
+                margin.most,
+                margin.sampled,
+                margin.mean_lists,
+                margin.recall
             );
         }
         index

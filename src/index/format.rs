@@ -1,9 +1,9 @@
-//! The index file format, version 8. All integers are little-endian.
+//! The index file format, version 9. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (8)
+//!      8     4  format version (9)
 //!     12     4  header length (172; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
@@ -34,7 +34,8 @@
 //! [`COMPACT_BINS`] u16 words, product by product, each [`CompactColour`]'s `bin << 7 | weight`.
 //!
 //! Partitions (version 4; version 3 ends its header at 140 and has none): the inverted lists,
-//! laid out as [`super::partition`] describes.
+//! laid out as [`super::partition`] describes (version 9 adds how many lists to probe at most
+//! and the margin that picks them).
 //!
 //! Blocks (version 5; version 4 ends its header at 156 and has none): present in the head of
 //! a ranged catalog only, whose vectors section then holds the codec's parameters alone and
@@ -61,7 +62,7 @@ use crate::catalog::Product;
 use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -79,6 +80,8 @@ const HALF_QUANTISER_VERSION: u32 = 6;
 const TABLE_METADATA_VERSION: u32 = 7;
 /// The first version whose product quantiser may keep fewer dimensions than the embedding's.
 const PROJECTED_QUANTISER_VERSION: u32 = 8;
+/// The first version whose inverted lists record a probe margin.
+const PROBE_MARGIN_VERSION: u32 = 9;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
@@ -258,7 +261,7 @@ impl Index {
         };
         let partitions = partitions.slice(bytes);
         let partitions = (!partitions.is_empty())
-            .then(|| Partitions::read(partitions, count, dims))
+            .then(|| Partitions::read(partitions, count, dims, version >= PROBE_MARGIN_VERSION))
             .transpose()?;
         let blocks = blocks.slice(bytes);
         // Read after the metadata: the product count a head's rows make room for is then one

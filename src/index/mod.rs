@@ -225,6 +225,93 @@ impl Index {
         self
     }
 
+    /// The index scanning, per search, the nearest of its inverted lists and then each next
+    /// one whose centroid scores within a margin of the nearest's, `most` at most (more only
+    /// for a narrow filter): for a ranged catalog, which downloads each list it scans. The
+    /// margin is the smallest that keeps `recall` of the nearest neighbours of a sample of
+    /// the catalog's own products, as a full scan of its codec finds them.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_calibrated_margin(mut self, recall: f64, most: usize) -> (Index, Option<ProbeMargin>) {
+        use rand::rngs::StdRng;
+        use rand::SeedableRng;
+        use rayon::prelude::*;
+        let Some(partitions) = &self.partitions else {
+            return (self, None);
+        };
+        let most = most.clamp(1, partitions.lists());
+        let sampled = CALIBRATION_QUERIES.min(self.len());
+        let sample = rand::seq::index::sample(&mut StdRng::seed_from_u64(5), self.len(), sampled).into_vec();
+        // Per sampled product: how far below the nearest list each of its `most` nearest
+        // lists scores, and the margin each of its neighbours' lists needs (none past `most`).
+        let per_query: Vec<(Vec<f32>, Vec<Option<f32>>)> = sample
+            .par_iter()
+            .map(|&product| {
+                let query = unit_length(&self.vectors.reconstruct(product));
+                let ranked = partitions.ranked(&query);
+                let best = ranked.first().map_or(0.0, |&(_, score)| score);
+                let gaps: Vec<f32> = ranked.iter().take(most).map(|&(_, score)| best - score).collect();
+                let neighbours = self.vectors.nearest(
+                    &query,
+                    CALIBRATION_NEIGHBOURS,
+                    &mut std::iter::once(0..self.len()),
+                    &|other| other != product,
+                    |_, cosine| cosine,
+                );
+                let needed = neighbours
+                    .iter()
+                    .map(|hit| {
+                        let list = partitions.list_of(hit.product)?;
+                        gaps.get(ranked.iter().position(|&(ranked, _)| ranked == list)?)
+                            .copied()
+                    })
+                    .collect();
+                (gaps, needed)
+            })
+            .collect();
+        let mut reachable: Vec<f32> = per_query
+            .iter()
+            .flat_map(|(_, needed)| needed.iter().flatten().copied())
+            .collect();
+        reachable.sort_by(f32::total_cmp);
+        let pairs: usize = per_query.iter().map(|(_, needed)| needed.len()).sum();
+        let wanted = (recall.clamp(0.0, 1.0) * pairs as f64).ceil() as usize;
+        // Past what `most` lists can hold, every search scans `most`.
+        let margin = match wanted.checked_sub(1) {
+            None => 0.0,
+            Some(last) => reachable.get(last).copied().unwrap_or(2.0),
+        };
+        let covered = reachable.iter().filter(|&&needed| needed <= margin).count();
+        let scanned: usize = per_query
+            .iter()
+            .map(|(gaps, _)| gaps.iter().filter(|&&gap| gap <= margin).count())
+            .sum();
+        if let Some(partitions) = &mut self.partitions {
+            partitions.set_margin(margin, most);
+        }
+        let report = ProbeMargin {
+            margin,
+            most,
+            mean_lists: scanned as f64 / sampled.max(1) as f64,
+            recall: covered as f64 / pairs.max(1) as f64,
+            sampled,
+        };
+        (self, Some(report))
+    }
+
+    /// How many inverted lists and products a search for `query` with `k` results passing
+    /// `filter` scans (no lists: every product).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn scanned(&self, query: &[f32], k: usize, filter: &Filter) -> (usize, usize) {
+        match &self.partitions {
+            Some(partitions) => {
+                let lists = self.lists_scanned(query, k, filter, None);
+                let products = lists.iter().map(|&list| partitions.run(list).len()).sum();
+                (lists.len(), products)
+            }
+            None => (0, self.len()),
+        }
+    }
+
     /// The number of inverted lists and how many a search scans at least, when partitioned.
     pub fn lists(&self) -> Option<(usize, usize)> {
         self.partitions.as_ref().map(|p| (p.lists(), p.probe()))
@@ -463,6 +550,29 @@ impl Index {
             _ => Box::new(std::iter::once(0..self.len())),
         }
     }
+}
+
+/// Products whose neighbours choose a catalog's probe margin: a million-product catalog
+/// takes some 15 s for them.
+#[cfg(not(target_arch = "wasm32"))]
+const CALIBRATION_QUERIES: usize = 1000;
+/// The neighbours of each that the lists scanned should hold.
+#[cfg(not(target_arch = "wasm32"))]
+const CALIBRATION_NEIGHBOURS: usize = 10;
+
+/// The probe margin [`Index::with_calibrated_margin`] chose, and what it does for the
+/// products it was measured on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbeMargin {
+    pub margin: f32,
+    /// The most lists a search scans (besides those a narrow filter needs).
+    pub most: usize,
+    /// The lists the sampled products' searches scan, on average.
+    pub mean_lists: f64,
+    /// The share of their nearest neighbours those lists hold.
+    pub recall: f64,
+    /// How many products were sampled.
+    pub sampled: usize,
 }
 
 /// `vector` scaled to length 1, as the index stores and searches it; a zero vector stays

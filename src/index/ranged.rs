@@ -423,7 +423,18 @@ impl Index {
     /// The lists, not loaded yet, that a search for `query` with `k` results passing `filter`
     /// (and not `skip`) scans, nearest first: what to fetch before searching. Empty unless ranged.
     pub fn lists_to_load(&self, query: &[f32], k: usize, filter: &Filter, skip: Option<usize>) -> Vec<usize> {
-        let (Some(blocks), Some(partitions)) = (&self.blocks, &self.partitions) else {
+        let Some(blocks) = &self.blocks else {
+            return Vec::new();
+        };
+        let mut lists = self.lists_scanned(query, k, filter, skip);
+        lists.retain(|&list| !blocks.loaded[list]);
+        lists
+    }
+
+    /// The lists a search for `query` with `k` results passing `filter` (and not `skip`)
+    /// scans, nearest first, loaded or not; empty unless partitioned.
+    pub(super) fn lists_scanned(&self, query: &[f32], k: usize, filter: &Filter, skip: Option<usize>) -> Vec<usize> {
+        let Some(partitions) = &self.partitions else {
             return Vec::new();
         };
         if query.len() != self.dims {
@@ -431,20 +442,18 @@ impl Index {
         }
         let matcher = self.columns.matcher(filter);
         let passed = Cell::new(0);
-        let mut missing = Vec::new();
+        let mut lists = Vec::new();
         // The lists a search takes, its filter's passes counted from the metadata, which the
         // head holds, where the search counts them as it scans.
         for list in partitions.to_scan(&unit_length(query), k.min(self.len()), &passed) {
-            if !blocks.loaded[list] {
-                missing.push(list);
-            }
+            lists.push(list);
             let run = partitions.run(list);
             let passing = run
                 .filter(|&product| Some(product) != skip && matcher.as_ref().is_none_or(|m| m.matches(product)))
                 .count();
             passed.set(passed.get() + passing);
         }
-        missing
+        lists
     }
 
     /// Whether `list` may be scanned: loaded, or part of an index that is not ranged.

@@ -112,6 +112,62 @@ fn grouping_keeps_each_products_vector_and_colour() {
     assert_eq!(tiny.partitioned(10, 20).lists(), Some((3, 3)));
 }
 
+#[test]
+fn a_calibrated_margin_scans_fewer_lists_for_the_same_neighbours() {
+    let (products, embeddings) = grouped_catalog(4000);
+    let flat = Index::build(MODEL_SHA256, products, &embeddings).unwrap();
+    let fixed = flat.clone().partitioned(GROUPS, 8);
+    let (calibrated, margin) = flat.clone().partitioned(GROUPS, 1).with_calibrated_margin(0.97, 8);
+    let margin = margin.expect("a partitioned index");
+    assert_eq!((margin.most, margin.sampled), (8, 1000));
+    assert!(margin.recall >= 0.97, "{margin:?}");
+    // The groups are tight and far apart: each product's neighbours lie in its own list.
+    assert!(margin.mean_lists < 2.0, "{margin:?}");
+
+    let queries: Vec<&Vec<f32>> = embeddings.iter().step_by(97).collect();
+    let (mut found, mut scanned, mut scanned_fixed) = (0, 0, 0);
+    for query in &queries {
+        let expected = ids(&flat, query, 10, &Filter::ANY);
+        found += ids(&calibrated, query, 10, &Filter::ANY)
+            .iter()
+            .filter(|id| expected.contains(id))
+            .count();
+        scanned += calibrated.scanned(query, 10, &Filter::ANY).1;
+        scanned_fixed += fixed.scanned(query, 10, &Filter::ANY).1;
+    }
+    let recall = found as f64 / (queries.len() * 10) as f64;
+    assert!(recall >= 0.95, "recall@10 {recall} against the full scan");
+    assert!(
+        scanned * 4 < scanned_fixed,
+        "{scanned} products scanned, {scanned_fixed} with 8 lists"
+    );
+    assert_eq!(fixed.scanned(queries[0], 10, &Filter::ANY).0, 8);
+
+    // A narrow filter still takes the lists it needs, past the most.
+    let rare = Filter {
+        categories: vec!["Rare".into()],
+        ..Filter::default()
+    };
+    assert_eq!(calibrated.search(&embeddings[1], 10, &rare).len(), 10);
+    assert!(calibrated.scanned(&embeddings[1], 10, &rare).0 > 1);
+
+    // The margin and the most are part of the file.
+    let read = Index::from_bytes(&calibrated.to_bytes()).unwrap();
+    assert_eq!(read, calibrated);
+    assert_ne!(read, flat.partitioned(GROUPS, 1));
+
+    // Scattered products, whose neighbours lie in many lists: a share beyond what the most
+    // lists hold has every search scan the most.
+    let scattered = random_unit_vectors(&mut StdRng::seed_from_u64(4), 1000, DIMS);
+    let (_, unreachable) = Index::build(MODEL_SHA256, grouped_catalog(1000).0, &scattered)
+        .unwrap()
+        .partitioned(20, 1)
+        .with_calibrated_margin(1.0, 2);
+    let unreachable = unreachable.unwrap();
+    assert_eq!((unreachable.margin, unreachable.mean_lists), (2.0, 2.0));
+    assert!(unreachable.recall < 1.0);
+}
+
 /// The bytes with the checksum made valid again from `header_len` on.
 pub(super) fn resealed(mut bytes: Vec<u8>, header_len: usize) -> Vec<u8> {
     let checksum = Sha256::digest(&bytes[header_len..]);
@@ -132,7 +188,20 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
             other => panic!("{other:?}"),
         }
     };
-    for (offset, value) in [(0, 0), (0, 3), (4, 0), (4, 5), (8 + 4, 1), (8 + 3 * 4, 99)] {
+    // The most lists to probe and the margin end the section.
+    let most_at = header_u64(&bytes, 148) - 8;
+    for (offset, value) in [
+        (0, 0),
+        (0, 3),
+        (4, 0),
+        (4, 5),
+        (8 + 4, 1),
+        (8 + 3 * 4, 99),
+        (most_at, 1),
+        (most_at, 5),
+        (most_at + 4, f32::NAN.to_bits()),
+        (most_at + 4, (-0.1f32).to_bits()),
+    ] {
         let message = corrupt(offset, value);
         assert!(
             message.contains("inverted lists do not partition"),
@@ -152,10 +221,25 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
 
     // A version 4 file: a 156-byte header and no blocks section.
     let partitioned = flat.partitioned(4, 2);
-    let mut version_4 = super::with_json_metadata(&partitioned.to_bytes());
+    let mut version_4 = super::with_json_metadata(&without_probe_margin(&partitioned.to_bytes()));
     version_4[8..12].copy_from_slice(&4u32.to_le_bytes());
     version_4[12..16].copy_from_slice(&156u32.to_le_bytes());
     assert_eq!(Index::from_bytes(&resealed(version_4, 156)).unwrap(), partitioned);
+
+    // A version 8 file: its lists record no margin, and a search scans a fixed number.
+    let version_8 = without_probe_margin(&partitioned.to_bytes());
+    assert_eq!(Index::from_bytes(&version_8).unwrap(), partitioned);
+}
+
+/// `bytes` (a flat index of this version with partitions, its last section) as version 8
+/// wrote it, without the most lists to probe and the margin.
+fn without_probe_margin(bytes: &[u8]) -> Vec<u8> {
+    let (at, len) = (header_u64(bytes, 140), header_u64(bytes, 148));
+    assert_eq!(at + len, bytes.len(), "the partitions section comes last");
+    let mut file = bytes[..bytes.len() - 8].to_vec();
+    file[8..12].copy_from_slice(&8u32.to_le_bytes());
+    file[148..156].copy_from_slice(&(len as u64 - 8).to_le_bytes());
+    resealed(file, 172)
 }
 
 #[test]
