@@ -326,9 +326,15 @@ pub fn split_for_training(
         }
     }
     if holdout.with_role(Role::Query).is_empty() {
-        bail!(
-            "no held-out product has two photos; every {holdout_every}th product is held out to choose the best epoch"
-        );
+        match match_by {
+            Match::Product => bail!(
+                "no held-out product has two photos; every {holdout_every}th product is held out to choose the best epoch"
+            ),
+            Match::Category => bail!(
+                "fewer than two photos are held out; every {holdout_every}th product's photos are held out to choose \
+                 the best epoch"
+            ),
+        }
     }
     Ok(TrainingSplit {
         train_photos,

@@ -378,7 +378,19 @@ fn a_catalog_trains_by_category_without_the_photos_eval_asks_with() {
     let error = split_for_training(&mut dataset, Match::Product, 4, Some(5))
         .err()
         .unwrap();
-    assert!(error.to_string().contains("two photos"), "{error}");
+    assert!(
+        error.to_string().contains("no held-out product has two photos"),
+        "{error}"
+    );
+    // By category, with a single held-out photo there is nothing to search for it.
+    let mut dataset = Dataset::read(&path).unwrap();
+    let error = split_for_training(&mut dataset, Match::Category, 60, None)
+        .err()
+        .unwrap();
+    assert!(
+        error.to_string().contains("fewer than two photos are held out"),
+        "{error}"
+    );
     // A split whose roles are given already has its queries.
     std::fs::write(&path, "path,item_id,role\na.jpg,1,query\nb.jpg,1,gallery\n").unwrap();
     let error = split_for_training(&mut Dataset::read(&path).unwrap(), Match::Product, 2, Some(5))
