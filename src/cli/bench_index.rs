@@ -144,25 +144,30 @@ pub fn run(args: Args) -> Result<()> {
             (None, None) => (size as f64).sqrt().round() as usize,
         };
         let partitioned = index.partitioned(lists, 1);
+        // A fixed number of lists, labelled by it; then calibrated margins, labelled by what
+        // they were chosen for, and by the lists their searches scan on average.
         let fixed = args
             .probes
             .iter()
-            .map(|&probe| (probe.to_string(), partitioned.clone().with_probe(probe)));
+            .map(|&probe| (probe.to_string(), false, partitioned.clone().with_probe(probe)));
         let most = default_probe(lists, true);
         let calibrated = args.list_recalls.iter().map(|&recall| {
             let (index, margin) = partitioned.clone().with_calibrated_margin(recall, most);
-            let label = margin.map_or_else(String::new, |m| {
-                format!(
-                    "within {:.3} (for {recall}), at most {most}: {:.1} on average",
-                    m.margin,
-                    mean_scanned(&index, &query_rows).0
-                )
-            });
-            (label, index)
+            let margin = margin.map_or(0.0, |m| m.margin);
+            (
+                format!("within {margin:.3} (for {recall}), at most {most}"),
+                true,
+                index,
+            )
         });
-        for (label, index) in fixed.chain(calibrated) {
+        for (label, calibrated, index) in fixed.chain(calibrated) {
             let (recall, search) = measure(&index, &query_rows, &exact);
-            let (_, scanned) = mean_scanned(&index, &query_rows);
+            let (mean_lists, scanned) = mean_scanned(&index, &query_rows);
+            let label = if calibrated {
+                format!("{label}: {mean_lists:.1} on average")
+            } else {
+                label
+            };
             println!(
                 "| {size} | {lists} | {label} | {scanned:.0} ({:.1}%) | {recall:.3} | {:.2} ({:.2} ms) |",
                 100.0 * scanned / size as f64,

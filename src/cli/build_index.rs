@@ -177,11 +177,10 @@ impl PartitionArgs {
         let started = Instant::now();
         let probe = self.probe.unwrap_or(default_probe(lists, self.ranged));
         let index = index.partitioned(lists, probe);
-        let lists = index.lists().map_or(0, |(lists, _)| lists);
+        let (lists, least) = index.lists().unwrap_or_default();
         if !self.ranged {
             eprintln!(
-                "grouped the products into {lists} lists, of which a search scans {} or more, in {:.1} s",
-                index.lists().map_or(0, |(_, probe)| probe),
+                "grouped the products into {lists} lists, of which a search scans {least} or more, in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
             return index;
