@@ -12,7 +12,10 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use crate::colour::{colour_similarity, describe, vote_colour_name, HISTOGRAM_LEN, NAME_VOTERS, NAMING_SHAPE_WEIGHT};
+use crate::colour::{
+    colour_similarity, describe, palette_codes, train_palette, vote_colour_name, CompactColour, HISTOGRAM_LEN,
+    NAME_VOTERS, NAMING_SHAPE_WEIGHT,
+};
 use crate::model::Embedder;
 use crate::preprocess::DecodeLimits;
 use crate::train::dataset::{Dataset, Role};
@@ -48,6 +51,11 @@ pub struct Args {
     /// Where embeddings are cached between runs.
     #[arg(long, default_value = ".cache/features")]
     pub cache: PathBuf,
+    /// Also name colours from the gallery's colours as a catalog index stores them: 0 for each
+    /// photo's own 24-byte colour, N for the nearest word of a palette of N trained on the
+    /// gallery (`build-index --colour-palette`). A list, e.g. 0,1024,4096.
+    #[arg(long, value_delimiter = ',')]
+    pub stored_colours: Vec<usize>,
 }
 
 /// What makes a gallery photo the right answer to a query.
@@ -140,6 +148,7 @@ pub(crate) fn numbered<'a>(values: impl Iterator<Item = &'a str>) -> Vec<u32> {
 }
 
 /// The split's labelled photos and their colour histograms, computed once for every report.
+#[derive(Clone)]
 pub struct ColourSplit {
     queries: Vec<usize>,
     references: Vec<usize>,
@@ -187,6 +196,31 @@ pub fn colour_split(dataset: &Dataset) -> Result<Option<ColourSplit>> {
         reference_rows,
         names: numbered(dataset.photos.iter().map(|p| p.colour.as_str())),
     }))
+}
+
+impl ColourSplit {
+    /// The split with the references' colours as an index stores them: each its own
+    /// [`CompactColour`] (`palette` 0) or the nearest word of a palette of `palette` of them.
+    fn as_stored(&self, palette: usize) -> ColourSplit {
+        let own: Vec<CompactColour> = self
+            .reference_rows
+            .chunks_exact(HISTOGRAM_LEN)
+            .map(CompactColour::from_histogram)
+            .collect();
+        let stored = if palette == 0 {
+            own
+        } else {
+            let words = train_palette(&own, palette);
+            palette_codes(&words, &own)
+                .into_iter()
+                .map(|code| words[usize::from(code)])
+                .collect()
+        };
+        ColourSplit {
+            reference_rows: stored.iter().flat_map(CompactColour::to_histogram).collect(),
+            ..self.clone()
+        }
+    }
 }
 
 /// How often the colour name voted by the gallery's labelled photos (as the widget names a
@@ -287,11 +321,23 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let colour = colour_split(&dataset)?;
+    // The full split first, then as each kind of stored colour.
+    let colour_splits: Vec<(String, ColourSplit)> = colour
+        .iter()
+        .flat_map(|split| {
+            let stored = args.stored_colours.iter().map(|&palette| match palette {
+                0 => ("colour stored per photo".to_owned(), split.as_stored(0)),
+                words => (format!("colour stored in a palette of {words}"), split.as_stored(words)),
+            });
+            std::iter::once(("colour".to_owned(), split.clone())).chain(stored)
+        })
+        .collect();
     let mut colour_reports = Vec::new();
-    if let Some(split) = &colour {
-        colour_reports.push(evaluate_colour(&dataset, split, "colour", None));
-        println!("{}", colour_line(&colour_reports[0]));
-    } else if args.models.is_empty() {
+    for (by, split) in &colour_splits {
+        colour_reports.push(evaluate_colour(&dataset, split, by, None));
+        println!("{}", colour_line(colour_reports.last().expect("just pushed")));
+    }
+    if colour.is_none() && args.models.is_empty() {
         bail!("give --model to evaluate, or a split with colour labels");
     }
     let mut reports = Vec::new();
@@ -307,8 +353,8 @@ pub fn run(args: Args) -> Result<()> {
         report.seconds = started.elapsed().as_secs_f64();
         println!("{}", summary_line(&report));
         reports.push(report);
-        if let Some(split) = &colour {
-            let by = format!("colour + {name}");
+        for (by, split) in &colour_splits {
+            let by = format!("{by} + {name}");
             colour_reports.push(evaluate_colour(&dataset, split, &by, Some(&embeddings)));
             println!("{}", colour_line(colour_reports.last().expect("just pushed")));
         }
