@@ -344,6 +344,136 @@ impl CompactColour {
     }
 }
 
+/// Most words a colour palette may hold: a product's word is a u16.
+pub const MAX_PALETTE_WORDS: usize = 1 << 16;
+
+/// A palette of `words` typical colours of `colours`, for a large catalog to store each
+/// product's colour as the number of its nearest word (2 bytes rather than 24): spherical
+/// k-means on the histograms of a seeded sample, compared as searches compare colours.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn train_palette(colours: &[CompactColour], words: usize) -> Vec<CompactColour> {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    /// Colours the words are trained on, per word, and rounds of k-means.
+    const SAMPLE_PER_WORD: usize = 16;
+    const ITERATIONS: usize = 10;
+
+    let sampled = (words.min(MAX_PALETTE_WORDS) * SAMPLE_PER_WORD).min(colours.len());
+    // At random: a strided sample could miss the colours of a catalog listed by colour.
+    let sample: Vec<CompactColour> = rand::seq::index::sample(&mut StdRng::seed_from_u64(3), colours.len(), sampled)
+        .into_iter()
+        .map(|position| colours[position])
+        .collect();
+    let words = words.min(MAX_PALETTE_WORDS).min(sample.len());
+    let mut centres = farthest_first(&sample, words);
+    for _ in 0..ITERATIONS {
+        let nearest = WordColumns::new(&centres).nearest_each(&sample);
+        let mut sums = vec![0f32; words * HISTOGRAM_LEN];
+        for (colour, &word) in sample.iter().zip(&nearest) {
+            for (bin, weight) in colour.bins() {
+                sums[usize::from(word) * HISTOGRAM_LEN + bin] += weight;
+            }
+        }
+        for (centre, sum) in centres
+            .chunks_exact_mut(HISTOGRAM_LEN)
+            .zip(sums.chunks_exact(HISTOGRAM_LEN))
+        {
+            let norm = sum.iter().map(|value| value * value).sum::<f32>().sqrt();
+            // A word no colour chose keeps its place.
+            if norm > 0.0 {
+                centre.iter_mut().zip(sum).for_each(|(c, s)| *c = s / norm);
+            }
+        }
+    }
+    centres
+        .chunks_exact(HISTOGRAM_LEN)
+        .map(CompactColour::from_histogram)
+        .collect()
+}
+
+/// `words` of `sample` as histograms, one after another, each the colour least like those
+/// already chosen: a rare colour (the one red dress of a catalog in black and white) gets a
+/// word of its own, where a random start could leave it none.
+#[cfg(not(target_arch = "wasm32"))]
+fn farthest_first(sample: &[CompactColour], words: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut centres = Vec::with_capacity(words * HISTOGRAM_LEN);
+    let mut closest = vec![f32::NEG_INFINITY; sample.len()];
+    let mut next = 0;
+    for _ in 0..words {
+        let centre = sample[next].to_histogram();
+        closest
+            .par_iter_mut()
+            .zip(sample)
+            .for_each(|(closest, colour)| *closest = closest.max(colour.similarity(&centre)));
+        centres.extend(centre);
+        next = (0..sample.len())
+            .min_by(|&x, &y| closest[x].total_cmp(&closest[y]))
+            .unwrap_or(0);
+    }
+    centres
+}
+
+/// The number of the word of `palette` (at most [`MAX_PALETTE_WORDS`]) most similar to each
+/// of `colours`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn palette_codes(palette: &[CompactColour], colours: &[CompactColour]) -> Vec<u16> {
+    let words: Vec<f32> = palette.iter().flat_map(CompactColour::to_histogram).collect();
+    WordColumns::new(&words).nearest_each(colours)
+}
+
+/// Palette words (histograms) stored bin by bin, so that a colour's similarity to every word
+/// is a few runs of multiply-adds over contiguous floats: a million products against 4,096
+/// words in seconds rather than minutes.
+#[cfg(not(target_arch = "wasm32"))]
+struct WordColumns {
+    words: usize,
+    /// `HISTOGRAM_LEN` rows of `words` values.
+    columns: Vec<f32>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl WordColumns {
+    /// From histograms, one after another.
+    fn new(histograms: &[f32]) -> WordColumns {
+        let words = histograms.len() / HISTOGRAM_LEN;
+        let mut columns = vec![0f32; HISTOGRAM_LEN * words];
+        for (word, histogram) in histograms.chunks_exact(HISTOGRAM_LEN).enumerate() {
+            for (bin, &value) in histogram.iter().enumerate() {
+                columns[bin * words + word] = value;
+            }
+        }
+        WordColumns { words, columns }
+    }
+
+    /// The most similar word to each of `colours` (the first of equals).
+    fn nearest_each(&self, colours: &[CompactColour]) -> Vec<u16> {
+        use rayon::prelude::*;
+        colours
+            .par_iter()
+            .map_init(
+                || vec![0f32; self.words],
+                |scores, colour| {
+                    scores.fill(0.0);
+                    for (bin, weight) in colour.bins() {
+                        let column = &self.columns[bin * self.words..(bin + 1) * self.words];
+                        scores
+                            .iter_mut()
+                            .zip(column)
+                            .for_each(|(score, value)| *score += weight * value);
+                    }
+                    let best = scores
+                        .iter()
+                        .enumerate()
+                        .max_by(|x, y| x.1.total_cmp(y.1).then(y.0.cmp(&x.0)))
+                        .map_or(0, |(word, _)| word);
+                    best as u16
+                },
+            )
+            .collect()
+    }
+}
+
 /// The colour name that the [`NAME_VOTERS`] most similar labelled photos vote for, each
 /// vote weighted by its similarity. `candidates` holds (similarity, name) for every
 /// labelled photo; `None` when there are none.
@@ -459,5 +589,37 @@ mod tests {
         assert_eq!(name([190, 40, 50], [230, 230, 225]), Some(0));
         assert_eq!(name([25, 25, 30], [250, 250, 250]), Some(2));
         assert_eq!(vote_colour_name(Vec::new()), None);
+    }
+
+    /// Shades of a few garment colours on a white backdrop: a palette of as many words gives
+    /// each shade the word of its own colour, and the one rare colour a word of its own.
+    #[test]
+    fn a_palette_has_a_word_for_each_colour_even_a_rare_one() {
+        let garments = [[200, 30, 40], [30, 60, 160], [30, 30, 35], [240, 200, 40]];
+        let mut colours = Vec::new();
+        let mut garment_of = Vec::new();
+        for shade in 0..60u8 {
+            // The yellow garment is rare: one photo in sixty.
+            for (garment, &rgb) in garments.iter().enumerate().filter(|&(g, _)| g < 3 || shade == 0) {
+                let shaded = rgb.map(|c: u8| c.saturating_add(shade / 4));
+                colours.push(CompactColour::from_histogram(
+                    &describe(&studio_photo(shaded, [250, 250, 250])).histogram,
+                ));
+                garment_of.push(garment);
+            }
+        }
+        let palette = train_palette(&colours, garments.len());
+        assert_eq!(palette.len(), garments.len());
+        let codes = palette_codes(&palette, &colours);
+        for garment in 0..garments.len() {
+            let words: std::collections::BTreeSet<u16> = (0..colours.len())
+                .filter(|&n| garment_of[n] == garment)
+                .map(|n| codes[n])
+                .collect();
+            assert_eq!(words.len(), 1, "garment {garment}: {words:?}");
+            let word = palette[usize::from(*words.first().unwrap())];
+            let own = colours[garment_of.iter().position(|&g| g == garment).unwrap()];
+            assert!(word.similarity(&own.to_histogram()) > 0.9, "garment {garment}");
+        }
     }
 }

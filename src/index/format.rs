@@ -1,9 +1,9 @@
-//! The index file format, version 9. All integers are little-endian.
+//! The index file format, version 10. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (9)
+//!      8     4  format version (10)
 //!     12     4  header length (172; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
@@ -31,7 +31,9 @@
 //!   the int8 layout.
 //!
 //! Colours (version 3; versions 1 and 2 end their header at 124 and have none): `count *`
-//! [`COMPACT_BINS`] u16 words, product by product, each [`CompactColour`]'s `bin << 7 | weight`.
+//! [`COMPACT_BINS`] u16 words, product by product, each [`CompactColour`]'s `bin << 7 | weight`;
+//! since version 10 after a palette, which may replace them with word numbers, as
+//! [`super::colours`] describes.
 //!
 //! Partitions (version 4; version 3 ends its header at 140 and has none): the inverted lists,
 //! laid out as [`super::partition`] describes (version 9 adds how many lists to probe at most
@@ -39,7 +41,7 @@
 //!
 //! Blocks (version 5; version 4 ends its header at 156 and has none): present in the head of
 //! a ranged catalog only, whose vectors section then holds the codec's parameters alone and
-//! whose colours section is empty; see [`super::ranged`]. Version 6 stores the product
+//! whose colours section is empty or holds the palette alone; see [`super::ranged`]. Version 6 stores the product
 //! quantiser's floats as f16, and the blocks section of a ranged catalog's head may also
 //! locate pages of product details.
 //!
@@ -55,14 +57,14 @@ use flate2::Compression;
 use sha2::{Digest, Sha256};
 
 use super::codec::{QuantiserLayout, Reader, Vectors};
+use super::colours::Colours;
 use super::partition::Partitions;
 use super::ranged::Blocks;
 use super::{Index, IndexError};
 use crate::catalog::Product;
-use crate::colour::{CompactColour, COMPACT_BINS};
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 9;
+pub const FORMAT_VERSION: u32 = 10;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -82,6 +84,8 @@ const TABLE_METADATA_VERSION: u32 = 7;
 const PROJECTED_QUANTISER_VERSION: u32 = 8;
 /// The first version whose inverted lists record a probe margin.
 const PROBE_MARGIN_VERSION: u32 = 9;
+/// The first version whose colours section may hold a palette.
+const COLOUR_PALETTE_VERSION: u32 = 10;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
@@ -105,7 +109,9 @@ impl Index {
             self.vectors.write_parameters(&mut vectors);
         } else {
             self.vectors.write(&mut vectors);
-            write_colours(self.colours.as_deref().unwrap_or_default(), &mut colours);
+        }
+        if let Some(stored) = &self.colours {
+            stored.write_section(blocks.is_some(), &mut colours);
         }
         let vectors_len = vectors.len();
         let blocks = blocks.unwrap_or_default();
@@ -266,32 +272,33 @@ impl Index {
         let blocks = blocks.slice(bytes);
         // Read after the metadata: the product count a head's rows make room for is then one
         // its own metadata lists, not any number a header may claim.
+        let counted_colours = version >= COLOUR_PALETTE_VERSION;
         let (vectors, colours, blocks) = if blocks.is_empty() {
             let vectors = Vectors::read(codec, vectors.slice(bytes), count, dims, layout)?;
-            (vectors, read_colours(colours.slice(bytes), count)?, None)
+            let colours = Colours::read_section(colours.slice(bytes), count, counted_colours, None)?;
+            (vectors, colours, None)
         } else {
             let Some(partitions) = &partitions else {
                 return Err(corrupt("it has list blocks but no inverted lists".into()));
             };
-            if !colours.slice(bytes).is_empty() {
-                return Err(corrupt(
-                    "its colours lie both in its head and in its list blocks".into(),
-                ));
-            }
             let mut reader = Reader {
                 bytes: vectors.slice(bytes),
                 section: "vectors",
             };
             let mut vectors = Vectors::read_parameters(codec, &mut reader, dims, layout)?;
             reader.finish("the codec's parameters need")?;
-            let blocks = Blocks::read(blocks, count, partitions, vectors.row_bytes())?;
+            let in_blocks = Blocks::hold_colours(blocks);
+            let colours = Colours::read_section(colours.slice(bytes), count, counted_colours, Some(in_blocks))?;
+            let colour_bytes = colours
+                .as_ref()
+                .map_or(0, |colours| Colours::product_bytes(colours.palette_len().is_some()));
+            let blocks = Blocks::read(blocks, count, partitions, vectors.row_bytes() + colour_bytes)?;
             if count as u64 * vectors.row_bytes() as u64 > isize::MAX as u64 {
                 return Err(corrupt(format!(
                     "its {count} products of {dims} dimensions cannot fit in this device's memory"
                 )));
             }
             vectors.make_room(count);
-            let colours = blocks.has_colours().then(|| vec![CompactColour::default(); count]);
             (vectors, colours, Some(blocks))
         };
         let mut model_sha256 = [0u8; 32];
@@ -346,46 +353,6 @@ impl Section {
     fn slice<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
         &bytes[self.start as usize..self.end as usize]
     }
-}
-
-/// Bytes a product's colour takes in the colours section (and in a list's block).
-pub(super) const COLOUR_BYTES: usize = COMPACT_BINS * 2;
-
-/// `colours` as the colours section stores them.
-pub(super) fn write_colours(colours: &[CompactColour], bytes: &mut Vec<u8>) {
-    bytes.extend(colours.iter().flat_map(|colour| colour.0).flat_map(u16::to_le_bytes));
-}
-
-/// The colours section: none when empty, else one valid [`CompactColour`] per product.
-fn read_colours(section: &[u8], count: usize) -> Result<Option<Vec<CompactColour>>, IndexError> {
-    if section.is_empty() {
-        return Ok(None);
-    }
-    let expected = count as u64 * COLOUR_BYTES as u64;
-    if section.len() as u64 != expected {
-        return Err(corrupt(format!(
-            "the colours section has {} bytes, {count} products need {expected}",
-            section.len()
-        )));
-    }
-    let mut colours = vec![CompactColour::default(); count];
-    read_colours_into(section, &mut colours, 0)?;
-    Ok(Some(colours))
-}
-
-/// Fills `colours` (those of the products from `first` on) from `bytes`, exactly as long.
-pub(super) fn read_colours_into(bytes: &[u8], colours: &mut [CompactColour], first: usize) -> Result<(), IndexError> {
-    for (position, (colour, chunk)) in colours.iter_mut().zip(bytes.chunks_exact(COLOUR_BYTES)).enumerate() {
-        let mut words = [0u16; COMPACT_BINS];
-        for (word, pair) in words.iter_mut().zip(chunk.chunks_exact(2)) {
-            *word = u16::from_le_bytes([pair[0], pair[1]]);
-        }
-        *colour = CompactColour(words);
-        if !colour.is_valid() {
-            return Err(corrupt(format!("product {} has an invalid colour", first + position)));
-        }
-    }
-    Ok(())
 }
 
 /// `bytes` as a gzip member, as the metadata is stored.

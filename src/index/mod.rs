@@ -6,13 +6,15 @@
 //! top `k` are kept in a bounded heap while scanning. A search may carry a
 //! [`Filter`] (category, colour, brand, price range, in stock), tested before a product's
 //! vector is read; "more like this" searches by a product's stored vector. An index may also
-//! hold each product's colour ([`CompactColour`], 24 bytes), which a search can blend in.
+//! hold each product's colour ([`CompactColour`], 24 bytes, or 2 as a word of a palette of the
+//! catalog's colours), which a search can blend in.
 //! A large index is partitioned into inverted lists ([`Index::partitioned`]); a search then
 //! scans the lists nearest the query. A partitioned index may also be split into a head and a
 //! lists file ([`Index::to_ranged_bytes`]), whose lists a browser fetches as searches need them,
 //! and the details (title, link, thumbnail) of the products it shows.
 
 mod codec;
+mod colours;
 mod filter;
 mod format;
 mod manifest;
@@ -24,6 +26,7 @@ use std::cell::Cell;
 use std::ops::Range;
 
 use self::codec::{TopK, Vectors};
+use self::colours::Colours;
 use self::filter::Columns;
 use self::partition::Partitions;
 use self::ranged::Blocks;
@@ -107,7 +110,7 @@ pub struct Index {
     products: Vec<Product>,
     vectors: Vectors,
     /// One per product, when the index was built with colours.
-    colours: Option<Vec<CompactColour>>,
+    colours: Option<Colours>,
     /// The inverted lists, for a partitioned index.
     partitions: Option<Partitions>,
     /// For the head of a ranged catalog: its lists' blocks, and which are loaded.
@@ -208,9 +211,7 @@ impl Index {
             columns: Columns::new(&products),
             products,
             vectors: self.vectors.reorder(&order),
-            colours: self
-                .colours
-                .map(|colours| order.iter().map(|&product| colours[product]).collect()),
+            colours: self.colours.map(|colours| colours.reordered(&order)),
             partitions: Some(partitions),
             blocks: None,
         }
@@ -326,8 +327,22 @@ impl Index {
                 colours: colours.len(),
             });
         }
-        self.colours = Some(colours);
+        self.colours = Some(Colours::Own(colours));
         Ok(self)
+    }
+
+    /// The index with each product's colour replaced by the nearest of a palette of `words`
+    /// typical colours of the catalog (2 bytes a product rather than 24): for large catalogs,
+    /// where a ranged one downloads a colour with each row it scans.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_colour_palette(mut self, words: usize) -> Index {
+        self.colours = self.colours.map(|colours| colours.coded(words));
+        self
+    }
+
+    /// The number of colours in the palette that products' colours are words of, if any.
+    pub fn colour_palette(&self) -> Option<usize> {
+        self.colours.as_ref()?.palette_len()
     }
 
     /// Whether the index holds the products' colours.
@@ -337,11 +352,7 @@ impl Index {
 
     /// The colour stored for the product at `product`.
     pub fn colour(&self, product: usize) -> Option<CompactColour> {
-        self.colours
-            .as_ref()
-            .filter(|_| self.is_loaded(product))?
-            .get(product)
-            .copied()
+        self.colours.as_ref().filter(|_| self.is_loaded(product))?.get(product)
     }
 
     /// How the vectors are stored.
@@ -440,6 +451,7 @@ impl Index {
         let Some(colours) = self.colours.as_ref().filter(|_| query.len() == self.dims) else {
             return (self.search_with_colour(query, Some(colour), k, filter), None);
         };
+        let colour_scores = colours.scores(colour.histogram);
         let matcher = self.columns.matcher(filter);
         let shown = |product| matcher.as_ref().is_none_or(|m| m.matches(product));
         let named = |product: usize| !self.products[product].colour.is_empty();
@@ -460,7 +472,7 @@ impl Index {
             &mut self.runs_to_scan(&query, weight, k, &shown_count),
             &keep,
             &mut |product, cosine| {
-                let similarity = colours[product].similarity(colour.histogram);
+                let similarity = colour_scores.of(product);
                 if shown(product) {
                     best.push(product, (1.0 - weight) * cosine + weight * similarity);
                 }
@@ -516,8 +528,9 @@ impl Index {
             (Some(ColourQuery { histogram, weight }), Some(colours)) if weight > 0.0 => {
                 let weight = weight.min(1.0);
                 let mut lists = self.runs_to_scan(query, weight, k, &kept);
+                let colour_scores = colours.scores(histogram);
                 self.vectors.nearest(query, k, &mut lists, &keep, |product, cosine| {
-                    (1.0 - weight) * cosine + weight * colours[product].similarity(histogram)
+                    (1.0 - weight) * cosine + weight * colour_scores.of(product)
                 })
             }
             _ => {

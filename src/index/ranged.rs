@@ -4,13 +4,13 @@
 //! the lists it scans.
 //!
 //! The head is an index file whose vectors section holds the codec's parameters alone, whose
-//! colours section is empty and whose blocks section says where each list's block lies in
+//! colours section is empty or holds the colour palette alone and whose blocks section says where each list's block lies in
 //! the lists file: u32 flags (bit 0: the blocks hold colours), u32 list count, then per list
 //! u64 start, u64 length and the block's sha256. The head's own checksum covers these, so a
 //! block the head vouches for is as trustworthy as the head.
 //!
 //! A block holds its products' rows as the vectors section lays out all of them, then, with
-//! colours, their colours as the colours section does. The blocks follow one another in list
+//! colours, their colours as the colours section does after its palette. The blocks follow one another in list
 //! order, without gaps.
 //!
 //! Since version 6 the head's product metadata holds only what filters and "more like this"
@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::codec::{corrupt, Reader};
-use super::format::{inflate, read_colours_into, COLOUR_BYTES, METADATA_BYTES_PER_PRODUCT};
+use super::colours::Colours;
+use super::format::{inflate, METADATA_BYTES_PER_PRODUCT};
 use super::partition::Partitions;
 use super::{unit_length, Filter, Index, IndexError};
 
@@ -80,8 +81,12 @@ impl Block {
 }
 
 impl Blocks {
-    pub(super) fn has_colours(&self) -> bool {
-        self.colours
+    /// Whether the blocks section `section` says that the blocks hold colours (read before
+    /// the section itself, which needs to know how many bytes they take).
+    pub(super) fn hold_colours(section: &[u8]) -> bool {
+        section
+            .get(..4)
+            .is_some_and(|flags| u32::from_le_bytes(flags.try_into().expect("4 bytes")) & HAS_COLOURS != 0)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -110,12 +115,13 @@ impl Blocks {
     }
 
     /// Reads the blocks section of a head of `count` products whose lists are `partitions` and
-    /// whose products' rows take `row_bytes` each; no list or page is loaded yet.
+    /// whose products take `product_bytes` each in a block (row and colour); no list or page is
+    /// loaded yet.
     pub(super) fn read(
         section: &[u8],
         count: usize,
         partitions: &Partitions,
-        row_bytes: usize,
+        product_bytes: usize,
     ) -> Result<Blocks, IndexError> {
         let mut reader = Reader {
             bytes: section,
@@ -134,7 +140,7 @@ impl Blocks {
         };
         reader.finish("its blocks need")?;
         let colours = flags & HAS_COLOURS != 0;
-        let product_bytes = (row_bytes + if colours { COLOUR_BYTES } else { 0 }) as u64;
+        let product_bytes = product_bytes as u64;
         // One message for every inconsistency: each means the same damage to a shopper.
         let mut end = 0;
         let mut follows = |block: &Block| {
@@ -215,7 +221,7 @@ impl Index {
                 let mut block = Vec::new();
                 self.vectors.write_rows(run.clone(), &mut block);
                 if let Some(colours) = &self.colours {
-                    super::format::write_colours(&colours[run], &mut block);
+                    colours.write_products(run, &mut block);
                 }
                 append_block(&mut lists_file, &block)
             })
@@ -309,8 +315,11 @@ impl Index {
         };
         self.vectors.read_rows(run.clone(), &mut reader)?;
         if let Some(colours) = &mut self.colours {
-            let bytes = reader.take(run.len() * COLOUR_BYTES, "colours")?;
-            read_colours_into(bytes, &mut colours[run.clone()], run.start)?;
+            let bytes = reader.take(
+                run.len() * Colours::product_bytes(colours.palette_len().is_some()),
+                "colours",
+            )?;
+            colours.read_products(bytes, run.start)?;
         }
         reader.finish(&format!("the rows of its {} products need", run.len()))?;
         blocks.loaded[list] = true;

@@ -2,7 +2,8 @@
 // inverted lists a search scans with HTTP Range requests from a static server, and only those, then the pages of
 // titles, links and thumbnails of the results it shows (the head holds only what filters need). From a host
 // that ignores Range (a proxy that always sends whole files) it takes the whole lists file once; a damaged
-// lists file is refused with a message. The demo's 1,000 products in 16 lists, 2 probed per search.
+// lists file is refused with a message. The demo's 1,000 products in 16 lists, 2 probed per search, their
+// colours words of a palette of 64.
 
 import assert from "node:assert/strict";
 import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -35,7 +36,7 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
 
   before(async () => {
     site = demoSite("otlens-ranged-");
-    manifest = buildDemoCatalog(site, "ranged", ["--lists", String(LISTS), "--probe", "2", "--ranged"]);
+    manifest = buildDemoCatalog(site, "ranged", ["--lists", String(LISTS), "--probe", "2", "--ranged", "--colour-palette", "64"]);
     // The same catalog with one byte of its first list changed: the head still vouches for the original.
     cpSync(join(site, "ranged"), join(site, "damaged"), { recursive: true });
     const lists = join(site, "damaged", manifest.lists.file);
@@ -91,6 +92,7 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
     const searched = await searchWith(page, photo);
     assert.equal(ids(searched)[0], product.id, "the product's own photo finds it first");
     assert.equal(searched.results.length, 12);
+    assert.ok(searched.colour.name, "the colours, words of a palette of 64, name the photo's colour");
     assert.equal(searched.results[0].product.title, product.title, "the results' details came with them");
     assert.ok(searched.results.every(({ product }) => product.title && product.url && product.thumbnail));
     assert.ok(searched.timings.lists_ms >= 0 && searched.timings.details_ms >= 0);

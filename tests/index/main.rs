@@ -442,6 +442,7 @@ fn errors_read_well() {
 
 mod codecs;
 mod filters;
+mod palette;
 mod partitions;
 mod ranged;
 
@@ -478,7 +479,8 @@ fn colours_are_stored_and_blend_into_the_ranking() {
     assert_eq!(read.similar_with_colour(3, 1.0, 1, &Filter::ANY).len(), 1);
 
     // A colour word naming a bin beyond the histogram is damage, not a panic.
-    let colours_at = header_u64(&bytes, 124);
+    // The colours follow the palette's size (0: none).
+    let colours_at = header_u64(&bytes, 124) + 4;
     let damaged = with_header_field(&bytes, colours_at, &0xffffu16.to_le_bytes());
     assert!(matches!(Index::from_bytes(&damaged), Err(IndexError::Corrupt(_))));
     let short = with_header_field(&bytes, 132, &(header_u64(&bytes, 132) as u64 - 2).to_le_bytes());
