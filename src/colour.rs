@@ -358,13 +358,14 @@ pub fn train_palette(colours: &[CompactColour], words: usize) -> Vec<CompactColo
     const SAMPLE_PER_WORD: usize = 16;
     const ITERATIONS: usize = 10;
 
-    let sampled = (words.min(MAX_PALETTE_WORDS) * SAMPLE_PER_WORD).min(colours.len());
+    let words = words.min(MAX_PALETTE_WORDS);
+    let sampled = (words * SAMPLE_PER_WORD).min(colours.len());
     // At random: a strided sample could miss the colours of a catalog listed by colour.
     let sample: Vec<CompactColour> = rand::seq::index::sample(&mut StdRng::seed_from_u64(3), colours.len(), sampled)
         .into_iter()
         .map(|position| colours[position])
         .collect();
-    let words = words.min(MAX_PALETTE_WORDS).min(sample.len());
+    let words = words.min(sample.len());
     let mut centres = farthest_first(&sample, words);
     for _ in 0..ITERATIONS {
         let nearest = WordColumns::new(&centres).nearest_each(&sample);

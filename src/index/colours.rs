@@ -114,13 +114,9 @@ impl Colours {
         }
     }
 
-    /// Bytes each product's colour takes in a list's block.
-    pub(super) fn product_bytes(palette: bool) -> usize {
-        if palette {
-            CODE_BYTES
-        } else {
-            COMPACT_BYTES
-        }
+    /// Bytes each product's colour takes in the colours section and in a list's block.
+    pub(super) fn product_bytes(&self) -> usize {
+        product_bytes(self.palette_len().is_some())
     }
 
     /// The colours section; for a ranged catalog's head (`in_head`), the palette alone.
@@ -217,7 +213,7 @@ impl Colours {
                 ))
             }
             None => {
-                let needed = count as u64 * Colours::product_bytes(palette.is_some()) as u64;
+                let needed = count as u64 * product_bytes(palette.is_some()) as u64;
                 if reader.bytes.len() as u64 != needed {
                     return Err(corrupt(format!(
                         "the colours section has {} bytes for its products, {count} products need {needed}",
@@ -231,6 +227,15 @@ impl Colours {
         };
         reader.finish("its colours need")?;
         Ok(Some(colours))
+    }
+}
+
+/// Bytes a product's colour takes: a word number with a palette, else its own colour.
+fn product_bytes(palette: bool) -> usize {
+    if palette {
+        CODE_BYTES
+    } else {
+        COMPACT_BYTES
     }
 }
 

@@ -41,9 +41,9 @@
 //!
 //! Blocks (version 5; version 4 ends its header at 156 and has none): present in the head of
 //! a ranged catalog only, whose vectors section then holds the codec's parameters alone and
-//! whose colours section is empty or holds the palette alone; see [`super::ranged`]. Version 6 stores the product
-//! quantiser's floats as f16, and the blocks section of a ranged catalog's head may also
-//! locate pages of product details.
+//! whose colours section is empty or holds the palette alone; see [`super::ranged`]. Version
+//! 6 stores the product quantiser's floats as f16, and the blocks section of a ranged
+//! catalog's head may also locate pages of product details.
 //!
 //! Reading checks every size against the buffer before allocating, so a hostile or
 //! damaged file costs at most a copy of itself, and its metadata at most
@@ -289,9 +289,7 @@ impl Index {
             reader.finish("the codec's parameters need")?;
             let in_blocks = Blocks::hold_colours(blocks);
             let colours = Colours::read_section(colours.slice(bytes), count, counted_colours, Some(in_blocks))?;
-            let colour_bytes = colours
-                .as_ref()
-                .map_or(0, |colours| Colours::product_bytes(colours.palette_len().is_some()));
+            let colour_bytes = colours.as_ref().map_or(0, Colours::product_bytes);
             let blocks = Blocks::read(blocks, count, partitions, vectors.row_bytes() + colour_bytes)?;
             if count as u64 * vectors.row_bytes() as u64 > isize::MAX as u64 {
                 return Err(corrupt(format!(

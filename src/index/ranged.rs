@@ -4,14 +4,14 @@
 //! the lists it scans.
 //!
 //! The head is an index file whose vectors section holds the codec's parameters alone, whose
-//! colours section is empty or holds the colour palette alone and whose blocks section says where each list's block lies in
-//! the lists file: u32 flags (bit 0: the blocks hold colours), u32 list count, then per list
-//! u64 start, u64 length and the block's sha256. The head's own checksum covers these, so a
-//! block the head vouches for is as trustworthy as the head.
+//! colours section is empty or holds the colour palette alone and whose blocks section says
+//! where each list's block lies in the lists file: u32 flags (bit 0: the blocks hold colours),
+//! u32 list count, then per list u64 start, u64 length and the block's sha256. The head's own
+//! checksum covers these, so a block the head vouches for is as trustworthy as the head.
 //!
 //! A block holds its products' rows as the vectors section lays out all of them, then, with
-//! colours, their colours as the colours section does after its palette. The blocks follow one another in list
-//! order, without gaps.
+//! colours, their colours as the colours section does after its palette. The blocks follow
+//! one another in list order, without gaps.
 //!
 //! Since version 6 the head's product metadata holds only what filters and "more like this"
 //! need (ids, brands, prices, categories, colours, stock): each product's title, link and
@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::codec::{corrupt, Reader};
-use super::colours::Colours;
 use super::format::{inflate, METADATA_BYTES_PER_PRODUCT};
 use super::partition::Partitions;
 use super::{unit_length, Filter, Index, IndexError};
@@ -315,10 +314,7 @@ impl Index {
         };
         self.vectors.read_rows(run.clone(), &mut reader)?;
         if let Some(colours) = &mut self.colours {
-            let bytes = reader.take(
-                run.len() * Colours::product_bytes(colours.palette_len().is_some()),
-                "colours",
-            )?;
+            let bytes = reader.take(run.len() * colours.product_bytes(), "colours")?;
             colours.read_products(bytes, run.start)?;
         }
         reader.finish(&format!("the rows of its {} products need", run.len()))?;
