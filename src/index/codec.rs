@@ -7,6 +7,10 @@
 //! | int8 | dims + 4 | integer dot product with every product |
 //! | pq | subspaces (e.g. 32) + shared codebooks | table lookups (asymmetric distance) |
 //! | binary | dims / 8 + dims + 4 | Hamming distance picks candidates, int8 rescores them |
+//!
+//! In an index grouped into inverted lists, pq's codes stand for each product's offset from
+//! its list's centroid (see [`Run`]): shorter than the vector, so the same bytes keep more of
+//! the ranking.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -17,7 +21,7 @@ use half::f16;
 use super::{Hit, IndexError};
 
 const INT8_ID: u32 = 1;
-const PQ_ID: u32 = 2;
+pub(super) const PQ_ID: u32 = 2;
 const BINARY_ID: u32 = 3;
 
 /// Centroids per product-quantisation subspace: one byte per code.
@@ -62,6 +66,24 @@ impl std::fmt::Display for Codec {
     }
 }
 
+/// A run of consecutive products to scan, and the score their list adds to each of them: its
+/// centroid's, when the codes stand for each product's offset from it; 0 otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Run {
+    pub(super) products: Range<usize>,
+    pub(super) base: f32,
+}
+
+impl Run {
+    /// Every product of an index whose codes stand for the vectors themselves.
+    pub(super) fn all(count: usize) -> Run {
+        Run {
+            products: 0..count,
+            base: 0.0,
+        }
+    }
+}
+
 /// The stored vectors of an index, in one of the [`Codec`]s.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Vectors {
@@ -87,7 +109,7 @@ impl Vectors {
         &self,
         query: &[f32],
         k: usize,
-        lists: &mut dyn Iterator<Item = Range<usize>>,
+        lists: &mut dyn Iterator<Item = Run>,
         keep: &dyn Fn(usize) -> bool,
         rank: impl Fn(usize, f32) -> f32,
     ) -> Vec<Hit> {
@@ -101,12 +123,13 @@ impl Vectors {
     /// Calls `visit` with the cosine to a unit-length `query` of every product in `lists`
     /// (runs of products, taken one at a time) passing `keep`; for binary, of the candidates
     /// its sign bits pick there for `k` results. One pass can then feed several rankings.
-    /// (`dyn`: one copy of each scan in the widget's module.)
+    /// (`dyn`: one copy of each scan in the widget's module.) Only product-quantised codes
+    /// are ever offsets from a centroid, so only their runs have a base.
     pub(super) fn scan(
         &self,
         query: &[f32],
         k: usize,
-        lists: &mut dyn Iterator<Item = Range<usize>>,
+        lists: &mut dyn Iterator<Item = Run>,
         keep: &dyn Fn(usize) -> bool,
         visit: &mut dyn FnMut(usize, f32),
     ) {
@@ -131,11 +154,15 @@ impl Vectors {
 
     /// The vector stored for `product` in the codec's own basis (pq's rotated one). Dot
     /// products and lengths are those of [`Vectors::reconstruct`]'s vectors, without the cost
-    /// of turning each back (1.6M multiplications a product at 1,280 dimensions).
+    /// of turning each back (1.6M multiplications a product at 1,280 dimensions). While the
+    /// builder still holds pq's unquantised vectors, it gives those.
     #[cfg(not(target_arch = "wasm32"))]
     pub(super) fn reconstruct_in_basis(&self, product: usize) -> Vec<f32> {
         match self {
             Vectors::Int8(rows) | Vectors::Binary { rows, .. } => rows.reconstruct(product),
+            Vectors::ProductQuantised(pq) if !pq.unquantised.is_empty() => {
+                pq.unquantised[product * pq.kept()..(product + 1) * pq.kept()].to_vec()
+            }
             Vectors::ProductQuantised(pq) => pq.reconstruct_rotated(product),
         }
     }
@@ -292,8 +319,12 @@ impl Vectors {
         match self {
             Vectors::Int8(rows) => Vectors::Int8(rows.reorder(order)),
             Vectors::ProductQuantised(pq) => Vectors::ProductQuantised(PqRows {
+                subspaces: pq.subspaces,
+                sub_dims: pq.sub_dims,
+                rotation: pq.rotation.clone(),
+                codebooks: pq.codebooks.clone(),
                 codes: reorder_rows(&pq.codes, pq.subspaces, order),
-                ..pq.clone()
+                unquantised: reorder_rows(&pq.unquantised, pq.kept(), order),
             }),
             Vectors::Binary { signs, rows } => Vectors::Binary {
                 signs: SignRows {
@@ -341,16 +372,18 @@ impl Int8Rows {
     pub(super) fn scan(
         &self,
         query: &[f32],
-        lists: &mut dyn Iterator<Item = Range<usize>>,
+        lists: &mut dyn Iterator<Item = Run>,
         keep: &dyn Fn(usize) -> bool,
         visit: &mut dyn FnMut(usize, f32),
     ) {
         let mut query_codes = Vec::with_capacity(self.dims);
         let query_scale = quantise(query, &mut query_codes);
-        for list in lists {
-            for ((product, codes), scale) in rows_of(&self.codes, self.dims, list.clone()).zip(&self.scales[list]) {
+        for Run { products, base } in lists {
+            for ((product, codes), scale) in
+                rows_of(&self.codes, self.dims, products.clone()).zip(&self.scales[products])
+            {
                 if keep(product) {
-                    visit(product, dot(&query_codes, codes) as f32 * scale * query_scale);
+                    visit(product, base + dot(&query_codes, codes) as f32 * scale * query_scale);
                 }
             }
         }
@@ -368,9 +401,21 @@ impl Int8Rows {
         }
     }
 
-    fn reconstruct(&self, product: usize) -> Vec<f32> {
+    pub(super) fn reconstruct(&self, product: usize) -> Vec<f32> {
         let scale = self.scales[product];
         self.row(product).iter().map(|&code| f32::from(code) * scale).collect()
+    }
+
+    /// The dot product of the f32 `vector` with the row of `product` as it reconstructs: the
+    /// query is not rounded to int8 as a scan rounds it.
+    pub(super) fn dot_exact(&self, product: usize, vector: &[f32]) -> f32 {
+        let sum: f32 = self
+            .row(product)
+            .iter()
+            .zip(vector)
+            .map(|(&code, value)| f32::from(code) * value)
+            .sum();
+        sum * self.scales[product]
     }
 
     fn empty(dims: usize) -> Int8Rows {
@@ -465,7 +510,7 @@ pub(super) enum QuantiserLayout {
 /// projected on the catalog's principal axes, which the rotation deals out so as to spread
 /// the variance evenly over the subspaces. The rotation and codebooks hold f16 values (as
 /// f32), as the file stores them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub(super) struct PqRows {
     subspaces: usize,
     sub_dims: usize,
@@ -476,6 +521,30 @@ pub(super) struct PqRows {
     codebooks: Vec<f32>,
     /// `subspaces` codes per product, row by row.
     codes: Vec<u8>,
+    /// What the codes stand for, unquantised: `kept` rotated values per product. The builder
+    /// keeps them until it groups the products into lists, and then encodes each product
+    /// again as its offset from its list's centroid. Empty in an index read from a file.
+    #[cfg(not(target_arch = "wasm32"))]
+    unquantised: Vec<f32>,
+}
+
+/// Equal when the file would hold the same: what the builder keeps aside does not count.
+impl PartialEq for PqRows {
+    fn eq(&self, other: &PqRows) -> bool {
+        (
+            self.subspaces,
+            self.sub_dims,
+            &self.rotation,
+            &self.codebooks,
+            &self.codes,
+        ) == (
+            other.subspaces,
+            other.sub_dims,
+            &other.rotation,
+            &other.codebooks,
+            &other.codes,
+        )
+    }
 }
 
 impl PqRows {
@@ -504,7 +573,7 @@ impl PqRows {
     fn scan(
         &self,
         query: &[f32],
-        lists: &mut dyn Iterator<Item = Range<usize>>,
+        lists: &mut dyn Iterator<Item = Run>,
         keep: &dyn Fn(usize) -> bool,
         visit: &mut dyn FnMut(usize, f32),
     ) {
@@ -516,15 +585,15 @@ impl PqRows {
                 (0..PQ_CENTROIDS).map(move |code| dot_f32(part, self.centroid(subspace, code as u8)))
             })
             .collect();
-        for list in lists {
-            for (product, codes) in rows_of(&self.codes, self.subspaces, list) {
+        for Run { products, base } in lists {
+            for (product, codes) in rows_of(&self.codes, self.subspaces, products) {
                 if keep(product) {
-                    let cosine = codes
+                    let cosine: f32 = codes
                         .iter()
                         .zip(table.chunks_exact(PQ_CENTROIDS))
                         .map(|(&code, row)| row[code as usize])
                         .sum();
-                    visit(product, cosine);
+                    visit(product, base + cosine);
                 }
             }
         }
@@ -593,6 +662,8 @@ impl PqRows {
             rotation,
             codebooks,
             codes: Vec::new(),
+            #[cfg(not(target_arch = "wasm32"))]
+            unquantised: Vec::new(),
         })
     }
 }
@@ -623,14 +694,15 @@ impl SignRows {
         &self,
         query: &[f32],
         k: usize,
-        lists: &mut dyn Iterator<Item = Range<usize>>,
+        lists: &mut dyn Iterator<Item = Run>,
         keep: &dyn Fn(usize) -> bool,
     ) -> Vec<Hit> {
         let mut query_bits = Vec::with_capacity(self.words_per_row);
         SignRows::signs(&self.centre, query, &mut query_bits);
         let mut best = TopK::new(k);
-        for list in lists {
-            for (product, words) in rows_of(&self.bits, self.words_per_row, list) {
+        for run in lists {
+            debug_assert_eq!(run.base, 0.0, "binary codes are never offsets from a centroid");
+            for (product, words) in rows_of(&self.bits, self.words_per_row, run.products) {
                 if keep(product) {
                     let distance: u32 = words.iter().zip(&query_bits).map(|(a, b)| (a ^ b).count_ones()).sum();
                     best.push(product, -(distance as f32));
@@ -708,6 +780,17 @@ pub(super) mod encode {
                 },
             })
         }
+
+        /// Encodes each product again as its offset from its list's centroid
+        /// (`centroids[lists[product]]`, in the embedding's basis), if the vectors are
+        /// product-quantised and still hold what their codes stand for; says whether it did.
+        /// An index read from a file holds only the codes, and int8 keeps the ranking as it is.
+        pub(in crate::index) fn make_relative(&mut self, centroids: &[Vec<f32>], lists: &[usize]) -> bool {
+            match self {
+                Vectors::ProductQuantised(pq) => pq.make_relative(centroids, lists),
+                Vectors::Int8(_) | Vectors::Binary { .. } => false,
+            }
+        }
     }
 
     impl Int8Rows {
@@ -740,62 +823,91 @@ pub(super) mod encode {
 
     impl PqRows {
         fn encode(vectors: &[Vec<f32>], dims: usize, subspaces: usize, kept: usize) -> PqRows {
-            let sub_dims = kept / subspaces;
-            // An even stride over the catalog: deterministic, and covers every part of it.
-            let stride = vectors.len().div_ceil(PQ_TRAINING_SAMPLE).max(1);
-            let sample: Vec<&[f32]> = vectors.iter().step_by(stride).map(Vec::as_slice).collect();
+            let sample = evenly_spaced(vectors);
             let rotation = to_f16_precision(balanced_rotation(&sample, dims, subspaces, kept));
-            let mut pq = PqRows {
-                subspaces,
-                sub_dims,
-                rotation,
-                codebooks: Vec::new(),
-                codes: Vec::new(),
-            };
-            let rotated_sample: Vec<Vec<f32>> = sample
-                .par_chunks(ROTATED_TOGETHER)
-                .flat_map_iter(|block| pq.rotate_block(block))
-                .collect();
-            pq.codebooks = (0..subspaces)
+            let unquantised = rotated(&rotation, dims, vectors);
+            let mut pq = PqRows::quantising(subspaces, rotation, dims, &unquantised);
+            pq.unquantised = unquantised;
+            pq
+        }
+
+        /// Codebooks trained on `unquantised` (`kept` values per product, in the basis of the
+        /// `kept x dims` `rotation`), and each product's codes.
+        fn quantising(subspaces: usize, rotation: Vec<f32>, dims: usize, unquantised: &[f32]) -> PqRows {
+            let kept = rotation.len() / dims;
+            let rows: Vec<&[f32]> = unquantised.chunks_exact(kept).collect();
+            let sample = evenly_spaced(&rows);
+            let sub_dims = kept / subspaces;
+            let codebooks = (0..subspaces)
                 .into_par_iter()
                 .flat_map_iter(|subspace| {
-                    let parts: Vec<&[f32]> = rotated_sample
+                    let parts: Vec<&[f32]> = sample
                         .iter()
                         .map(|vector| &vector[subspace * sub_dims..(subspace + 1) * sub_dims])
                         .collect();
                     k_means(&parts, sub_dims, PQ_CENTROIDS, false)
                 })
                 .collect();
-            // Codes are chosen against the codebooks as the file will hold them.
-            pq.codebooks = to_f16_precision(std::mem::take(&mut pq.codebooks));
-            pq.codes = vectors
-                .par_chunks(ROTATED_TOGETHER)
-                .flat_map_iter(|block| {
+            let mut pq = PqRows {
+                subspaces,
+                sub_dims,
+                rotation,
+                // Codes are chosen against the codebooks as the file will hold them.
+                codebooks: to_f16_precision(codebooks),
+                codes: Vec::new(),
+                unquantised: Vec::new(),
+            };
+            pq.codes = rows
+                .par_iter()
+                .flat_map_iter(|row| {
                     let pq = &pq;
-                    pq.rotate_block(block).into_iter().flat_map(move |rotated| {
-                        (0..subspaces)
-                            .map(|subspace| {
-                                let part = &rotated[subspace * sub_dims..(subspace + 1) * sub_dims];
-                                pq.closest(subspace, part) as u8
-                            })
-                            .collect::<Vec<u8>>()
+                    (0..subspaces).map(move |subspace| {
+                        pq.closest(subspace, &row[subspace * sub_dims..(subspace + 1) * sub_dims]) as u8
                     })
                 })
                 .collect();
             pq
         }
 
-        /// Each of `vectors` rotated. Each row of the rotation (1.3 MB in all at 1,280
-        /// dimensions) is read once for the block rather than once a vector, so that encoding
-        /// a large catalog is not held up by memory.
-        fn rotate_block(&self, vectors: &[impl AsRef<[f32]>]) -> Vec<Vec<f32>> {
-            let mut rotated: Vec<Vec<f32>> = vectors.iter().map(|_| Vec::with_capacity(self.kept())).collect();
-            for row in self.rotation.chunks_exact(self.embedding_dims()) {
-                for (out, vector) in rotated.iter_mut().zip(vectors) {
-                    out.push(dot_in_lanes(row, vector.as_ref()));
-                }
+        /// Encodes the products again, each as its offset from its list's centroid
+        /// (`centroids[lists[product]]`, in the embedding's basis), under a rotation and
+        /// codebooks trained on the offsets; not without the unquantised vectors. An offset is
+        /// shorter than the vector, so the same codes keep more of the ranking.
+        fn make_relative(&mut self, centroids: &[Vec<f32>], lists: &[usize]) -> bool {
+            if self.unquantised.is_empty() {
+                return false;
             }
-            rotated
+            let kept = self.kept();
+            let centres: Vec<Vec<f32>> = centroids.iter().map(|centroid| self.rotate(centroid)).collect();
+            let mut offsets = std::mem::take(&mut self.unquantised);
+            offsets.par_chunks_exact_mut(kept).zip(lists).for_each(|(row, &list)| {
+                row.iter_mut()
+                    .zip(&centres[list])
+                    .for_each(|(value, centre)| *value -= centre);
+            });
+            let rows: Vec<&[f32]> = offsets.chunks_exact(kept).collect();
+            // The offsets' own principal axes within the kept ones, dealt out to the subspaces
+            // anew: the offsets spread their variance unlike the vectors.
+            let turn = balanced_rotation(&evenly_spaced(&rows), kept, self.subspaces, kept);
+            let dims = self.embedding_dims();
+            let rotation = self.rotation.chunks_exact(dims).collect::<Vec<_>>();
+            let turned_rotation: Vec<f32> = turn
+                .chunks_exact(kept)
+                .flat_map(|weights| {
+                    let mut row = vec![0f32; dims];
+                    for (&weight, axis) in weights.iter().zip(&rotation) {
+                        row.iter_mut()
+                            .zip(*axis)
+                            .for_each(|(out, value)| *out += weight * value);
+                    }
+                    row
+                })
+                .collect();
+            let turned = rotated(&turn, kept, &rows);
+            drop(rows);
+            drop(offsets);
+            *self = PqRows::quantising(self.subspaces, to_f16_precision(turned_rotation), dims, &turned);
+            true
         }
 
         fn closest(&self, subspace: usize, part: &[f32]) -> usize {
@@ -803,6 +915,34 @@ pub(super) mod encode {
             let codebook = &self.codebooks[start..start + PQ_CENTROIDS * self.sub_dims];
             closest(codebook.chunks_exact(self.sub_dims), part)
         }
+    }
+
+    /// At most [`PQ_TRAINING_SAMPLE`] of `rows`, at an even stride over the catalog:
+    /// deterministic, and covers every part of it.
+    fn evenly_spaced<T: AsRef<[f32]>>(rows: &[T]) -> Vec<&[f32]> {
+        let stride = rows.len().div_ceil(PQ_TRAINING_SAMPLE).max(1);
+        rows.iter().step_by(stride).map(AsRef::as_ref).collect()
+    }
+
+    /// Each of `vectors` (`dims` long) turned by the row-major `matrix`, one after another.
+    /// Each row of the matrix (1.3 MB in all at 256 x 1,280) is read once for a block of
+    /// vectors rather than once a vector, so that encoding a large catalog is not held up by
+    /// memory.
+    fn rotated<T: AsRef<[f32]> + Sync>(matrix: &[f32], dims: usize, vectors: &[T]) -> Vec<f32> {
+        let rows = matrix.len() / dims;
+        // Written in place: a million products' 1 GB collected from parallel parts took twice that.
+        let mut turned = vec![0f32; vectors.len() * rows];
+        turned
+            .par_chunks_mut(ROTATED_TOGETHER * rows)
+            .zip(vectors.par_chunks(ROTATED_TOGETHER))
+            .for_each(|(turned, block)| {
+                for (axis, row) in matrix.chunks_exact(dims).enumerate() {
+                    for (vector, out) in block.iter().zip(turned.chunks_exact_mut(rows)) {
+                        out[axis] = dot_in_lanes(row, vector.as_ref());
+                    }
+                }
+            });
+        turned
     }
 
     /// `values` rounded to the nearest f16, as the file stores them.

@@ -1,9 +1,9 @@
-//! The index file format, version 10. All integers are little-endian.
+//! The index file format, version 11. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (10)
+//!      8     4  format version (11)
 //!     12     4  header length (172; sections start at or after it)
 //!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
 //!     20     4  dims
@@ -37,7 +37,8 @@
 //!
 //! Partitions (version 4; version 3 ends its header at 140 and has none): the inverted lists,
 //! laid out as [`super::partition`] describes (version 9 adds how many lists to probe at most
-//! and the margin that picks them).
+//! and the margin that picks them, version 11 whether the codes are offsets from the lists'
+//! centroids).
 //!
 //! Blocks (version 5; version 4 ends its header at 156 and has none): present in the head of
 //! a ranged catalog only, whose vectors section then holds the codec's parameters alone and
@@ -56,15 +57,15 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
-use super::codec::{QuantiserLayout, Reader, Vectors};
+use super::codec::{QuantiserLayout, Reader, Vectors, PQ_ID};
 use super::colours::Colours;
-use super::partition::Partitions;
+use super::partition::{Partitions, PartitionsLayout};
 use super::ranged::Blocks;
 use super::{Index, IndexError};
 use crate::catalog::Product;
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 10;
+pub const FORMAT_VERSION: u32 = 11;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -86,6 +87,8 @@ const PROJECTED_QUANTISER_VERSION: u32 = 8;
 const PROBE_MARGIN_VERSION: u32 = 9;
 /// The first version whose colours section may hold a palette.
 const COLOUR_PALETTE_VERSION: u32 = 10;
+/// The first version whose inverted lists say whether the codes are offsets from their centroids.
+const RELATIVE_CODES_VERSION: u32 = 11;
 /// Most metadata one product may inflate to (a product's JSON is a few hundred bytes), so that
 /// a hostile file cannot make the reader allocate without bound.
 pub const METADATA_BYTES_PER_PRODUCT: u64 = 64 * 1024;
@@ -265,10 +268,21 @@ impl Index {
             HALF_QUANTISER_VERSION.. => QuantiserLayout::SquareF16,
             _ => QuantiserLayout::SquareF32,
         };
+        let partitions_layout = match version {
+            RELATIVE_CODES_VERSION.. => PartitionsLayout::Flagged,
+            PROBE_MARGIN_VERSION.. => PartitionsLayout::Margin,
+            _ => PartitionsLayout::FixedProbe,
+        };
         let partitions = partitions.slice(bytes);
         let partitions = (!partitions.is_empty())
-            .then(|| Partitions::read(partitions, count, dims, version >= PROBE_MARGIN_VERSION))
+            .then(|| Partitions::read(partitions, count, dims, partitions_layout))
             .transpose()?;
+        if partitions.as_ref().is_some_and(Partitions::is_relative) && codec != PQ_ID {
+            return Err(corrupt(
+                "its codes are said to be offsets from its lists' centroids, which only product quantisation stores"
+                    .into(),
+            ));
+        }
         let blocks = blocks.slice(bytes);
         // Read after the metadata: the product count a head's rows make room for is then one
         // its own metadata lists, not any number a header may claim.

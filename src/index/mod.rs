@@ -23,9 +23,8 @@ mod ranged;
 mod table;
 
 use std::cell::Cell;
-use std::ops::Range;
 
-use self::codec::{TopK, Vectors};
+use self::codec::{Run, TopK, Vectors};
 use self::colours::Colours;
 use self::filter::Columns;
 use self::partition::Partitions;
@@ -190,9 +189,15 @@ impl Index {
     /// The index with its products grouped into `lists` inverted lists (at most one per
     /// product), of which a search scans the `probe` nearest the query, and more while
     /// fewer than the results asked for pass its filter. Reorders the products, list by list.
+    /// A freshly built pq index then stores each product as its offset from its list's
+    /// centroid, which keeps more of the ranking in the same bytes; such an index is
+    /// returned as it is, since its codes no longer say where its products lie.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn partitioned(self, lists: usize, probe: usize) -> Index {
         use rayon::prelude::*;
+        if self.partitions.as_ref().is_some_and(Partitions::is_relative) {
+            return self;
+        }
         // Grouped in the codec's own basis, where cosines are as the codec scores them (pq's
         // keeps the principal axes only, which also makes grouping a million products 4x
         // faster); only the centroids are turned back to the embedding's, for the queries.
@@ -201,16 +206,27 @@ impl Index {
             .map(|product| unit_length(&self.vectors.reconstruct_in_basis(product)))
             .collect();
         let widths = (self.vectors.basis_dims(), self.dims);
-        let (partitions, order) = Partitions::build(&stored, widths, lists, probe, |centroid| {
+        let (mut partitions, order) = Partitions::build(&stored, widths, lists, probe, |centroid| {
             self.vectors.to_embedding_basis(centroid)
         });
+        drop(stored);
+        let unordered = self.vectors;
+        let mut vectors = unordered.reorder(&order);
+        drop(unordered);
+        let list_of: Vec<usize> = (0..partitions.lists())
+            .flat_map(|list| std::iter::repeat_n(list, partitions.run(list).len()))
+            .collect();
+        let centroids: Vec<Vec<f32>> = (0..partitions.lists()).map(|list| partitions.centroid(list)).collect();
+        if vectors.make_relative(&centroids, &list_of) {
+            partitions.set_relative();
+        }
         let products: Vec<Product> = order.iter().map(|&product| self.products[product].clone()).collect();
         Index {
             model_sha256: self.model_sha256,
             dims: self.dims,
             columns: Columns::new(&products),
             products,
-            vectors: self.vectors.reorder(&order),
+            vectors,
             colours: self.colours.map(|colours| colours.reordered(&order)),
             partitions: Some(partitions),
             blocks: None,
@@ -254,7 +270,7 @@ impl Index {
                 let neighbours = self.vectors.nearest(
                     &query,
                     CALIBRATION_NEIGHBOURS,
-                    &mut std::iter::once(0..self.len()),
+                    &mut self.all_runs(&query),
                     &|other| other != product,
                     |_, cosine| cosine,
                 );
@@ -501,8 +517,18 @@ impl Index {
 
     /// The unit-length vector stored for the product at `product`, as its codec gives it back.
     pub fn stored_vector(&self, product: usize) -> Option<Vec<f32>> {
-        self.is_loaded(product)
-            .then(|| unit_length(&self.vectors.reconstruct(product)))
+        if !self.is_loaded(product) {
+            return None;
+        }
+        let mut vector = self.vectors.reconstruct(product);
+        if let Some(partitions) = self.partitions.as_ref().filter(|p| p.is_relative()) {
+            let centroid = partitions.centroid(partitions.list_of(product)?);
+            vector
+                .iter_mut()
+                .zip(centroid)
+                .for_each(|(value, centre)| *value += centre);
+        }
+        Some(unit_length(&vector))
     }
 
     fn nearest(
@@ -548,19 +574,30 @@ impl Index {
     /// catalog is ranged: that would download all of it. Lists not loaded are skipped.
     fn runs_to_scan<'a>(
         &'a self,
-        query: &[f32],
+        query: &'a [f32],
         colour_weight: f32,
         wanted: usize,
         kept: &'a Cell<usize>,
-    ) -> Box<dyn Iterator<Item = Range<usize>> + 'a> {
+    ) -> Box<dyn Iterator<Item = Run> + 'a> {
         match &self.partitions {
             Some(partitions) if colour_weight <= 0.5 || self.is_ranged() => Box::new(
                 partitions
                     .to_scan(query, wanted, kept)
                     .filter(|&list| self.is_list_loaded(list))
-                    .map(|list| partitions.run(list)),
+                    .map(|list| partitions.run_for(list, query)),
             ),
-            _ => Box::new(std::iter::once(0..self.len())),
+            _ => self.all_runs(query),
+        }
+    }
+
+    /// Every product, in runs: one, unless the codes are offsets from the lists' centroids,
+    /// then list by list with each centroid's score for the unit-length `query`.
+    fn all_runs<'a>(&'a self, query: &'a [f32]) -> Box<dyn Iterator<Item = Run> + 'a> {
+        match &self.partitions {
+            Some(partitions) if partitions.is_relative() => {
+                Box::new((0..partitions.lists()).map(|list| partitions.run_for(list, query)))
+            }
+            _ => Box::new(std::iter::once(Run::all(self.len()))),
         }
     }
 }

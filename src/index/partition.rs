@@ -7,6 +7,9 @@
 //! its run (the first list starts at product 0), then the unit-length centroids in the int8
 //! layout (`lists` f32 scales, then `lists * dims` i8 codes); since format version 9 then a u32,
 //! the most lists to probe, and an f32, the margin (below). Earlier versions probe a fixed number.
+//! Since version 11 then a u32 of flags: bit 0 set when the codec's codes stand for each
+//! product's offset from its list's centroid (product quantisation only), so that a product
+//! scores its centroid's score plus its code's.
 //!
 //! A search scans the `probe` nearest lists, then each next one whose centroid scores within
 //! `margin` of the nearest's, up to `most` lists. A query deep inside one group of products
@@ -18,8 +21,22 @@
 use std::cell::Cell;
 use std::ops::Range;
 
-use super::codec::{corrupt, Int8Rows, Reader, TopK};
+use super::codec::{corrupt, Int8Rows, Reader, Run, TopK};
 use super::IndexError;
+
+/// The flag bit of codes relative to their list's centroid.
+const RELATIVE_CODES: u32 = 1;
+
+/// What a partitions section holds, by format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PartitionsLayout {
+    /// Versions 4 to 8: a fixed number of lists to probe.
+    FixedProbe,
+    /// Versions 9 and 10: the most lists to probe and the margin.
+    Margin,
+    /// Version 11 on: and the flags.
+    Flagged,
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Partitions {
@@ -32,6 +49,8 @@ pub(super) struct Partitions {
     /// How far below the nearest list's centroid score a further list's may lie to be scanned.
     margin: f32,
     centroids: Int8Rows,
+    /// Whether the codes stand for each product's offset from its list's centroid.
+    relative: bool,
 }
 
 impl Partitions {
@@ -59,6 +78,34 @@ impl Partitions {
         self.margin = margin;
     }
 
+    /// Records that the codes now stand for each product's offset from its list's centroid.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn set_relative(&mut self) {
+        self.relative = true;
+    }
+
+    pub(super) fn is_relative(&self) -> bool {
+        self.relative
+    }
+
+    /// The centroid of `list`, as stored (unit length, to int8's precision).
+    pub(super) fn centroid(&self, list: usize) -> Vec<f32> {
+        self.centroids.reconstruct(list)
+    }
+
+    /// The products of `list` to scan for the unit-length `query`, with the score its
+    /// centroid adds to each when the codes are relative to it.
+    pub(super) fn run_for(&self, list: usize, query: &[f32]) -> Run {
+        Run {
+            products: self.run(list),
+            base: if self.relative {
+                self.centroids.dot_exact(list, query)
+            } else {
+                0.0
+            },
+        }
+    }
+
     /// The run of products in `list`.
     pub(super) fn run(&self, list: usize) -> Range<usize> {
         let start = list.checked_sub(1).map_or(0, |previous| self.ends[previous] as usize);
@@ -78,7 +125,7 @@ impl Partitions {
         let mut ranking = TopK::new(self.lists());
         self.centroids.scan(
             query,
-            &mut std::iter::once(0..self.lists()),
+            &mut std::iter::once(Run::all(self.lists())),
             &|_| true,
             &mut |list, score| ranking.push(list, score),
         );
@@ -119,11 +166,18 @@ impl Partitions {
         self.centroids.write(bytes);
         bytes.extend_from_slice(&(self.most as u32).to_le_bytes());
         bytes.extend_from_slice(&self.margin.to_le_bytes());
+        let flags = if self.relative { RELATIVE_CODES } else { 0 };
+        bytes.extend_from_slice(&flags.to_le_bytes());
     }
 
-    /// Reads the partitions section of an index of `count` products of `dims` dimensions;
-    /// `with_margin` for format version 9 on.
-    pub(super) fn read(section: &[u8], count: usize, dims: usize, with_margin: bool) -> Result<Partitions, IndexError> {
+    /// Reads the partitions section of an index of `count` products of `dims` dimensions,
+    /// laid out as its version's `layout`.
+    pub(super) fn read(
+        section: &[u8],
+        count: usize,
+        dims: usize,
+        layout: PartitionsLayout,
+    ) -> Result<Partitions, IndexError> {
         let mut reader = Reader {
             bytes: section,
             section: "partitions",
@@ -136,13 +190,19 @@ impl Partitions {
             .map(|chunk| u32::from_le_bytes(chunk.try_into().expect("chunks of 4 bytes")))
             .collect();
         let centroids = Int8Rows::read(&mut reader, lists, dims)?;
-        let (most, margin) = if with_margin {
+        let (most, margin) = if layout == PartitionsLayout::FixedProbe {
+            (probe, 0.0)
+        } else {
             let most = reader.u32("most lists to probe")? as usize;
             let margin = f32::from_le_bytes(reader.take(4, "probe margin")?.try_into().expect("4 bytes"));
             (most, margin)
-        } else {
-            (probe, 0.0)
         };
+        let flags = if layout == PartitionsLayout::Flagged {
+            reader.u32("flags")?
+        } else {
+            0
+        };
+
         // One message for every inconsistency: each means the same damage to a shopper.
         let consistent = (1..=lists).contains(&probe)
             && (probe..=lists).contains(&most)
@@ -155,12 +215,18 @@ impl Partitions {
                 "its {lists} inverted lists do not partition its {count} products"
             )));
         }
+        if flags & !RELATIVE_CODES != 0 {
+            return Err(corrupt(format!(
+                "its inverted lists carry flags {flags:#x} that this version does not know"
+            )));
+        }
         Ok(Partitions {
             ends,
             probe,
             most,
             margin,
             centroids,
+            relative: flags & RELATIVE_CODES != 0,
         })
     }
 }
@@ -226,6 +292,7 @@ mod build {
                 most: probe,
                 margin: 0.0,
                 centroids: Int8Rows::encode(&centroid_rows, embedding_dims),
+                relative: false,
             };
             (partitions, order)
         }

@@ -1,7 +1,8 @@
 // The widget with each smaller vector codec `otlens build-index` offers: a binary and a pq catalog of
 // the demo's 1,000 products (its photos are not embedded again: the demo's embedding cache) load in
 // the browser, find a product from its own photo, keep a category filter exact and answer "more like
-// this" from the stored codes alone.
+// this" from the stored codes alone. A pq catalog in inverted lists stores each product as its offset
+// from its list's centroid, which searches and "more like this" add back.
 
 import assert from "node:assert/strict";
 import { readFileSync, rmSync } from "node:fs";
@@ -25,9 +26,10 @@ import {
 const CODECS = {
   binary: ["--codec", "binary"],
   pq: ["--codec", "pq", "--pq-subspaces", "64"],
+  "pq-lists": ["--codec", "pq", "--pq-subspaces", "64", "--lists", "8", "--probe", "2"],
 };
 // The vector codec number in an index file's header (src/index/format.rs).
-const CODEC_IDS = { pq: 2, binary: 3 };
+const CODEC_IDS = { pq: 2, "pq-lists": 2, binary: 3 };
 const ids = (event) => event.results.map((result) => result.product.id);
 
 describe("binary and pq catalogs in the browser", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {

@@ -131,6 +131,59 @@ fn a_quantiser_keeps_256_principal_dimensions_of_a_wider_embedding() {
 }
 
 #[test]
+fn pq_codes_of_products_in_lists_are_offsets_from_their_centroids() {
+    let (count, dims, lists) = (3000, 64, 100);
+    let mut embeddings = catalog_like(count + 60, dims, 100, 9);
+    let queries = embeddings.split_off(count);
+    let codec = Codec::ProductQuantised { subspaces: 16 };
+    let flat = Index::build_with(codec, MODEL_SHA256, products(count), &embeddings).unwrap();
+    // A list per garment, every list scanned: only the codes differ, and each offset is a
+    // photo's own departure from its garment.
+    let partitioned = flat.clone().partitioned(lists, lists);
+    let read = Index::from_bytes(&partitioned.to_bytes()).unwrap();
+    assert_eq!(read, partitioned);
+    // The products are stored list by list: recall compares ids.
+    let original = |index: &Index, product: usize| -> usize { index.products()[product].id[4..].parse().unwrap() };
+    let recall = |index: &Index| -> f32 {
+        let found: usize = queries
+            .iter()
+            .map(|query| {
+                let mut exact: Vec<(usize, f32)> = embeddings.iter().map(|e| cosine(query, e)).enumerate().collect();
+                exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let hits: Vec<usize> = index
+                    .search(query, 10, &Filter::ANY)
+                    .iter()
+                    .map(|hit| original(index, hit.product))
+                    .collect();
+                exact[..10].iter().filter(|(product, _)| hits.contains(product)).count()
+            })
+            .sum();
+        found as f32 / (queries.len() * 10) as f32
+    };
+    let (absolute, relative) = (recall(&flat), recall(&read));
+    eprintln!("pq16 recall@10: {absolute:.3} as vectors, {relative:.3} as offsets");
+    assert!(relative >= absolute + 0.05, "{relative:.3} against {absolute:.3}");
+    // "More like this" rebuilds each vector from its centroid and offset.
+    let fidelity = |index: &Index| -> f32 {
+        (0..count)
+            .step_by(50)
+            .map(|product| {
+                cosine(
+                    &index.stored_vector(product).unwrap(),
+                    &embeddings[original(index, product)],
+                )
+            })
+            .sum::<f32>()
+            / (count / 50) as f32
+    };
+    let (absolute, relative) = (fidelity(&flat), fidelity(&read));
+    assert!(
+        relative > absolute,
+        "stored vectors' cosine to the photos: {relative:.4} against {absolute:.4}"
+    );
+}
+
+#[test]
 fn more_like_this_and_filters_work_with_every_codec() {
     let embeddings = catalog_like(500, 64, 50, 4);
     let shop = products(500);

@@ -58,9 +58,12 @@ fn a_partitioned_index_finds_what_a_full_scan_finds() {
         let read = Index::from_bytes(&partitioned.to_bytes()).unwrap();
         assert_eq!(read, partitioned, "{codec}: round trip");
 
+        // Every list scanned: pq's codes, now offsets from the lists' centroids, rank as the
+        // flat index's do not.
+        let everywhere = partitioned.clone().with_probe(GROUPS);
         let mut found = 0;
         for query in embeddings.iter().step_by(97) {
-            let expected = ids(&flat, query, 10, &Filter::ANY);
+            let expected = ids(&everywhere, query, 10, &Filter::ANY);
             let got = ids(&read, query, 10, &Filter::ANY);
             found += got.iter().filter(|id| expected.contains(id)).count();
         }
@@ -188,8 +191,8 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
             other => panic!("{other:?}"),
         }
     };
-    // The most lists to probe and the margin end the section.
-    let most_at = header_u64(&bytes, 148) - 8;
+    // The most lists to probe, the margin and the flags end the section.
+    let most_at = header_u64(&bytes, 148) - 12;
     for (offset, value) in [
         (0, 0),
         (0, 3),
@@ -208,6 +211,9 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
             "{offset}: {value}: {message}"
         );
     }
+    assert!(corrupt(most_at + 8, 2).contains("flags 0x2 that this version does not know"));
+    // Only product quantisation stores offsets from the centroids.
+    assert!(corrupt(most_at + 8, 1).contains("which only product quantisation stores"));
     let short = with_header_field(&bytes, 148, &(header_u64(&bytes, 148) as u64 - 1).to_le_bytes());
     assert!(matches!(Index::from_bytes(&short), Err(IndexError::Corrupt(_))));
 
@@ -229,16 +235,26 @@ fn damaged_partitions_are_refused_and_version_3_files_still_read() {
     // A version 8 file: its lists record no margin, and a search scans a fixed number.
     let version_8 = without_probe_margin(&partitioned.to_bytes());
     assert_eq!(Index::from_bytes(&version_8).unwrap(), partitioned);
+
+    // A version 10 file: its lists have no flags, and its codes are never offsets.
+    let version_10 = without_trailing_fields(&partitioned.to_bytes(), 4, 10);
+    assert_eq!(Index::from_bytes(&version_10).unwrap(), partitioned);
 }
 
 /// `bytes` (a flat index of this version with partitions, its last section) as version 8
-/// wrote it, without the most lists to probe and the margin.
+/// wrote it, without the most lists to probe, the margin and the flags.
 fn without_probe_margin(bytes: &[u8]) -> Vec<u8> {
-    let (at, len) = (header_u64(bytes, 140), header_u64(bytes, 148));
-    assert_eq!(at + len, bytes.len(), "the partitions section comes last");
-    let mut file = bytes[..bytes.len() - 8].to_vec();
-    file[8..12].copy_from_slice(&8u32.to_le_bytes());
-    file[148..156].copy_from_slice(&(len as u64 - 8).to_le_bytes());
+    without_trailing_fields(bytes, 12, 8)
+}
+
+/// `bytes` (a flat index with partitions, its last section) as `version` wrote it, whose
+/// partitions section ended `len` bytes sooner.
+fn without_trailing_fields(bytes: &[u8], len: usize, version: u32) -> Vec<u8> {
+    let (at, section) = (header_u64(bytes, 140), header_u64(bytes, 148));
+    assert_eq!(at + section, bytes.len(), "the partitions section comes last");
+    let mut file = bytes[..bytes.len() - len].to_vec();
+    file[8..12].copy_from_slice(&version.to_le_bytes());
+    file[148..156].copy_from_slice(&((section - len) as u64).to_le_bytes());
     resealed(file, 172)
 }
 
