@@ -262,8 +262,8 @@ impl Index {
         // lists scores, and the margin each of its neighbours' lists needs (none past `most`).
         let per_query: Vec<(Vec<f32>, Vec<Option<f32>>)> = sample
             .par_iter()
-            .map(|&product| {
-                let query = unit_length(&self.vectors.reconstruct(product));
+            .filter_map(|&product| {
+                let query = self.stored_vector(product)?;
                 let ranked = partitions.ranked(&query);
                 let best = ranked.first().map_or(0.0, |&(_, score)| score);
                 let gaps: Vec<f32> = ranked.iter().take(most).map(|&(_, score)| best - score).collect();
@@ -282,7 +282,7 @@ impl Index {
                             .copied()
                     })
                     .collect();
-                (gaps, needed)
+                Some((gaps, needed))
             })
             .collect();
         let mut reachable: Vec<f32> = per_query
@@ -305,6 +305,7 @@ impl Index {
         if let Some(partitions) = &mut self.partitions {
             partitions.set_margin(margin, most);
         }
+        let sampled = per_query.len();
         let report = ProbeMargin {
             margin,
             most,

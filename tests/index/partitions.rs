@@ -118,7 +118,7 @@ fn grouping_keeps_each_products_vector_and_colour() {
 #[test]
 fn a_calibrated_margin_scans_fewer_lists_for_the_same_neighbours() {
     let (products, embeddings) = grouped_catalog(4000);
-    let flat = Index::build(MODEL_SHA256, products, &embeddings).unwrap();
+    let flat = Index::build(MODEL_SHA256, products.clone(), &embeddings).unwrap();
     let fixed = flat.clone().partitioned(GROUPS, 8);
     let (calibrated, margin) = flat.clone().partitioned(GROUPS, 1).with_calibrated_margin(0.97, 8);
     let margin = margin.expect("a partitioned index");
@@ -126,6 +126,18 @@ fn a_calibrated_margin_scans_fewer_lists_for_the_same_neighbours() {
     assert!(margin.recall >= 0.97, "{margin:?}");
     // The groups are tight and far apart: each product's neighbours lie in its own list.
     assert!(margin.mean_lists < 2.0, "{margin:?}");
+    // The same with pq codes, which in lists are offsets: each sampled product searches with
+    // its vector, its centroid added back.
+    let pq = Index::build_with(
+        Codec::ProductQuantised { subspaces: 8 },
+        MODEL_SHA256,
+        products,
+        &embeddings,
+    )
+    .unwrap();
+    let (_, pq_margin) = pq.partitioned(GROUPS, 1).with_calibrated_margin(0.97, 8);
+    let pq_margin = pq_margin.expect("a partitioned index");
+    assert!(pq_margin.recall >= 0.97 && pq_margin.mean_lists < 2.0, "{pq_margin:?}");
 
     let queries: Vec<&Vec<f32>> = embeddings.iter().step_by(97).collect();
     let (mut found, mut scanned, mut scanned_fixed) = (0, 0, 0);
