@@ -5,8 +5,8 @@
 //! (early stopping), so the split the figures are reported on (`otlens eval`) never steers
 //! training.
 //!
-//! With `--tune-last-conv`, the backbone's last convolution is then fine-tuned with the head
-//! (stage 2, `train::tune`), from feature maps cached one layer earlier.
+//! With `--tune-convs N`, the backbone's last N convolutions are then fine-tuned with the head
+//! (stage 2, `train::tune`), from feature maps cached before them.
 
 use std::fs;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use super::eval::{evaluate_split, numbered, Match};
 use candle_nn::VarMap;
 use tract_onnx::pb::ModelProto;
 
-use crate::import::head::{feature_map_model, feature_model, with_head, with_last_conv, Head, HeadInfo};
+use crate::import::head::{feature_map_model, feature_model, with_head, with_tuned_convs, Head, HeadInfo};
 use crate::import::{decode, encode};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
@@ -64,13 +64,14 @@ pub struct Args {
     pub patience: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub learning_rate: f64,
-    /// Then fine-tune the backbone's last 1x1 convolution with the head (stage 2).
-    #[arg(long)]
-    pub tune_last_conv: bool,
+    /// Then fine-tune the backbone's last N convolutions with the head (stage 2): 1 is
+    /// EfficientNet-Lite0's `_conv_head`, 4 adds its last MBConv block. 0 keeps the backbone frozen.
+    #[arg(long, default_value_t = 0)]
+    pub tune_convs: usize,
     /// Most epochs of stage 2.
     #[arg(long, default_value_t = 10)]
     pub tune_epochs: usize,
-    /// Learning rate of stage 2 (the convolution and the head; proxies learn 10x faster).
+    /// Learning rate of stage 2 (the convolutions and the head; proxies learn 10x faster).
     #[arg(long, default_value_t = 1e-4)]
     pub tune_learning_rate: f64,
     /// Where backbone features are cached between runs.
@@ -127,20 +128,20 @@ pub fn run(args: Args) -> Result<()> {
         holdout.photos.len()
     );
 
-    let (features, stage2_maps) = if args.tune_last_conv {
-        let (maps_proto, last_conv) = feature_map_model(&base)?;
+    let (features, stage2_maps) = if args.tune_convs > 0 {
+        let (maps_proto, convs) = feature_map_model(&base, args.tune_convs)?;
         let extractor = Embedder::from_bytes(&encode(&maps_proto)).context("cannot load the feature-map model")?;
         let maps = split_views(args.views, &train_photos, &holdout_photos, |view| {
             let maps = extract(&extractor, &dataset, view, &args.cache, "feature maps")?;
-            FeatureMaps::from_channel_major(maps, last_conv.inputs)
+            FeatureMaps::from_channel_major(maps, convs[0].inputs)
         })?;
-        // Stage 1 trains on the GeM features the untouched convolution gives.
-        let frozen = TunedModel::new(&last_conv, None)?;
+        // Stage 1 trains on the GeM features the untouched convolutions give.
+        let frozen = TunedModel::new(&convs, None)?;
         let features = Split {
             train: maps.train.iter().map(|m| frozen.embed(m)).collect::<Result<_>>()?,
             holdout: frozen.embed(&maps.holdout)?,
         };
-        (features, Some((maps, last_conv)))
+        (features, Some((maps, convs)))
     } else {
         let (features_proto, _) = feature_model(&base)?;
         let extractor = Embedder::from_bytes(&encode(&features_proto)).context("cannot load the feature model")?;
@@ -185,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
         varmap: stage1.varmap.clone(),
         tuned: Vec::new(),
     };
-    if let Some((maps, last_conv)) = stage2_maps {
+    if let Some((maps, convs)) = stage2_maps {
         let data = TuneData {
             views: &maps.train,
             labels: &labels,
@@ -196,7 +197,7 @@ pub fn run(args: Args) -> Result<()> {
             learning_rate: args.tune_learning_rate,
             ..config
         };
-        let tuned = tune(&data, &last_conv, &stage1, &config, |model| {
+        let tuned = tune(&data, &convs, &stage1, &config, |model| {
             holdout_recall(&model.embed(&maps.holdout)?)
         })?;
         let tuned_recall = tuned.log[tuned.best_epoch - 1].holdout_recall_at_1;
@@ -206,17 +207,18 @@ pub fn run(args: Args) -> Result<()> {
             ..l.clone()
         }));
         if tuned_recall > stage1_recall {
+            let names: Vec<String> = convs.iter().map(|c| c.name.clone()).collect();
             println!(
                 "stage 2 ({} tuned): held-out Recall@1 {tuned_recall:.3}, epoch {} of {}",
-                last_conv.name,
+                names.join(", "),
                 tuned.best_epoch,
                 tuned.log.len()
             );
-            result.base = with_last_conv(&base, &tuned.conv)?;
+            result.base = with_tuned_convs(&base, &tuned.convs)?;
             result.head = tuned.head;
             result.best_epoch = offset + tuned.best_epoch;
             result.varmap = tuned.varmap;
-            result.tuned = vec![last_conv.name.clone()];
+            result.tuned = names;
         } else {
             println!("stage 2 did not beat stage 1 on the held-out products ({tuned_recall:.3}); keeping stage 1");
         }

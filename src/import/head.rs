@@ -6,9 +6,9 @@
 //! trained on. [`with_head`] appends the trained projection (int8 weights, per output
 //! channel) and the L2 normalisation as the new "embedding".
 //!
-//! To fine-tune the backbone's last layer too, [`feature_map_model`] cuts one layer earlier,
-//! before the 1x1 convolution that feeds the pooling ([`LastConv`]), and [`with_last_conv`]
-//! puts the tuned convolution back.
+//! To fine-tune the backbone's last layers too, [`feature_map_model`] cuts before the last
+//! few convolutions that feed the pooling ([`TunableConv`]), and [`with_tuned_convs`] puts the
+//! tuned ones back.
 
 use std::collections::HashSet;
 
@@ -25,7 +25,7 @@ use super::ImportError;
 pub const FEATURES: &str = "features";
 /// ONNX metadata key describing the trained head, as [`HeadInfo`] JSON.
 pub const META_HEAD: &str = "otlens.head";
-/// Name of the output of [`feature_map_model`]: the input of the [`LastConv`].
+/// Name of the output of [`feature_map_model`]: the input of the first [`TunableConv`].
 pub const FEATURE_MAP: &str = "feature_map";
 /// GeM exponent: between average (1) and max pooling; 3 is the usual choice for retrieval.
 pub const GEM_P: f32 = 3.0;
@@ -53,19 +53,44 @@ pub struct HeadInfo {
     pub tuned: Vec<String>,
 }
 
-/// The 1x1 convolution and activation that feed a model's global pooling (EfficientNet's
-/// `_conv_head` with its ReLU6): the backbone layer `otlens train --tune-last-conv` trains.
+/// How a tunable convolution's output is clipped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// None: the convolution feeds the next one directly (an MBConv block's projection).
+    Linear,
+    Relu,
+    /// ReLU capped at this value (6 for ReLU6, as an ONNX Clip).
+    Clip(f32),
+}
+
+/// A convolution of the backbone's tail that `otlens train --tune-convs` fine-tunes: 1x1,
+/// or depthwise k x k with stride 1 and "same" padding (an MBConv block's middle layer).
 #[derive(Clone, Debug, PartialEq)]
-pub struct LastConv {
+pub struct TunableConv {
     /// The Conv node's name, to put the tuned weights back.
     pub name: String,
-    /// `outputs` rows of `inputs` values.
+    /// `outputs` rows of `inputs` values (1x1), or of `kernel` x `kernel` values (depthwise).
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
-    /// 6 for ReLU6 (Clip), none for ReLU.
-    pub ceiling: Option<f32>,
+    /// 1 for a 1x1 convolution; the side of a depthwise one's kernel.
+    pub kernel: usize,
+    pub activation: Activation,
+}
+
+impl TunableConv {
+    pub fn is_depthwise(&self) -> bool {
+        self.kernel > 1
+    }
+
+    /// The ONNX weight shape: (outputs, inputs, 1, 1), or (channels, 1, k, k) for depthwise.
+    fn weight_shape(&self) -> [usize; 4] {
+        match self.is_depthwise() {
+            true => [self.outputs, 1, self.kernel, self.kernel],
+            false => [self.outputs, self.inputs, 1, 1],
+        }
+    }
 }
 
 /// A model the head cannot go on: an ONNX file, so not a checkpoint error.
@@ -96,68 +121,94 @@ pub fn feature_model(model: &ModelProto) -> Result<(ModelProto, usize), ImportEr
     Ok((cut, channels))
 }
 
-/// The imported `model` cut before its [`LastConv`], whose input becomes the
-/// [`FEATURE_MAP`] output (1 x inputs x H x W). Returns the model and the convolution.
-pub fn feature_map_model(model: &ModelProto) -> Result<(ModelProto, LastConv), ImportError> {
+/// The imported `model` cut before its last `count` convolutions ([`TunableConv`], in graph
+/// order), whose input becomes the [`FEATURE_MAP`] output (1 x channels x H x W).
+pub fn feature_map_model(model: &ModelProto, count: usize) -> Result<(ModelProto, Vec<TunableConv>), ImportError> {
     let graph = headless_graph(model)?;
-    let (conv_at, last_conv) = last_conv(graph)?;
-    let conv = &graph.node[conv_at];
-    let weight_source = producer(graph, &conv.input[1]);
-    let mut nodes: Vec<NodeProto> = graph.node[..conv_at]
+    let tail = tunable_tail(graph, count)?;
+    let first = &graph.node[tail[0].0];
+    let weight_sources: HashSet<usize> = tail
+        .iter()
+        .filter_map(|(at, _)| producer(graph, &graph.node[*at].input[1]))
+        .collect();
+    let mut nodes: Vec<NodeProto> = graph.node[..tail[0].0]
         .iter()
         .enumerate()
-        .filter(|(i, _)| Some(*i) != weight_source)
+        .filter(|(i, _)| !weight_sources.contains(i))
         .map(|(_, n)| n.clone())
         .collect();
-    nodes.push(node("Identity", FEATURE_MAP, &[&conv.input[0]], &[FEATURE_MAP], vec![]));
+    nodes.push(node(
+        "Identity",
+        FEATURE_MAP,
+        &[&first.input[0]],
+        &[FEATURE_MAP],
+        vec![],
+    ));
     let cut = with_nodes(model, nodes, Vec::new(), value_info(FEATURE_MAP, None));
-    Ok((cut, last_conv))
+    Ok((cut, tail.into_iter().map(|(_, conv)| conv).collect()))
 }
 
-/// `model` with the weights of its [`LastConv`] replaced by `tuned`'s, stored as they were
-/// (int8 per output channel when the model's were, f32 otherwise).
-pub fn with_last_conv(model: &ModelProto, tuned: &LastConv) -> Result<ModelProto, ImportError> {
+/// `model` with the weights of its last `tuned.len()` convolutions replaced by `tuned`'s,
+/// stored as they were (int8 per output channel when the model's were, f32 otherwise).
+pub fn with_tuned_convs(model: &ModelProto, tuned: &[TunableConv]) -> Result<ModelProto, ImportError> {
     let graph = headless_graph(model)?;
-    let (conv_at, current) = last_conv(graph)?;
-    if current.name != tuned.name || current.inputs != tuned.inputs || current.outputs != tuned.outputs {
-        return Err(unsupported(&format!(
-            "the tuned convolution {} ({} -> {}) does not fit the model's {} ({} -> {})",
-            tuned.name, tuned.inputs, tuned.outputs, current.name, current.inputs, current.outputs
-        )));
+    let current = tunable_tail(graph, tuned.len())?;
+    // Each tuned Conv node by position, with its new inputs and the node it no longer needs.
+    struct Replacement {
+        conv_at: usize,
+        weight_source: Option<usize>,
+        dequantise: Option<NodeProto>,
+        inputs: [String; 2],
     }
-    let weight_source = producer(graph, &graph.node[conv_at].input[1]);
+    let mut replacements = Vec::with_capacity(tuned.len());
     // Only the new tensors: `with_nodes` keeps the model's own ones that are still used.
     let mut initializers = Vec::new();
-    let weight = f32_tensor(
-        &format!("{}.tuned.weight", tuned.name),
-        &[tuned.outputs, tuned.inputs, 1, 1],
-        &tuned.weight,
-    );
-    let (dequantise, weight_name) = match weight_source {
-        Some(_) => {
-            let (dequantise, name) = weight_qdq(&weight, &mut initializers);
-            (Some(dequantise), name)
+    for ((conv_at, now), new) in current.iter().zip(tuned) {
+        let fits = now.name == new.name
+            && now.weight_shape() == new.weight_shape()
+            && new.weight.len() == now.weight.len()
+            && new.bias.len() == now.bias.len();
+        if !fits {
+            return Err(unsupported(&format!(
+                "the tuned convolution {} ({} -> {}) does not fit the model's {} ({} -> {})",
+                new.name, new.inputs, new.outputs, now.name, now.inputs, now.outputs
+            )));
         }
-        None => {
-            let name = weight.name.clone();
-            initializers.push(weight);
-            (None, name)
-        }
-    };
-    let bias_name = format!("{}.tuned.bias", tuned.name);
-    initializers.push(f32_tensor(&bias_name, &[tuned.outputs], &tuned.bias));
-    let mut nodes = Vec::with_capacity(graph.node.len() + 1);
+        let weight_source = producer(graph, &graph.node[*conv_at].input[1]);
+        let weight = f32_tensor(&format!("{}.tuned.weight", new.name), &new.weight_shape(), &new.weight);
+        let (dequantise, weight_name) = match weight_source {
+            Some(_) => {
+                let (dequantise, name) = weight_qdq(&weight, &mut initializers);
+                (Some(dequantise), name)
+            }
+            None => {
+                let name = weight.name.clone();
+                initializers.push(weight);
+                (None, name)
+            }
+        };
+        let bias_name = format!("{}.tuned.bias", new.name);
+        initializers.push(f32_tensor(&bias_name, &[new.outputs], &new.bias));
+        replacements.push(Replacement {
+            conv_at: *conv_at,
+            weight_source,
+            dequantise,
+            inputs: [weight_name, bias_name],
+        });
+    }
+    let mut nodes = Vec::with_capacity(graph.node.len() + tuned.len());
     for (i, n) in graph.node.iter().enumerate() {
-        if Some(i) == weight_source {
+        if replacements.iter().any(|r| r.weight_source == Some(i)) {
             continue;
         }
-        if i == conv_at {
-            nodes.extend(dequantise.clone());
-            let mut conv = n.clone();
-            conv.input = vec![n.input[0].clone(), weight_name.clone(), bias_name.clone()];
-            nodes.push(conv);
-        } else {
-            nodes.push(n.clone());
+        match replacements.iter().find(|r| r.conv_at == i) {
+            Some(replacement) => {
+                nodes.extend(replacement.dequantise.clone());
+                let mut conv = n.clone();
+                conv.input = [&n.input[0]].into_iter().chain(&replacement.inputs).cloned().collect();
+                nodes.push(conv);
+            }
+            None => nodes.push(n.clone()),
         }
     }
     Ok(with_nodes(model, nodes, initializers, graph.output[0].clone()))
@@ -186,70 +237,119 @@ fn producer(graph: &GraphProto, value: &str) -> Option<usize> {
     graph.node.iter().position(|n| n.output.iter().any(|o| o == value))
 }
 
+fn consumers(graph: &GraphProto, value: &str) -> usize {
+    graph.node.iter().filter(|n| n.input.iter().any(|i| i == value)).count()
+}
+
 fn initializer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
     graph.initializer.iter().find(|t| t.name == name)
 }
 
-/// The Conv (1x1, one group, stride 1) and ReLU/ReLU6 right before the global pooling.
-fn last_conv(graph: &GraphProto) -> Result<(usize, LastConv), ImportError> {
-    let not_tunable = |why: &str| unsupported(&format!("the last convolution cannot be fine-tuned: {why}"));
+/// The last `count` convolutions before the global pooling, in graph order with their node
+/// positions: a plain chain of Conv nodes, each followed by nothing, a ReLU or a ReLU6, whose
+/// values feed nothing else (so the chain can be cut off and computed apart). EfficientNet-
+/// Lite0's last four are its last MBConv block (expand, depthwise, project) and `_conv_head`;
+/// a fifth would cross the block's input, a residual sum.
+fn tunable_tail(graph: &GraphProto, count: usize) -> Result<Vec<(usize, TunableConv)>, ImportError> {
+    let not_tunable = |why: String| unsupported(&format!("the last {count} convolutions cannot be fine-tuned: {why}"));
+    if count == 0 {
+        return Err(not_tunable("no convolution was asked for".into()));
+    }
     let pool = global_pool(graph)?;
-    let activation = producer(graph, &graph.node[pool].input[0])
-        .map(|i| &graph.node[i])
-        .filter(|n| n.op_type == "Clip" || n.op_type == "Relu")
-        .ok_or_else(|| not_tunable("the pooling does not follow a ReLU or ReLU6"))?;
-    let ceiling = match activation.op_type.as_str() {
-        "Clip" => {
-            let bound = |i: usize| {
-                let tensor = activation.input.get(i).and_then(|name| initializer(graph, name))?;
-                f32_values(tensor).first().copied()
-            };
-            match (bound(1), bound(2)) {
-                (Some(0.0), Some(high)) => Some(high),
-                _ => return Err(not_tunable("its Clip is not a ReLU6")),
+    let mut value = graph.node[pool].input[0].clone();
+    let mut tail = Vec::with_capacity(count);
+    while tail.len() < count {
+        let mut at =
+            producer(graph, &value).ok_or_else(|| not_tunable(format!("{value} is not computed by a node")))?;
+        let activation = match graph.node[at].op_type.as_str() {
+            "Relu" => Activation::Relu,
+            "Clip" => {
+                let clip = &graph.node[at];
+                let bound = |i: usize| {
+                    let tensor = clip.input.get(i).and_then(|name| initializer(graph, name))?;
+                    f32_values(tensor).first().copied()
+                };
+                match (bound(1), bound(2)) {
+                    (Some(0.0), Some(high)) => Activation::Clip(high),
+                    _ => return Err(not_tunable(format!("{} is not a ReLU6", clip.name))),
+                }
             }
+            _ => Activation::Linear,
+        };
+        if activation != Activation::Linear {
+            value = graph.node[at].input[0].clone();
+            at = producer(graph, &value).ok_or_else(|| not_tunable(format!("{value} is not computed by a node")))?;
         }
-        _ => None,
-    };
-    let conv_at = producer(graph, &activation.input[0])
-        .filter(|&i| graph.node[i].op_type == "Conv")
-        .ok_or_else(|| not_tunable("the activation does not follow a Conv"))?;
-    let conv = &graph.node[conv_at];
-    let one = |name: &str, value: i64| {
+        let conv = &graph.node[at];
+        if conv.op_type != "Conv" {
+            return Err(not_tunable(format!(
+                "{} ({}) comes before them, not a convolution",
+                conv.name, conv.op_type
+            )));
+        }
+        if !tail.is_empty() && consumers(graph, &conv.output[0]) != 1 {
+            return Err(not_tunable(format!("{} also feeds other layers", conv.name)));
+        }
+        tail.push((at, tunable_conv(graph, conv, activation).map_err(not_tunable)?));
+        value = conv.input[0].clone();
+    }
+    tail.reverse();
+    Ok(tail)
+}
+
+/// `conv` read as a [`TunableConv`], or why it is not one.
+fn tunable_conv(graph: &GraphProto, conv: &NodeProto, activation: Activation) -> Result<TunableConv, String> {
+    let ints = |name: &str| {
         conv.attribute
             .iter()
             .find(|a| a.name == name)
-            .is_none_or(|a| match a.ints.is_empty() {
-                true => a.i == value,
-                false => a.ints.iter().all(|&v| v == value),
-            })
+            .map(|a| if a.ints.is_empty() { vec![a.i] } else { a.ints.clone() })
     };
-    if !(one("kernel_shape", 1) && one("strides", 1) && one("group", 1)) || conv.input.len() < 2 {
-        return Err(not_tunable(&format!("{} is not a plain 1x1 convolution", conv.name)));
+    let all = |name: &str, value: i64| ints(name).is_none_or(|v| v.iter().all(|&x| x == value));
+    let (weight, shape) = conv
+        .input
+        .get(1)
+        .and_then(|name| conv_weight(graph, name))
+        .ok_or_else(|| format!("the weights of {} are not constants", conv.name))?;
+    let &[outputs, per_group, kh, kw] = shape.as_slice() else {
+        return Err(format!("{} is not a 2-d convolution", conv.name));
+    };
+    let group = ints("group").and_then(|g| g.first().copied()).unwrap_or(1);
+    let plain = kh == 1 && kw == 1 && group == 1 && all("pads", 0);
+    let depthwise =
+        kh == kw && kh % 2 == 1 && per_group == 1 && group == outputs as i64 && all("pads", (kh / 2) as i64);
+    let inputs = if depthwise { outputs } else { per_group };
+    let explicit_pads = conv
+        .attribute
+        .iter()
+        .find(|a| a.name == "auto_pad")
+        .is_none_or(|a| a.s.is_empty() || a.s == b"NOTSET");
+    if !(plain || depthwise) || !all("strides", 1) || !all("dilations", 1) || !explicit_pads {
+        return Err(format!(
+            "{} is neither a 1x1 nor a depthwise convolution with stride 1",
+            conv.name
+        ));
     }
-    let weight = conv_weight(graph, &conv.input[1]).ok_or_else(|| not_tunable("its weights are not constants"))?;
-    let outputs = weight.1.first().copied().unwrap_or(0);
-    let inputs = weight.1.get(1).copied().unwrap_or(0);
-    if outputs * inputs != weight.0.len() || outputs == 0 {
-        return Err(not_tunable("its weights have an unexpected shape"));
+    if weight.len() != outputs * per_group * kh * kw || outputs == 0 {
+        return Err(format!("the weights of {} have an unexpected shape", conv.name));
     }
     let bias = match conv.input.get(2).filter(|name| !name.is_empty()) {
         Some(name) => initializer(graph, name)
             .filter(|t| t.data_type == DataType::Float as i32)
             .map(f32_values)
             .filter(|b| b.len() == outputs)
-            .ok_or_else(|| not_tunable("its bias is not an f32 constant"))?,
+            .ok_or_else(|| format!("the bias of {} is not an f32 constant", conv.name))?,
         None => vec![0.0; outputs],
     };
-    let last = LastConv {
+    Ok(TunableConv {
         name: conv.name.clone(),
-        weight: weight.0,
+        weight,
         bias,
         inputs,
         outputs,
-        ceiling,
-    };
-    Ok((conv_at, last))
+        kernel: kh,
+        activation,
+    })
 }
 
 /// The f32 values and dims of a weight: an f32 initializer, or int8 ones through a per-channel

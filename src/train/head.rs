@@ -5,6 +5,8 @@
 //! product's proxy and away from the others, weighting hard examples most; it converges
 //! in few epochs and needs no pair mining, which suits features computed once.
 
+use std::time::Instant;
+
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::{encoding::one_hot, AdamW, Linear, Module, Optimizer, ParamsAdamW, VarMap};
@@ -284,13 +286,17 @@ pub(super) fn fit<S>(
     );
     let mut log = Vec::new();
     let mut best: Option<(f64, usize, S)> = None;
+    let steps_per_epoch = samples.len().div_ceil(config.batch);
     for epoch in 1..=config.epochs {
+        let started = Instant::now();
         samples.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         let mut steps = 0;
         for batch in samples.chunks(config.batch) {
             loss_sum += step(batch)?;
             steps += 1;
+            // A stage 2 epoch takes minutes: show it moving.
+            progress.set_message(format!("step {steps}/{steps_per_epoch}"));
         }
         let recall = score()?;
         let loss = loss_sum / f64::from(steps.max(1));
@@ -299,7 +305,10 @@ pub(super) fn fit<S>(
             loss,
             holdout_recall_at_1: recall,
         });
-        let figures = format!("loss {loss:.3}, held-out Recall@1 {recall:.3}");
+        let figures = format!(
+            "loss {loss:.3}, held-out Recall@1 {recall:.3}, {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
         if progress.is_hidden() {
             // Not a terminal (a CI log, a redirected run): a line per epoch instead of the bar.
             eprintln!("epoch {epoch}/{}: {figures}", config.epochs);

@@ -1,10 +1,11 @@
-//! Stage 2: fine-tuning the backbone's last layer together with the head.
+//! Stage 2: fine-tuning the backbone's last layers together with the head.
 //!
 //! A linear head on frozen features saturates early (In-shop: held-out Recall@1 0.81 after
-//! two epochs). The last 1x1 convolution ([`LastConv`], EfficientNet's `_conv_head`: 320 ->
-//! 1280 channels, then ReLU6) is the cheapest backbone layer to train: its input, the
-//! 7x7 feature map before it, is cached per view like the features, so an epoch costs two
-//! matrix products per photo and no image decoding.
+//! two epochs). The backbone's last convolutions ([`TunableConv`]) are the cheapest layers to
+//! train: the 7x7 feature map before them is cached per view like the features, so an epoch
+//! costs a few products per photo and no image decoding. For EfficientNet-Lite0 that is its
+//! `_conv_head` (320 -> 1280 channels, then ReLU6), and with it its last MBConv block (192 ->
+//! 1152 -> depthwise 3x3 -> 320).
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, Var};
@@ -12,20 +13,21 @@ use candle_nn::{Linear, Module, VarMap};
 
 use super::features::{Features, Rows};
 use super::head::{find_var, fit, l2_normalise, snapshot, EpochLog, TrainConfig, Trainable, Trained};
-use crate::import::head::{Head, LastConv, GEM_P};
+use crate::import::head::{Activation, Head, TunableConv, GEM_P};
 
 /// Rows handled at once when embedding for scoring, to bound memory.
 const CHUNK: usize = 256;
 
 /// Feature maps stored position-major: each row is `positions` runs of `channels` values, so
-/// a batch of rows is one (rows x positions, channels) matrix for the 1x1 convolution.
+/// a batch of rows is one (rows x positions, channels) matrix for a 1x1 convolution.
 pub struct FeatureMaps {
     pub maps: Features,
     pub channels: usize,
 }
 
 impl FeatureMaps {
-    /// Rows of channel-major (C x H x W, as the model gives them) maps of `channels` channels.
+    /// Rows of channel-major (C x H x W, as the model gives them) square maps of `channels`
+    /// channels.
     pub fn from_channel_major(maps: Features, channels: usize) -> Result<FeatureMaps> {
         anyhow::ensure!(
             channels > 0 && maps.dims.is_multiple_of(channels),
@@ -33,6 +35,10 @@ impl FeatureMaps {
             maps.dims
         );
         let positions = maps.dims / channels;
+        anyhow::ensure!(
+            side_of(positions).is_some(),
+            "a feature map of {positions} positions is not square"
+        );
         let mut values = Vec::with_capacity(maps.values.len());
         for row in maps.values.chunks_exact(maps.dims) {
             for position in 0..positions {
@@ -63,6 +69,12 @@ impl FeatureMaps {
     }
 }
 
+/// The side of a square map of `positions` positions.
+fn side_of(positions: usize) -> Option<usize> {
+    let side = positions.isqrt();
+    (side * side == positions).then_some(side)
+}
+
 impl Rows for FeatureMaps {
     fn select(&self, rows: &[usize]) -> FeatureMaps {
         FeatureMaps {
@@ -72,44 +84,105 @@ impl Rows for FeatureMaps {
     }
 }
 
-/// The last convolution, GeM pooling and the head, as one trainable model.
+/// One [`TunableConv`] as candle tensors: the weight is (outputs, inputs) for a 1x1
+/// convolution and (channels, k x k) for a depthwise one.
+struct Layer {
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    activation: Activation,
+}
+
+impl Layer {
+    fn new(conv: &TunableConv, weight: Tensor, bias: Tensor) -> Layer {
+        Layer {
+            weight,
+            bias,
+            kernel: conv.kernel,
+            activation: conv.activation,
+        }
+    }
+
+    /// The layer on position-major square maps (rows, positions, channels).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (rows, positions, channels) = x.dims3()?;
+        let x = if self.kernel == 1 {
+            x.reshape((rows * positions, channels))?
+                .matmul(&self.weight.t()?)?
+                .broadcast_add(&self.bias)?
+                .reshape((rows, positions, ()))?
+        } else {
+            self.depthwise(x)?
+        };
+        match self.activation {
+            Activation::Linear => Ok(x),
+            Activation::Relu => x.relu(),
+            Activation::Clip(ceiling) => x.clamp(0f32, ceiling),
+        }
+    }
+
+    /// A depthwise k x k convolution with stride 1 and zero "same" padding, as k x k shifted
+    /// products: candle has no depthwise kernel, and its grouped convolution runs one group
+    /// at a time.
+    fn depthwise(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (rows, positions, channels) = x.dims3()?;
+        let side = side_of(positions).ok_or_else(|| candle_core::Error::Msg("the feature map is not square".into()))?;
+        let pad = self.kernel / 2;
+        let grid = x
+            .reshape((rows, side, side, channels))?
+            .pad_with_zeros(1, pad, pad)?
+            .pad_with_zeros(2, pad, pad)?;
+        let taps = self.weight.t()?;
+        let mut sum = self.bias.broadcast_as((rows, side, side, channels))?.contiguous()?;
+        for dy in 0..self.kernel {
+            for dx in 0..self.kernel {
+                let window = grid.narrow(1, dy, side)?.narrow(2, dx, side)?;
+                sum = (sum + window.broadcast_mul(&taps.get(dy * self.kernel + dx)?)?)?;
+            }
+        }
+        sum.reshape((rows, positions, channels))
+    }
+}
+
+/// The backbone's last convolutions, GeM pooling and the head, as one trainable model.
 pub struct TunedModel {
-    conv: Linear,
-    ceiling: Option<f32>,
+    layers: Vec<Layer>,
     head: Option<Linear>,
     device: Device,
 }
 
 impl TunedModel {
-    /// `conv`, then GeM pooling, then `head` when there is one.
-    pub fn new(conv: &LastConv, head: Option<&Head>) -> Result<TunedModel> {
+    /// `convs`, then GeM pooling, then `head` when there is one.
+    pub fn new(convs: &[TunableConv], head: Option<&Head>) -> Result<TunedModel> {
         let device = Device::Cpu;
-        let linear = |weight: &[f32], bias: &[f32], rows: usize, columns: usize| -> Result<Linear> {
-            let weight = Tensor::from_slice(weight, (rows, columns), &device)?;
-            Ok(Linear::new(weight, Some(Tensor::from_slice(bias, rows, &device)?)))
-        };
-        Ok(TunedModel {
-            conv: linear(&conv.weight, &conv.bias, conv.outputs, conv.inputs)?,
-            ceiling: conv.ceiling,
-            head: head
-                .map(|h| linear(&h.weight, &h.bias, h.dims, h.channels))
-                .transpose()?,
-            device,
-        })
+        let layers = convs
+            .iter()
+            .map(|conv| {
+                let (rows, columns) = conv_matrix(conv);
+                Ok(Layer::new(
+                    conv,
+                    Tensor::from_slice(&conv.weight, (rows, columns), &device)?,
+                    Tensor::from_slice(&conv.bias, conv.outputs, &device)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let head = head
+            .map(|h| -> Result<Linear> {
+                let weight = Tensor::from_slice(&h.weight, (h.dims, h.channels), &device)?;
+                Ok(Linear::new(weight, Some(Tensor::from_slice(&h.bias, h.dims, &device)?)))
+            })
+            .transpose()?;
+        Ok(TunedModel { layers, head, device })
     }
 
     /// GeM-pooled features of position-major maps (rows, positions, channels).
     fn pooled(&self, maps: &Tensor) -> candle_core::Result<Tensor> {
-        let (rows, positions, channels) = maps.dims3()?;
-        let x = self.conv.forward(&maps.reshape((rows * positions, channels))?)?;
-        let x = match self.ceiling {
-            Some(ceiling) => x.clamp(0f32, ceiling)?,
-            None => x.relu()?,
-        };
-        let outputs = x.dim(1)?;
+        let mut x = maps.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
         x.maximum(1e-6)?
             .powf(f64::from(GEM_P))?
-            .reshape((rows, positions, outputs))?
             .mean(1)?
             .powf(1.0 / f64::from(GEM_P))
     }
@@ -140,22 +213,37 @@ impl TunedModel {
         Ok(Features { values, dims })
     }
 
-    fn to_parts(&self, template: &LastConv) -> Result<(LastConv, Head)> {
-        let rows = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
-        let conv = LastConv {
-            weight: rows(self.conv.weight())?,
-            bias: rows(self.conv.bias().context("the convolution has a bias")?)?,
-            ..template.clone()
-        };
+    fn to_parts(&self, templates: &[TunableConv]) -> Result<(Vec<TunableConv>, Head)> {
+        let values = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+        let convs = self
+            .layers
+            .iter()
+            .zip(templates)
+            .map(|(layer, template)| {
+                Ok(TunableConv {
+                    weight: values(&layer.weight)?,
+                    bias: values(&layer.bias)?,
+                    ..template.clone()
+                })
+            })
+            .collect::<Result<_>>()?;
         let head = self.head.as_ref().context("a tuned model has a head")?;
         let (dims, channels) = head.weight().dims2()?;
         let head = Head {
-            weight: rows(head.weight())?,
-            bias: rows(head.bias().context("the head has a bias")?)?,
+            weight: values(head.weight())?,
+            bias: values(head.bias().context("the head has a bias")?)?,
             dims,
             channels,
         };
-        Ok((conv, head))
+        Ok((convs, head))
+    }
+}
+
+/// The shape of `conv`'s weight as [`Layer`] holds it.
+fn conv_matrix(conv: &TunableConv) -> (usize, usize) {
+    match conv.is_depthwise() {
+        true => (conv.outputs, conv.kernel * conv.kernel),
+        false => (conv.outputs, conv.inputs),
     }
 }
 
@@ -166,45 +254,52 @@ pub struct TuneData<'a> {
 }
 
 pub struct Tuned {
-    pub conv: LastConv,
+    pub convs: Vec<TunableConv>,
     pub head: Head,
     pub best_epoch: usize,
     pub log: Vec<EpochLog>,
-    /// Every trainable tensor of the best epoch (convolution, head, proxies).
+    /// Every trainable tensor of the best epoch (convolutions, head, proxies).
     pub varmap: VarMap,
 }
 
-/// Fine-tunes `conv` and stage 1's head and proxies (`stage1`) on `data`; `holdout` scores
+/// Fine-tunes `convs` and stage 1's head and proxies (`stage1`) on `data`; `holdout` scores
 /// each epoch as in stage 1, and the best epoch is kept.
 pub fn tune(
     data: &TuneData,
-    conv: &LastConv,
+    convs: &[TunableConv],
     stage1: &Trained,
     config: &TrainConfig,
     mut holdout: impl FnMut(&TunedModel) -> Result<f64>,
 ) -> Result<Tuned> {
     let device = Device::Cpu;
     let head = &stage1.head;
-    let var = |values: &[f32], shape: &[usize]| Var::from_slice(values, shape, &device);
-    let trainable = [
-        ("conv.weight", var(&conv.weight, &[conv.outputs, conv.inputs])?),
-        ("conv.bias", var(&conv.bias, &[conv.outputs])?),
-        ("head.weight", var(&head.weight, &[head.dims, head.channels])?),
-        ("head.bias", var(&head.bias, &[head.dims])?),
-    ];
-    let proxies = Var::from_tensor(find_var(&stage1.varmap, "proxies")?.as_tensor())?;
-    let linear = |weight: &Var, bias: &Var| Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone()));
+    let mut named = Vec::new();
+    let mut layers = Vec::new();
+    for conv in convs {
+        let weight = Var::from_slice(&conv.weight, conv_matrix(conv), &device)?;
+        let bias = Var::from_slice(&conv.bias, conv.outputs, &device)?;
+        layers.push(Layer::new(conv, weight.as_tensor().clone(), bias.as_tensor().clone()));
+        named.push((format!("{}.weight", conv.name), weight));
+        named.push((format!("{}.bias", conv.name), bias));
+    }
+    let head_weight = Var::from_slice(&head.weight, (head.dims, head.channels), &device)?;
+    let head_bias = Var::from_slice(&head.bias, head.dims, &device)?;
     let model = TunedModel {
-        conv: linear(&trainable[0].1, &trainable[1].1),
-        ceiling: conv.ceiling,
-        head: Some(linear(&trainable[2].1, &trainable[3].1)),
+        layers,
+        head: Some(Linear::new(
+            head_weight.as_tensor().clone(),
+            Some(head_bias.as_tensor().clone()),
+        )),
         device: device.clone(),
     };
+    named.push(("head.weight".into(), head_weight));
+    named.push(("head.bias".into(), head_bias));
+    let proxies = Var::from_tensor(find_var(&stage1.varmap, "proxies")?.as_tensor())?;
     let varmap = VarMap::new();
     {
         let mut vars = varmap.data().lock().expect("just made");
-        for (name, var) in &trainable {
-            vars.insert((*name).into(), var.clone());
+        for (name, var) in &named {
+            vars.insert(name.clone(), var.clone());
         }
         vars.insert("proxies".into(), proxies.clone());
     }
@@ -212,10 +307,10 @@ pub fn tune(
     let (positions, channels) = (first.positions(), first.channels);
     let views: Vec<&Features> = data.views.iter().map(|v| &v.maps).collect();
     let trainable = Trainable {
-        model: trainable.iter().map(|(_, var)| var.clone()).collect(),
+        model: named.into_iter().map(|(_, var)| var).collect(),
         proxies,
     };
-    let (best_epoch, log, (conv, head, varmap)) = fit(
+    let (best_epoch, log, (convs, head, varmap)) = fit(
         &views,
         data.labels,
         config,
@@ -223,12 +318,12 @@ pub fn tune(
         |rows| model.forward(&rows.reshape((rows.dim(0)?, positions, channels))?),
         || holdout(&model),
         || {
-            let (conv, head) = model.to_parts(conv)?;
-            Ok((conv, head, snapshot(&varmap)?))
+            let (convs, head) = model.to_parts(convs)?;
+            Ok((convs, head, snapshot(&varmap)?))
         },
     )?;
     Ok(Tuned {
-        conv,
+        convs,
         head,
         best_epoch,
         log,

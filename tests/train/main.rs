@@ -6,7 +6,7 @@ use std::path::Path;
 
 use otlens::cli::eval::{colour_split, evaluate_colour, evaluate_split, Match};
 use otlens::cli::train::split_for_training;
-use otlens::import::head::{feature_map_model, feature_model, with_head, with_last_conv, Head, HeadInfo};
+use otlens::import::head::{feature_map_model, feature_model, with_head, with_tuned_convs, Activation, Head, HeadInfo};
 use otlens::import::{decode, encode};
 use otlens::model::{cosine, Embedder};
 use otlens::preprocess::to_tensor;
@@ -213,62 +213,86 @@ fn random_head(rng: &mut StdRng, dims: usize, channels: usize) -> Head {
 }
 
 #[test]
-fn a_tuned_last_convolution_runs_in_tract_as_in_candle() {
+fn tuned_last_convolutions_run_in_tract_as_in_candle() {
     let base = decode(&std::fs::read(MODEL).unwrap()).unwrap();
-    let (maps_proto, conv) = feature_map_model(&base).unwrap();
-    assert_eq!(
-        (conv.name.as_str(), conv.inputs, conv.outputs),
-        ("_conv_head", 320, 1280)
-    );
-    assert_eq!(conv.ceiling, Some(6.0), "EfficientNet-Lite's activation is ReLU6");
-    let maps_model = Embedder::from_bytes(&encode(&maps_proto)).unwrap();
     let (features_proto, _) = feature_model(&base).unwrap();
     let features_model = Embedder::from_bytes(&encode(&features_proto)).unwrap();
-    let input = to_tensor(&gradient_photo(), &maps_model.info().input);
-    let maps = Features {
-        values: maps_model.embed_tensor(input.clone()).unwrap(),
-        dims: maps_model.info().dims,
-    };
-    assert_eq!(maps.dims, 320 * 7 * 7);
-    let maps = FeatureMaps::from_channel_major(maps, conv.inputs).unwrap();
-
-    // The convolution as imported: candle's GeM features are tract's.
-    let frozen = TunedModel::new(&conv, None).unwrap().embed(&maps).unwrap();
-    let similarity = cosine(&frozen.values, &features_model.embed_tensor(input.clone()).unwrap());
-    assert!(similarity > 0.9999, "cosine {similarity}");
-
-    // A changed convolution and a head, written into ONNX: tract embeds as candle does.
+    let input = to_tensor(&gradient_photo(), &features_model.info().input);
+    let gem = features_model.embed_tensor(input.clone()).unwrap();
     let mut rng = StdRng::seed_from_u64(5);
-    let mut tuned = conv.clone();
-    for w in &mut tuned.weight {
-        *w += rng.random_range(-0.02..0.02);
-    }
-    let head = random_head(&mut rng, 64, conv.outputs);
-    let info = HeadInfo {
-        pooling: "gem-3".into(),
-        dims: 64,
-        base_model: "test".into(),
-        trained_on: "random weights".into(),
-        tuned: vec![conv.name.clone()],
-    };
-    let trained_proto = with_head(&with_last_conv(&base, &tuned).unwrap(), &head, &info).unwrap();
-    let in_tract = Embedder::from_bytes(&encode(&trained_proto))
-        .unwrap()
-        .embed_tensor(input)
-        .unwrap();
-    let in_candle = TunedModel::new(&tuned, Some(&head)).unwrap().embed(&maps).unwrap();
-    let untuned = TunedModel::new(&conv, Some(&head)).unwrap().embed(&maps).unwrap();
-    let similarity = cosine(&in_candle.values, &in_tract);
-    assert!(similarity > 0.999, "cosine {similarity}");
-    assert!(
-        cosine(&untuned.values, &in_tract) < similarity,
-        "the tuned weights, not the imported ones, are in the model"
-    );
+    // `_conv_head` alone, then with the last MBConv block (1x1, depthwise 3x3, 1x1) before it.
+    for (count, channels) in [(1, 320), (4, 192)] {
+        let (maps_proto, convs) = feature_map_model(&base, count).unwrap();
+        let names: Vec<&str> = convs.iter().map(|c| c.name.as_str()).collect();
+        let expected = [
+            "_blocks.15._expand_conv",
+            "_blocks.15._depthwise_conv",
+            "_blocks.15._project_conv",
+            "_conv_head",
+        ];
+        assert_eq!(names, expected[4 - count..]);
+        let last = convs.last().unwrap();
+        assert_eq!((last.inputs, last.outputs), (320, 1280));
+        assert_eq!(
+            last.activation,
+            Activation::Clip(6.0),
+            "EfficientNet-Lite's activation is ReLU6"
+        );
+        let maps_model = Embedder::from_bytes(&encode(&maps_proto)).unwrap();
+        let maps = Features {
+            values: maps_model.embed_tensor(input.clone()).unwrap(),
+            dims: maps_model.info().dims,
+        };
+        assert_eq!(maps.dims, channels * 7 * 7);
+        let maps = FeatureMaps::from_channel_major(maps, convs[0].inputs).unwrap();
 
-    let mut wrong = tuned.clone();
-    wrong.inputs = 64;
-    let error = with_last_conv(&base, &wrong).unwrap_err().to_string();
-    assert!(error.contains("does not fit"), "{error}");
+        // The convolutions as imported: candle's GeM features are tract's.
+        let frozen = TunedModel::new(&convs, None).unwrap().embed(&maps).unwrap();
+        let similarity = cosine(&frozen.values, &gem);
+        assert!(similarity > 0.9999, "{count} convolutions: cosine {similarity}");
+
+        // Changed convolutions and a head, written into ONNX: tract embeds as candle does.
+        let mut tuned = convs.clone();
+        for conv in &mut tuned {
+            let spread = 0.1 * conv.weight.iter().fold(0f32, |m, w| m.max(w.abs()));
+            for w in &mut conv.weight {
+                *w += rng.random_range(-spread..spread);
+            }
+        }
+        let head = random_head(&mut rng, 64, last.outputs);
+        let info = HeadInfo {
+            pooling: "gem-3".into(),
+            dims: 64,
+            base_model: "test".into(),
+            trained_on: "random weights".into(),
+            tuned: names.iter().map(|n| n.to_string()).collect(),
+        };
+        let trained_proto = with_head(&with_tuned_convs(&base, &tuned).unwrap(), &head, &info).unwrap();
+        let in_tract = Embedder::from_bytes(&encode(&trained_proto))
+            .unwrap()
+            .embed_tensor(input.clone())
+            .unwrap();
+        let in_candle = TunedModel::new(&tuned, Some(&head)).unwrap().embed(&maps).unwrap();
+        let untuned = TunedModel::new(&convs, Some(&head)).unwrap().embed(&maps).unwrap();
+        let similarity = cosine(&in_candle.values, &in_tract);
+        assert!(similarity > 0.999, "{count} convolutions: cosine {similarity}");
+        assert!(
+            cosine(&untuned.values, &in_tract) < similarity,
+            "the tuned weights, not the imported ones, are in the model"
+        );
+
+        let mut wrong = tuned.clone();
+        wrong[0].inputs = 64;
+        wrong[0].weight.truncate(10);
+        let error = with_tuned_convs(&base, &wrong).unwrap_err().to_string();
+        assert!(error.contains("does not fit"), "{error}");
+    }
+    // A fifth would be the previous block's projection, whose output is summed with its input.
+    let error = feature_map_model(&base, 5).unwrap_err().to_string();
+    assert!(
+        error.contains("_blocks.14.add") && error.contains("not a convolution"),
+        "{error}"
+    );
 }
 
 #[test]
