@@ -290,7 +290,7 @@ fuzz() {
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}"
 }
 
-# retrieval [DIR]: trains a head and the last 1x1 convolution on DeepFashion In-shop's train.csv
+# retrieval [DIR]: trains a head, the last MBConv block and the last 1x1 convolution on DeepFashion In-shop's train.csv
 # (DIR, default ../shared/data/inshop) and reports the untrained and trained models on val.csv.
 # The data may not be shipped, so the trained model and the report stay in target/retrieval/.
 retrieval() {
@@ -303,7 +303,7 @@ retrieval() {
   log "building the companion binary"
   cargo build --release --locked
   mkdir -p "$out"
-  "$OTLENS" train --model "$MODEL" --train "$data/train.csv" --out "$out/inshop.onnx" --tune-convs 1
+  "$OTLENS" train --model "$MODEL" --train "$data/train.csv" --out "$out/inshop.onnx" --tune-convs 4 --tune-epochs 5
   "$OTLENS" eval --model "$MODEL" --model "$out/inshop.onnx" --split "$data/val.csv" --report "$out/report.md"
 }
 
