@@ -85,7 +85,7 @@ impl TunableConv {
     }
 
     /// The ONNX weight shape: (outputs, inputs, 1, 1), or (channels, 1, k, k) for depthwise.
-    fn weight_shape(&self) -> [usize; 4] {
+    pub fn weight_shape(&self) -> [usize; 4] {
         match self.is_depthwise() {
             true => [self.outputs, 1, self.kernel, self.kernel],
             false => [self.outputs, self.inputs, 1, 1],

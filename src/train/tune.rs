@@ -239,12 +239,10 @@ impl TunedModel {
     }
 }
 
-/// The shape of `conv`'s weight as [`Layer`] holds it.
+/// The shape of `conv`'s weight as [`Layer`] holds it: one row per output channel.
 fn conv_matrix(conv: &TunableConv) -> (usize, usize) {
-    match conv.is_depthwise() {
-        true => (conv.outputs, conv.kernel * conv.kernel),
-        false => (conv.outputs, conv.inputs),
-    }
+    let [outputs, per_group, height, width] = conv.weight_shape();
+    (outputs, per_group * height * width)
 }
 
 /// Training examples for stage 2: each view's feature maps and each photo's class.
