@@ -317,7 +317,7 @@ fn tunable_conv(graph: &GraphProto, conv: &NodeProto, activation: Activation) ->
     let group = ints("group").and_then(|g| g.first().copied()).unwrap_or(1);
     let plain = kh == 1 && kw == 1 && group == 1 && all("pads", 0);
     let depthwise =
-        kh == kw && kh % 2 == 1 && per_group == 1 && group == outputs as i64 && all("pads", (kh / 2) as i64);
+        kh == kw && kh > 1 && kh % 2 == 1 && per_group == 1 && group == outputs as i64 && all("pads", (kh / 2) as i64);
     let inputs = if depthwise { outputs } else { per_group };
     let explicit_pads = conv
         .attribute
