@@ -133,7 +133,7 @@ pub fn run(args: Args) -> Result<()> {
         let extractor = Embedder::from_bytes(&encode(&maps_proto)).context("cannot load the feature-map model")?;
         let maps = split_views(args.views, &train_photos, &holdout_photos, |view| {
             let maps = extract(&extractor, &dataset, view, &args.cache, "feature maps")?;
-            FeatureMaps::from_channel_major(maps, convs[0].inputs)
+            FeatureMaps::new(maps, convs[0].inputs)
         })?;
         // Stage 1 trains on the GeM features the untouched convolutions give.
         let frozen = TunedModel::new(&convs, None)?;

@@ -18,17 +18,15 @@ use crate::import::head::{Activation, Head, TunableConv, GEM_P};
 /// Rows handled at once when embedding for scoring, to bound memory.
 const CHUNK: usize = 256;
 
-/// Feature maps stored position-major: each row is `positions` runs of `channels` values, so
-/// a batch of rows is one (rows x positions, channels) matrix for a 1x1 convolution.
+/// Feature maps as the model gives them: each row is `channels` runs of `positions` values
+/// (C x H x W) of a square map.
 pub struct FeatureMaps {
     pub maps: Features,
     pub channels: usize,
 }
 
 impl FeatureMaps {
-    /// Rows of channel-major (C x H x W, as the model gives them) square maps of `channels`
-    /// channels.
-    pub fn from_channel_major(maps: Features, channels: usize) -> Result<FeatureMaps> {
+    pub fn new(maps: Features, channels: usize) -> Result<FeatureMaps> {
         anyhow::ensure!(
             channels > 0 && maps.dims.is_multiple_of(channels),
             "a feature map of {} values does not have {channels} channels",
@@ -39,34 +37,32 @@ impl FeatureMaps {
             side_of(positions).is_some(),
             "a feature map of {positions} positions is not square"
         );
-        let mut values = Vec::with_capacity(maps.values.len());
-        for row in maps.values.chunks_exact(maps.dims) {
-            for position in 0..positions {
-                values.extend((0..channels).map(|c| row[c * positions + position]));
-            }
-        }
-        Ok(FeatureMaps {
-            maps: Features {
-                values,
-                dims: maps.dims,
-            },
-            channels,
-        })
+        Ok(FeatureMaps { maps, channels })
     }
 
     fn rows(&self) -> usize {
         self.maps.values.len() / self.maps.dims
     }
 
-    fn positions(&self) -> usize {
-        self.maps.dims / self.channels
-    }
-
-    /// Rows `from..to` as a (rows, positions, channels) tensor.
+    /// Rows `from..to` as a (channels, rows, positions) tensor.
     fn tensor(&self, from: usize, to: usize, device: &Device) -> candle_core::Result<Tensor> {
         let values = &self.maps.values[from * self.maps.dims..to * self.maps.dims];
-        Tensor::from_slice(values, (to - from, self.positions(), self.channels), device)
+        channels_first(
+            &Tensor::from_slice(values, (to - from, self.maps.dims), device)?,
+            self.channels,
+        )
     }
+}
+
+/// A batch of rows of C x H x W maps, (rows, C x H x W), as (C, rows, H x W). The layers work
+/// channels first so that every per-channel gradient (biases, depthwise taps, the pooling)
+/// is a sum over the last dimensions, which candle's CPU backend sums fast; a sum over
+/// leading dimensions costs a division per element and took a third of an epoch.
+fn channels_first(rows: &Tensor, channels: usize) -> candle_core::Result<Tensor> {
+    let (count, width) = rows.dims2()?;
+    rows.reshape((count, channels, width / channels))?
+        .transpose(0, 1)?
+        .contiguous()
 }
 
 /// The side of a square map of `positions` positions.
@@ -103,14 +99,14 @@ impl Layer {
         }
     }
 
-    /// The layer on position-major square maps (rows, positions, channels).
+    /// The layer on channels-first square maps (channels, rows, positions).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (rows, positions, channels) = x.dims3()?;
+        let (channels, rows, positions) = x.dims3()?;
         let x = if self.kernel == 1 {
-            x.reshape((rows * positions, channels))?
-                .matmul(&self.weight.t()?)?
-                .broadcast_add(&self.bias)?
-                .reshape((rows, positions, ()))?
+            self.weight
+                .matmul(&x.reshape((channels, rows * positions))?)?
+                .broadcast_add(&self.bias.unsqueeze(1)?)?
+                .reshape(((), rows, positions))?
         } else {
             self.depthwise(x)?
         };
@@ -123,24 +119,35 @@ impl Layer {
 
     /// A depthwise k x k convolution with stride 1 and zero "same" padding, as k x k shifted
     /// products: candle has no depthwise kernel, and its grouped convolution runs one group
-    /// at a time.
+    /// at a time. Each row of the padded map is flattened, so a tap is one shift of it (one
+    /// narrow, whose gradient is a copy at full size); the shifts wrap into the next row only
+    /// in the `2 x pad` padding columns, which are dropped at the end.
     fn depthwise(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (rows, positions, channels) = x.dims3()?;
+        let (channels, rows, positions) = x.dims3()?;
         let side = side_of(positions).ok_or_else(|| candle_core::Error::Msg("the feature map is not square".into()))?;
         let pad = self.kernel / 2;
+        let width = side + 2 * pad;
+        // One more padding row, so the last tap's shift stays inside the map.
         let grid = x
-            .reshape((rows, side, side, channels))?
-            .pad_with_zeros(1, pad, pad)?
-            .pad_with_zeros(2, pad, pad)?;
-        let taps = self.weight.t()?;
-        let mut sum = self.bias.broadcast_as((rows, side, side, channels))?.contiguous()?;
+            .reshape((channels, rows, side, side))?
+            .pad_with_zeros(2, pad, pad + 1)?
+            .pad_with_zeros(3, pad, pad)?
+            .reshape((channels, rows, (width + 1) * width))?;
+        let mut sum = self
+            .bias
+            .reshape((channels, 1, 1))?
+            .broadcast_as((channels, rows, side * width))?
+            .contiguous()?;
         for dy in 0..self.kernel {
             for dx in 0..self.kernel {
-                let window = grid.narrow(1, dy, side)?.narrow(2, dx, side)?;
-                sum = (sum + window.broadcast_mul(&taps.get(dy * self.kernel + dx)?)?)?;
+                let tap = self.weight.narrow(1, dy * self.kernel + dx, 1)?.unsqueeze(2)?;
+                let shifted = grid.narrow(2, dy * width + dx, side * width)?;
+                sum = (sum + shifted.broadcast_mul(&tap)?)?;
             }
         }
-        sum.reshape((rows, positions, channels))
+        sum.reshape((channels, rows, side, width))?
+            .narrow(3, 0, side)?
+            .reshape((channels, rows, positions))
     }
 }
 
@@ -175,7 +182,7 @@ impl TunedModel {
         Ok(TunedModel { layers, head, device })
     }
 
-    /// GeM-pooled features of position-major maps (rows, positions, channels).
+    /// GeM-pooled features (rows, channels) of channels-first maps (channels, rows, positions).
     fn pooled(&self, maps: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = maps.clone();
         for layer in &self.layers {
@@ -183,8 +190,10 @@ impl TunedModel {
         }
         x.maximum(1e-6)?
             .powf(f64::from(GEM_P))?
-            .mean(1)?
-            .powf(1.0 / f64::from(GEM_P))
+            .mean(2)?
+            .powf(1.0 / f64::from(GEM_P))?
+            .t()?
+            .contiguous()
     }
 
     /// The head's (unnormalised) output, or the pooled features when there is no head.
@@ -302,7 +311,7 @@ pub fn tune(
         vars.insert("proxies".into(), proxies.clone());
     }
     let first = data.views.first().context("no training feature maps")?;
-    let (positions, channels) = (first.positions(), first.channels);
+    let channels = first.channels;
     let views: Vec<&Features> = data.views.iter().map(|v| &v.maps).collect();
     let trainable = Trainable {
         model: named.into_iter().map(|(_, var)| var).collect(),
@@ -313,7 +322,7 @@ pub fn tune(
         data.labels,
         config,
         trainable,
-        |rows| model.forward(&rows.reshape((rows.dim(0)?, positions, channels))?),
+        |rows| model.forward(&channels_first(rows, channels)?),
         || holdout(&model),
         || {
             let (convs, head) = model.to_parts(convs)?;

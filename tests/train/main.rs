@@ -244,7 +244,7 @@ fn tuned_last_convolutions_run_in_tract_as_in_candle() {
             dims: maps_model.info().dims,
         };
         assert_eq!(maps.dims, channels * 7 * 7);
-        let maps = FeatureMaps::from_channel_major(maps, convs[0].inputs).unwrap();
+        let maps = FeatureMaps::new(maps, convs[0].inputs).unwrap();
 
         // The convolutions as imported: candle's GeM features are tract's.
         let frozen = TunedModel::new(&convs, None).unwrap().embed(&maps).unwrap();
