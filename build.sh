@@ -303,7 +303,7 @@ retrieval() {
   log "building the companion binary"
   cargo build --release --locked
   mkdir -p "$out"
-  "$OTLENS" train --model "$MODEL" --train "$data/train.csv" --out "$out/inshop.onnx" --tune-convs 4 --tune-epochs 5
+  "$OTLENS" train --model "$MODEL" --train "$data/train.csv" --out "$out/inshop.onnx" --tune-convs 4 --tune-epochs 7
   "$OTLENS" eval --model "$MODEL" --model "$out/inshop.onnx" --split "$data/val.csv" --report "$out/report.md"
 }
 

@@ -71,8 +71,9 @@ pub struct Args {
     /// Most epochs of stage 2.
     #[arg(long, default_value_t = 10)]
     pub tune_epochs: usize,
-    /// Learning rate of stage 2 (the convolutions and the head; proxies learn 10x faster).
-    #[arg(long, default_value_t = 1e-4)]
+    /// Peak learning rate of stage 2 (the convolutions and the head; proxies learn 10x
+    /// faster). It falls along a cosine to zero over `--tune-epochs`.
+    #[arg(long, default_value_t = 2e-4)]
     pub tune_learning_rate: f64,
     /// Where backbone features are cached between runs.
     #[arg(long, default_value = ".cache/features")]
@@ -195,6 +196,7 @@ pub fn run(args: Args) -> Result<()> {
             epochs: args.tune_epochs,
             patience: args.patience.min(3),
             learning_rate: args.tune_learning_rate,
+            cosine_decay: true,
             ..config
         };
         let tuned = tune(&data, &convs, &stage1, &config, |model| {

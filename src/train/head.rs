@@ -33,10 +33,24 @@ pub struct TrainConfig {
     pub batch: usize,
     /// AdamW learning rate of the projection (default 1e-3); the proxies learn 10x faster.
     pub learning_rate: f64,
+    /// Lower the learning rate along a cosine to zero over `epochs` (default off). Suits a
+    /// fixed budget of epochs, as stage 2 runs; stage 1 stops early instead.
+    pub cosine_decay: bool,
     /// Proxy-Anchor scale and margin (defaults 32 and 0.1, as in the paper).
     pub alpha: f64,
     pub delta: f64,
     pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The learning rate once `done` (0 to 1) of the epochs have run.
+    pub fn learning_rate_at(&self, done: f64) -> f64 {
+        if self.cosine_decay {
+            self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())
+        } else {
+            self.learning_rate
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -47,6 +61,7 @@ impl Default for TrainConfig {
             patience: 8,
             batch: 256,
             learning_rate: 1e-3,
+            cosine_decay: false,
             alpha: 32.0,
             delta: 0.1,
             seed: 1,
@@ -261,7 +276,9 @@ pub(super) fn fit<S>(
     let mut proxy_opt = AdamW::new(vec![trainable.proxies], params(config.learning_rate * 10.0))?;
     let width = views.first().context("no training views")?.dims;
     let device = proxies.device().clone();
-    let mut step = |batch: &[(usize, usize)]| -> Result<f64> {
+    let mut step = |batch: &[(usize, usize)], rate: f64| -> Result<f64> {
+        model_opt.set_learning_rate(rate);
+        proxy_opt.set_learning_rate(rate * 10.0);
         let mut inputs = Vec::with_capacity(batch.len() * width);
         let mut batch_labels = Vec::with_capacity(batch.len());
         for &(view, photo) in batch {
@@ -287,13 +304,15 @@ pub(super) fn fit<S>(
     let mut log = Vec::new();
     let mut best: Option<(f64, usize, S)> = None;
     let steps_per_epoch = samples.len().div_ceil(config.batch);
+    let total_steps = (steps_per_epoch * config.epochs) as f64;
     for epoch in 1..=config.epochs {
         let started = Instant::now();
         samples.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         let mut steps = 0;
         for batch in samples.chunks(config.batch) {
-            loss_sum += step(batch)?;
+            let done = ((epoch - 1) * steps_per_epoch) as f64 + f64::from(steps);
+            loss_sum += step(batch, config.learning_rate_at(done / total_steps))?;
             steps += 1;
             // A stage 2 epoch takes minutes: show it moving.
             progress.set_message(format!("step {steps}/{steps_per_epoch}"));

@@ -74,6 +74,25 @@ fn clustered(rng: &mut StdRng, classes: usize, per_class: usize, dims: usize) ->
 }
 
 #[test]
+fn stage_two_learning_rate_falls_along_a_cosine_to_zero() {
+    let decaying = TrainConfig {
+        learning_rate: 2e-4,
+        cosine_decay: true,
+        ..TrainConfig::default()
+    };
+    let rates: Vec<f64> = [0.0, 0.5, 1.0].map(|done| decaying.learning_rate_at(done)).into();
+    assert!(
+        (rates[0] - 2e-4).abs() < 1e-12 && (rates[1] - 1e-4).abs() < 1e-12 && rates[2] < 1e-12,
+        "{rates:?}"
+    );
+    let constant = TrainConfig {
+        cosine_decay: false,
+        ..decaying
+    };
+    assert_eq!(constant.learning_rate_at(0.7), 2e-4);
+}
+
+#[test]
 fn proxy_anchor_training_lowers_the_loss_and_separates_products() {
     let mut rng = StdRng::seed_from_u64(7);
     let (views, labels) = clustered(&mut rng, 12, 20, 32);
