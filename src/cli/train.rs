@@ -68,7 +68,8 @@ pub struct Args {
     /// EfficientNet-Lite0's `_conv_head`, 4 adds its last MBConv block. 0 keeps the backbone frozen.
     #[arg(long, default_value_t = 0)]
     pub tune_convs: usize,
-    /// Most epochs of stage 2.
+    /// Epochs of stage 2: its learning rate reaches zero at the last one. It stops sooner after
+    /// `--patience` epochs (at most 3) without a better held-out Recall@1.
     #[arg(long, default_value_t = 10)]
     pub tune_epochs: usize,
     /// Peak learning rate of stage 2 (the convolutions and the head; proxies learn 10x
