@@ -524,7 +524,7 @@ fn embed_entry(
     let (embedding, colour, fresh) = match cached {
         Some(cached) => (cached.embedding.clone(), cached.colour, false),
         None => (
-            embedder.embed_tensor(preprocess::to_tensor(&photo, &embedder.info().input))?,
+            embedder.embed_catalog_photo(&photo)?,
             CompactColour::from_histogram(&colour::describe(&photo).histogram),
             true,
         ),

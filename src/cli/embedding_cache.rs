@@ -17,9 +17,10 @@ use anyhow::{Context, Result};
 use crate::colour::{CompactColour, COMPACT_BINS};
 
 const MAGIC: &[u8; 8] = b"OTLEMB\0\0";
-/// Bump when decoding, `preprocess::to_tensor` or `colour::describe` change what they produce:
-/// the model's bytes alone do not say that cached embeddings are stale.
-const RECIPE: u32 = 1;
+/// Bump when decoding, `Embedder::embed_catalog_photo` or `colour::describe` change what they
+/// produce: the model's bytes alone do not say that cached embeddings are stale. 2: embeddings
+/// are averaged with the mirror image's.
+const RECIPE: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 
 /// The photo's embedding and colour, as the index stores them.

