@@ -256,6 +256,12 @@ pub fn to_tensor(image: &RgbImage, spec: &InputSpec) -> Vec<f32> {
     normalise(&resize(&square, spec.size, spec.size), spec)
 }
 
+/// [`to_tensor`] of the mirror image: what a catalog index averages with the photo's own
+/// (`Embedder::embed_catalog_photo`).
+pub fn to_mirrored_tensor(image: &RgbImage, spec: &InputSpec) -> Vec<f32> {
+    to_tensor(&image::imageops::flip_horizontal(image), spec)
+}
+
 /// `image` resized with a triangle (bilinear) filter: bit for bit what the image crate's
 /// `resize(.., FilterType::Triangle)` gives, the same weights summed in the same order, but
 /// over rows of bytes rather than pixel by pixel through generic accessors, which made

@@ -13,7 +13,7 @@ mod int8_weights;
 mod reader;
 mod tract;
 
-use image::{imageops, RgbImage};
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -141,7 +141,7 @@ impl Embedder {
     pub fn embed_catalog_photo(&self, photo: &RgbImage) -> Result<Vec<f32>> {
         let spec = &self.info().input;
         let plain = self.embed_tensor(preprocess::to_tensor(photo, spec))?;
-        let mirrored = self.embed_tensor(preprocess::to_tensor(&imageops::flip_horizontal(photo), spec))?;
+        let mirrored = self.embed_tensor(preprocess::to_mirrored_tensor(photo, spec))?;
         Ok(mean_direction(&plain, &mirrored))
     }
 }

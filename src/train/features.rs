@@ -9,14 +9,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use image::{imageops, RgbImage};
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::augment::{augmented_view, view_rng};
 use super::dataset::Dataset;
 use crate::model::Embedder;
-use crate::preprocess::{to_tensor, DecodeLimits};
+use crate::preprocess::{to_mirrored_tensor, to_tensor, DecodeLimits};
 
 /// Rows of `dims` values, one per photo of the dataset, in its order.
 pub struct Features {
@@ -68,7 +68,7 @@ pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, 
 /// `cache` when it is there: what [`Embedder::embed_catalog_photo`] averages with view 0.
 pub fn extract_mirrored(embedder: &Embedder, dataset: &Dataset, cache: &Path, what: &str) -> Result<Features> {
     let spec = &embedder.info().input;
-    let prepare = |_, image: &RgbImage| to_tensor(&imageops::flip_horizontal(image), spec);
+    let prepare = |_, image: &RgbImage| to_mirrored_tensor(image, spec);
     extract_with(embedder, dataset, "mirrored", cache, what, prepare)
 }
 

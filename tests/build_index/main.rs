@@ -167,9 +167,9 @@ fn build_index_embed_and_serve() {
 
         // ... so that a shopper's photo of the garment facing the other way finds it with the
         // same score.
-        let mirror_image = image::imageops::flip_horizontal(&preprocess::decode(&own, &limits).unwrap());
+        let decoded = preprocess::decode(&own, &limits).unwrap();
         let mirrored = embedder
-            .embed_tensor(preprocess::to_tensor(&mirror_image, &embedder.info().input))
+            .embed_tensor(preprocess::to_mirrored_tensor(&decoded, &embedder.info().input))
             .unwrap();
         let mirror_hits = index.search(&mirrored, 3, &Filter::ANY);
         assert_eq!(mirror_hits[0].product, hits[0].product, "{mirror_hits:?}");
