@@ -168,6 +168,13 @@ fn build_index_embed_and_serve() {
         // ... so that a shopper's photo of the garment facing the other way finds it with the
         // same score.
         let decoded = preprocess::decode(&own, &limits).unwrap();
+        let stored = index.stored_vector(hits[0].product).unwrap();
+        let catalog_embedding = embedder.embed_catalog_photo(&decoded).unwrap();
+        let cosine = otlens::model::cosine(&stored, &catalog_embedding);
+        assert!(
+            cosine > 0.999,
+            "product {n}: stored vector's cosine to its catalog embedding {cosine}"
+        );
         let mirrored = embedder
             .embed_tensor(preprocess::to_mirrored_tensor(&decoded, &embedder.info().input))
             .unwrap();
