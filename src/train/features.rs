@@ -1,8 +1,8 @@
 //! Model outputs for every photo of a dataset, one "view" at a time, cached on disk.
 //!
 //! View 0 is the photo as the widget prepares it; views 1.. are augmented
-//! ([`super::augment`]); the mirrored view is its mirror image, which a catalog index averages
-//! with view 0. The backbone is frozen, so a view's features are computed once:
+//! ([`super::augment`]); the mirrored view, of gallery photos only, is their mirror image,
+//! which a catalog index averages with view 0. The backbone is frozen, so a view's features are computed once:
 //! the cache file is named by the model's and the split's sha256 and the view's name.
 
 use std::fs;
@@ -14,8 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::augment::{augmented_view, view_rng};
-use super::dataset::Dataset;
-use crate::model::Embedder;
+use super::dataset::{Dataset, Role};
+use crate::model::{sha256_hex, Embedder};
 use crate::preprocess::{to_mirrored_tensor, to_tensor, DecodeLimits};
 
 /// Rows of `dims` values, one per photo of the dataset, in its order.
@@ -61,22 +61,30 @@ pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, 
             augmented_view(image, spec, &mut view_rng(i, view))
         }
     };
-    extract_with(embedder, dataset, &format!("view{view}"), cache, what, prepare)
+    let every: Vec<usize> = (0..dataset.photos.len()).collect();
+    extract_with(embedder, dataset, &every, &format!("view{view}"), cache, what, prepare)
 }
 
-/// The first output of `embedder` for the mirror image of every photo in `dataset`, from
-/// `cache` when it is there: what [`Embedder::embed_catalog_photo`] averages with view 0.
-pub fn extract_mirrored(embedder: &Embedder, dataset: &Dataset, cache: &Path, what: &str) -> Result<Features> {
+/// The first output of `embedder` for the mirror image of each gallery photo of `dataset`, in
+/// the dataset's order, from `cache` when it is there: what [`Embedder::embed_catalog_photo`]
+/// averages with view 0. Queries are left out, as the widget embeds a shopper's photo once.
+pub fn extract_gallery_mirrored(embedder: &Embedder, dataset: &Dataset, cache: &Path, what: &str) -> Result<Features> {
     let spec = &embedder.info().input;
     let prepare = |_, image: &RgbImage| to_mirrored_tensor(image, spec);
-    extract_with(embedder, dataset, "mirrored", cache, what, prepare)
+    let gallery = dataset.with_role(Role::Gallery);
+    // Which photos are the gallery depends on `--queries-every` as well as the split's file.
+    let positions: Vec<u8> = gallery.iter().flat_map(|&i| (i as u32).to_le_bytes()).collect();
+    let view = format!("gallery{}-mirrored", &sha256_hex(&positions)[..8]);
+    extract_with(embedder, dataset, &gallery, &view, cache, what, prepare)
 }
 
-/// The first output of `embedder` for every photo in `dataset` as `prepare` (given the photo's
-/// position) makes it into an input tensor, cached under the name `view`.
+/// The first output of `embedder` for the photos of `dataset` at `positions`, in that order, as
+/// `prepare` (given the photo's position) makes each into an input tensor, cached under the
+/// name `view`.
 fn extract_with(
     embedder: &Embedder,
     dataset: &Dataset,
+    positions: &[usize],
     view: &str,
     cache: &Path,
     what: &str,
@@ -84,7 +92,7 @@ fn extract_with(
 ) -> Result<Features> {
     let dims = embedder.info().dims;
     let path = cache_path(cache, embedder, dataset, view);
-    let expected_len = (dataset.photos.len() * dims * 4) as u64;
+    let expected_len = (positions.len() * dims * 4) as u64;
     if fs::metadata(&path).is_ok_and(|m| m.len() == expected_len) {
         let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let values = bytes
@@ -93,17 +101,16 @@ fn extract_with(
             .collect();
         return Ok(Features { values, dims });
     }
-    let progress = ProgressBar::new(dataset.photos.len() as u64).with_style(
+    let progress = ProgressBar::new(positions.len() as u64).with_style(
         ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
             .expect("the template is valid"),
     );
     progress.set_prefix(format!("{what}, {view}"));
     let limits = DecodeLimits::default();
-    let rows: Vec<Result<Vec<f32>>> = dataset
-        .photos
+    let rows: Vec<Result<Vec<f32>>> = positions
         .par_iter()
-        .enumerate()
-        .map(|(i, photo)| {
+        .map(|&i| {
+            let photo = &dataset.photos[i];
             let image = photo.decode(&limits)?;
             let row = embedder
                 .embed_tensor(prepare(i, &image))
@@ -113,7 +120,7 @@ fn extract_with(
         })
         .collect();
     progress.finish_and_clear();
-    let mut values = Vec::with_capacity(dataset.photos.len() * dims);
+    let mut values = Vec::with_capacity(positions.len() * dims);
     for row in rows {
         let row = row?;
         if row.len() != dims {
