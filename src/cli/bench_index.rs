@@ -1,6 +1,7 @@
 //! `otlens bench-index`: what each index codec keeps of exact float search on a real
-//! catalog's embeddings, what it costs per product, and how fast it searches (as a ratio
-//! to int8, measured in the same run).
+//! catalog's embeddings (gallery photos embedded as `build-index` stores them, with their
+//! mirror image), what it costs per product, and how fast it searches (as a ratio to int8,
+//! measured in the same run).
 
 use std::fs;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use crate::catalog::Product;
 use crate::index::{unit_length, Codec, Filter, Hit, Index};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
-use crate::train::features::{extract, Rows};
+use crate::train::features::{extract_as_indexed, Rows};
 
 const K: usize = 10;
 
@@ -68,7 +69,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let bytes = fs::read(&args.model).with_context(|| format!("cannot read the model {}", args.model.display()))?;
     let embedder = Embedder::from_bytes(&bytes).with_context(|| format!("cannot load {}", args.model.display()))?;
-    let embeddings = extract(&embedder, &dataset, 0, &args.cache, "embeddings")?;
+    let embeddings = extract_as_indexed(&embedder, &dataset, &args.cache, "embeddings")?;
     let dims = embeddings.dims;
     let gallery = embeddings.select(&dataset.with_role(Role::Gallery));
     let all_queries = dataset.with_role(Role::Query);

@@ -16,10 +16,10 @@ use crate::colour::{
     colour_similarity, describe, palette_codes, train_palette, vote_colour_name, CompactColour, HISTOGRAM_LEN,
     NAME_VOTERS, NAMING_SHAPE_WEIGHT,
 };
-use crate::model::{mean_direction, Embedder};
+use crate::model::Embedder;
 use crate::preprocess::DecodeLimits;
 use crate::train::dataset::{Dataset, Role};
-use crate::train::features::{extract, extract_gallery_mirrored, Features, Rows};
+use crate::train::features::{extract_as_indexed, Features, Rows};
 use crate::train::metrics::{score_queries, summarise, Labelled, Retrieval};
 use crate::train::plot::recall_curves;
 
@@ -134,18 +134,6 @@ pub fn evaluate_split(name: &str, dataset: &Dataset, embeddings: &Features, matc
         curve,
         seconds: 0.0,
     })
-}
-
-/// The photos' embeddings as the widget and a catalog index hold them: a query photo's own
-/// (`plain`), a gallery photo's averaged with its mirror image's (`gallery_mirrored`, in the
-/// gallery's order), as [`Embedder::embed_catalog_photo`] stores it.
-fn as_indexed(dataset: &Dataset, mut plain: Features, gallery_mirrored: &Features) -> Features {
-    let dims = plain.dims;
-    for (g, i) in dataset.with_role(Role::Gallery).into_iter().enumerate() {
-        let stored = mean_direction(plain.row(i), gallery_mirrored.row(g));
-        plain.values[i * dims..(i + 1) * dims].copy_from_slice(&stored);
-    }
-    plain
 }
 
 /// Each value's number in order of first appearance, so equal values get equal numbers.
@@ -360,9 +348,7 @@ pub fn run(args: Args) -> Result<()> {
         let name = path
             .file_name()
             .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
-        let plain = extract(&embedder, &dataset, 0, &args.cache, &name)?;
-        let mirrored = extract_gallery_mirrored(&embedder, &dataset, &args.cache, &name)?;
-        let embeddings = as_indexed(&dataset, plain, &mirrored);
+        let embeddings = extract_as_indexed(&embedder, &dataset, &args.cache, &name)?;
         let mut report = evaluate_split(&name, &dataset, &embeddings, args.match_by)?;
         report.seconds = started.elapsed().as_secs_f64();
         println!("{}", summary_line(&report));

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::augment::{augmented_view, view_rng};
 use super::dataset::{Dataset, Role};
-use crate::model::{sha256_hex, Embedder};
+use crate::model::{mean_direction, sha256_hex, Embedder};
 use crate::preprocess::{to_mirrored_tensor, to_tensor, DecodeLimits};
 
 /// Rows of `dims` values, one per photo of the dataset, in its order.
@@ -65,17 +65,24 @@ pub fn extract(embedder: &Embedder, dataset: &Dataset, view: u32, cache: &Path, 
     extract_with(embedder, dataset, &every, &format!("view{view}"), cache, what, prepare)
 }
 
-/// The first output of `embedder` for the mirror image of each gallery photo of `dataset`, in
-/// the dataset's order, from `cache` when it is there: what [`Embedder::embed_catalog_photo`]
-/// averages with view 0. Queries are left out, as the widget embeds a shopper's photo once.
-pub fn extract_gallery_mirrored(embedder: &Embedder, dataset: &Dataset, cache: &Path, what: &str) -> Result<Features> {
+/// Every photo's embedding as the widget and a catalog index hold it, from `cache` when it is
+/// there: a query photo's own (view 0), as the widget embeds a shopper's photo once; a gallery
+/// photo's averaged with its mirror image's, as [`Embedder::embed_catalog_photo`] stores it.
+pub fn extract_as_indexed(embedder: &Embedder, dataset: &Dataset, cache: &Path, what: &str) -> Result<Features> {
+    let mut embeddings = extract(embedder, dataset, 0, cache, what)?;
     let spec = &embedder.info().input;
     let prepare = |_, image: &RgbImage| to_mirrored_tensor(image, spec);
     let gallery = dataset.with_role(Role::Gallery);
     // Which photos are the gallery depends on `--queries-every` as well as the split's file.
     let positions: Vec<u8> = gallery.iter().flat_map(|&i| (i as u32).to_le_bytes()).collect();
     let view = format!("gallery{}-mirrored", &sha256_hex(&positions)[..8]);
-    extract_with(embedder, dataset, &gallery, &view, cache, what, prepare)
+    let mirrored = extract_with(embedder, dataset, &gallery, &view, cache, what, prepare)?;
+    let dims = embeddings.dims;
+    for (row, &i) in gallery.iter().enumerate() {
+        let stored = mean_direction(embeddings.row(i), mirrored.row(row));
+        embeddings.values[i * dims..(i + 1) * dims].copy_from_slice(&stored);
+    }
+    Ok(embeddings)
 }
 
 /// The first output of `embedder` for the photos of `dataset` at `positions`, in that order, as
