@@ -190,7 +190,6 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The lists and products a search scans, on average over `queries`.
 /// The inverted lists a catalog of `size` products is grouped into: `--lists`, or lists of
 /// `--list-size`, or about the square root of the size, as `build-index` picks.
 fn list_count(args: &Args, size: usize) -> usize {
@@ -201,6 +200,7 @@ fn list_count(args: &Args, size: usize) -> usize {
     }
 }
 
+/// The lists and products a search scans, on average over `queries`.
 fn mean_scanned(index: &Index, queries: &[Vec<f32>]) -> (f64, f64) {
     let (lists, products) = queries
         .iter()
