@@ -2,8 +2,9 @@
 //!
 //! View 0 is the photo as the widget prepares it; views 1.. are augmented
 //! ([`super::augment`]); the mirrored view, of gallery photos only, is their mirror image,
-//! which a catalog index averages with view 0. The backbone is frozen, so a view's features are computed once:
-//! the cache file is named by the model's and the split's sha256 and the view's name.
+//! which a catalog index averages with view 0. The backbone is frozen, so a view's features
+//! are computed once: the cache file is named by the model's and the split's sha256 and the
+//! view's name.
 
 use std::fs;
 use std::path::{Path, PathBuf};
