@@ -54,7 +54,9 @@ pub struct Args {
     /// Every Nth product is held out to choose the best epoch.
     #[arg(long, default_value_t = 10)]
     pub holdout_every: u32,
-    /// Embedding width.
+    /// Embedding width. 32 suits very large catalogs: an index stores 36 or 32.5 bytes a product
+    /// (int8, or pq32 in inverted lists), which kept 0.98 and 0.97 of exact search's top 10 on
+    /// 33,611 products, for 0.05 less In-shop Recall@1 than 256 (README, Vector codecs).
     #[arg(long, default_value_t = 256)]
     pub dims: usize,
     #[arg(long, default_value_t = 60)]
