@@ -259,6 +259,9 @@ fn tunable_tail(graph: &GraphProto, count: usize) -> Result<Vec<(usize, TunableC
     let mut value = graph.node[pool].input[0].clone();
     let mut tail = Vec::with_capacity(count);
     while tail.len() < count {
+        // Every value between the cut and the pooling must feed only the next layer, or the
+        // chain could not be cut off: the activation's output as well as the convolution's.
+        let stage_output = value.clone();
         let mut at =
             producer(graph, &value).ok_or_else(|| not_tunable(format!("{value} is not computed by a node")))?;
         let activation = match graph.node[at].op_type.as_str() {
@@ -287,7 +290,10 @@ fn tunable_tail(graph: &GraphProto, count: usize) -> Result<Vec<(usize, TunableC
                 conv.name, conv.op_type
             )));
         }
-        if !tail.is_empty() && consumers(graph, &conv.output[0]) != 1 {
+        if [&stage_output, &conv.output[0]]
+            .iter()
+            .any(|v| consumers(graph, v) != 1)
+        {
             return Err(not_tunable(format!("{} also feeds other layers", conv.name)));
         }
         tail.push((at, tunable_conv(graph, conv, activation).map_err(not_tunable)?));

@@ -312,6 +312,31 @@ fn tuned_last_convolutions_run_in_tract_as_in_candle() {
         error.contains("_blocks.14.add") && error.contains("not a convolution"),
         "{error}"
     );
+    // A value inside the chain that also feeds another layer: the chain cannot be cut off there.
+    let mut fanned_out = base.clone();
+    let graph = fanned_out.graph.as_mut().unwrap();
+    let project = graph
+        .node
+        .iter()
+        .find(|n| n.name == "_blocks.15._project_conv")
+        .unwrap();
+    let depthwise_relu6 = project.input[0].clone();
+    graph.node.push(tract_onnx::pb::NodeProto {
+        name: "probe".into(),
+        op_type: "Identity".into(),
+        input: vec![depthwise_relu6],
+        output: vec!["probe".into()],
+        ..Default::default()
+    });
+    let error = feature_map_model(&fanned_out, 4).unwrap_err().to_string();
+    assert!(
+        error.contains("_blocks.15._depthwise_conv also feeds other layers"),
+        "{error}"
+    );
+    assert!(
+        feature_map_model(&fanned_out, 2).is_ok(),
+        "cut at the shared value, the last two convolutions are still a chain"
+    );
 }
 
 #[test]
