@@ -8,6 +8,7 @@
 //! With `--tune-convs N`, the backbone's last N convolutions are then fine-tuned with the head
 //! (stage 2, `train::tune`), from feature maps cached before them.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,7 +24,7 @@ use crate::import::{decode, encode};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
 use crate::train::features::{extract, Features, Rows};
-use crate::train::head::{train, EpochLog, TrainConfig, TrainData};
+use crate::train::head::{train, Auxiliary, EpochLog, TrainConfig, TrainData};
 use crate::train::plot::training_curves;
 use crate::train::tune::{tune, FeatureMaps, TuneData, TunedModel};
 
@@ -40,6 +41,14 @@ pub struct Args {
     /// Product Images (measured by `otlens eval --match category`).
     #[arg(long = "match", value_enum, default_value_t = Match::Product)]
     pub match_by: Match,
+    /// Label columns the embedding also learns to group by, with less weight, next to what it
+    /// matches: `category`, `colour` or both (comma-separated). Photos without the label add
+    /// nothing to that part.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub auxiliary: Vec<LabelColumn>,
+    /// Weight of each `--auxiliary` column's loss next to the main one's.
+    #[arg(long, default_value_t = 0.25)]
+    pub auxiliary_weight: f64,
     /// For a CSV without a role column: leave out of training the products that
     /// `otlens eval --queries-every N` holds out as queries, so the same catalog can train
     /// the head and measure it.
@@ -131,6 +140,18 @@ pub fn run(args: Args) -> Result<()> {
         train_photos.len(),
         holdout.photos.len()
     );
+    let auxiliary = args
+        .auxiliary
+        .iter()
+        .map(|&column| auxiliary_target(&dataset, &train_photos, column, args.match_by))
+        .collect::<Result<Vec<_>>>()?;
+    for target in &auxiliary {
+        let labelled = target.labels.iter().flatten().count();
+        println!(
+            "also grouped by {}: {labelled} photos labelled, {} labels",
+            target.name, target.classes
+        );
+    }
 
     let (features, stage2_maps) = if args.tune_convs > 0 {
         let (maps_proto, convs) = feature_map_model(&base, args.tune_convs)?;
@@ -160,6 +181,7 @@ pub fn run(args: Args) -> Result<()> {
         epochs: args.epochs,
         patience: args.patience,
         learning_rate: args.learning_rate,
+        auxiliary_weight: args.auxiliary_weight,
         ..TrainConfig::default()
     };
     let holdout_recall = |embedded: &Features| -> Result<f64> {
@@ -171,6 +193,7 @@ pub fn run(args: Args) -> Result<()> {
         views: &features.train,
         labels: &labels,
         classes,
+        auxiliary: &auxiliary,
     };
     let stage1 = train(&data, &config, |model| holdout_recall(&model.embed(&features.holdout)?))?;
     let stage1_recall = stage1.log[stage1.best_epoch - 1].holdout_recall_at_1;
@@ -194,6 +217,7 @@ pub fn run(args: Args) -> Result<()> {
         let data = TuneData {
             views: &maps.train,
             labels: &labels,
+            auxiliary: &auxiliary,
         };
         let config = TrainConfig {
             epochs: args.tune_epochs,
@@ -235,12 +259,16 @@ pub fn run(args: Args) -> Result<()> {
         dims: args.dims,
         base_model: crate::model::sha256_hex(&base_bytes),
         trained_on: format!(
-            "{} ({} photos of {classes} {class_name}, {} views)",
+            "{} ({} photos of {classes} {class_name}, {} views{})",
             args.train
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             train_photos.len(),
-            args.views
+            args.views,
+            auxiliary
+                .iter()
+                .map(|target| format!(", also by {}", target.name))
+                .collect::<String>()
         ),
         tuned: result.tuned,
     };
@@ -261,6 +289,51 @@ pub fn run(args: Args) -> Result<()> {
         checkpoint.display()
     );
     Ok(())
+}
+
+/// A label column of the training CSV.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabelColumn {
+    Category,
+    Colour,
+}
+
+/// The `column` labels of `photos` as an auxiliary target, numbered densely; unlabelled photos
+/// have none.
+pub fn auxiliary_target(
+    dataset: &Dataset,
+    photos: &[usize],
+    column: LabelColumn,
+    match_by: Match,
+) -> Result<Auxiliary> {
+    let name = match column {
+        LabelColumn::Category => "category",
+        LabelColumn::Colour => "colour",
+    };
+    if column == LabelColumn::Category && match_by == Match::Category {
+        bail!("--auxiliary category: the head already matches by category");
+    }
+    let mut numbers: HashMap<&str, u32> = HashMap::new();
+    let labels = photos
+        .iter()
+        .map(|&i| {
+            let photo = &dataset.photos[i];
+            let label = match column {
+                LabelColumn::Category => photo.category.as_str(),
+                LabelColumn::Colour => photo.colour.as_str(),
+            };
+            let next = numbers.len() as u32;
+            (!label.is_empty()).then(|| *numbers.entry(label).or_insert(next))
+        })
+        .collect();
+    if numbers.len() < 2 {
+        bail!("--auxiliary {name}: the training photos carry fewer than two {name} labels");
+    }
+    Ok(Auxiliary {
+        name: name.to_owned(),
+        labels,
+        classes: numbers.len(),
+    })
 }
 
 /// Which photos train the head and under which class, and which choose the best epoch.

@@ -38,6 +38,8 @@ pub struct TrainConfig {
     pub cosine_decay: bool,
     /// Proxy-Anchor scale and margin (defaults 32 and 0.1, as in the paper).
     pub alpha: f64,
+    /// Weight of each [`Auxiliary`] target's loss next to the main classes' (default 0.25).
+    pub auxiliary_weight: f64,
     pub delta: f64,
     pub seed: u64,
 }
@@ -63,6 +65,7 @@ impl Default for TrainConfig {
             learning_rate: 1e-3,
             cosine_decay: false,
             alpha: 32.0,
+            auxiliary_weight: 0.25,
             delta: 0.1,
             seed: 1,
         }
@@ -74,6 +77,25 @@ pub struct TrainData<'a> {
     pub views: &'a [Features],
     pub labels: &'a [u32],
     pub classes: usize,
+    pub auxiliary: &'a [Auxiliary],
+}
+
+/// A second labelling of the training photos, such as a category or a colour name, that the
+/// embedding also learns to group by: its own proxies, its loss weighted by
+/// [`TrainConfig::auxiliary_weight`]. Photos without a label (`None`) add nothing to it.
+#[derive(Clone, Debug)]
+pub struct Auxiliary {
+    /// Names its proxies in the checkpoint: `proxies.<name>`.
+    pub name: String,
+    pub labels: Vec<Option<u32>>,
+    pub classes: usize,
+}
+
+impl Auxiliary {
+    /// The checkpoint name of its proxies.
+    pub fn proxies_name(&self) -> String {
+        format!("proxies.{}", self.name)
+    }
 }
 
 /// One epoch's figures, for the training curves.
@@ -99,14 +121,32 @@ pub struct HeadModel {
     device: Device,
 }
 
+/// `head`'s weights as a candle layer.
+pub(crate) fn projection(head: &Head, device: &Device) -> Result<Linear> {
+    let weight = Tensor::from_slice(&head.weight, (head.dims, head.channels), device)?;
+    let bias = Tensor::from_slice(&head.bias, head.dims, device)?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// The weights of a candle layer made by [`projection`].
+pub(crate) fn head_of(linear: &Linear) -> Result<Head> {
+    let weight = linear.weight();
+    let (dims, channels) = weight.dims2()?;
+    let bias = linear.bias().context("the projection has a bias")?;
+    Ok(Head {
+        weight: weight.flatten_all()?.to_vec1()?,
+        bias: bias.to_vec1()?,
+        dims,
+        channels,
+    })
+}
+
 impl HeadModel {
     /// The projection of trained weights, to embed with candle what the ONNX model embeds with tract.
     pub fn from_head(head: &Head) -> Result<HeadModel> {
         let device = Device::Cpu;
-        let weight = Tensor::from_slice(&head.weight, (head.dims, head.channels), &device)?;
-        let bias = Tensor::from_slice(&head.bias, head.dims, &device)?;
         Ok(HeadModel {
-            linear: Linear::new(weight, Some(bias)),
+            linear: projection(head, &device)?,
             device,
         })
     }
@@ -124,15 +164,7 @@ impl HeadModel {
     }
 
     fn to_head(&self) -> Result<Head> {
-        let weight = self.linear.weight();
-        let (dims, channels) = weight.dims2()?;
-        let bias = self.linear.bias().context("the projection has a bias")?;
-        Ok(Head {
-            weight: weight.flatten_all()?.to_vec1()?,
-            bias: bias.to_vec1()?,
-            dims,
-            channels,
-        })
+        head_of(&self.linear)
     }
 }
 
@@ -203,16 +235,34 @@ pub fn train(
         kaiming(config.dims)?,
         &mut rng,
     )?;
+    let auxiliary_proxies = data
+        .auxiliary
+        .iter()
+        .map(|target| {
+            seeded_var(
+                &varmap,
+                &target.proxies_name(),
+                &[target.classes, config.dims],
+                kaiming(config.dims)?,
+                &mut rng,
+            )
+        })
+        .collect::<Result<_>>()?;
     let linear = Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone()));
     let model = HeadModel { linear, device };
     let trainable = Trainable {
         model: vec![weight, bias],
         proxies,
+        auxiliary_proxies,
     };
     let views: Vec<&Features> = data.views.iter().collect();
+    let targets = Targets {
+        labels: data.labels,
+        auxiliary: data.auxiliary,
+    };
     let (best_epoch, log, (head, varmap)) = fit(
         &views,
-        data.labels,
+        targets,
         config,
         trainable,
         |inputs| model.linear.forward(inputs),
@@ -246,20 +296,29 @@ fn seeded_var(
     Ok(var)
 }
 
-/// The variables a training stage moves: the model's, and the proxies (which learn 10x faster).
+/// What a training stage groups the photos by: each photo's class, and the auxiliary targets.
+#[derive(Clone, Copy)]
+pub(super) struct Targets<'a> {
+    pub labels: &'a [u32],
+    pub auxiliary: &'a [Auxiliary],
+}
+
+/// The variables a training stage moves: the model's, and the proxies (which learn 10x faster),
+/// the main classes' and each auxiliary target's.
 pub(super) struct Trainable {
     pub model: Vec<Var>,
     pub proxies: Var,
+    pub auxiliary_proxies: Vec<Var>,
 }
 
 /// The epoch loop shared by the training stages: shuffles every (view, photo) pair of
 /// `views`, and for each batch `forward`s its rows (batch x row width) and steps AdamW on the
-/// Proxy-Anchor loss against `labels`. Scores the model with `score` after each epoch and
+/// Proxy-Anchor loss against the `targets`' labels, plus each auxiliary target's on its labelled rows. Scores the model with `score` after each epoch and
 /// `keep`s the best epoch's state; stops after `config.patience` epochs without a better
 /// score. Returns the best epoch, the log and the kept state.
 pub(super) fn fit<S>(
     views: &[&Features],
-    labels: &[u32],
+    targets: Targets,
     config: &TrainConfig,
     trainable: Trainable,
     forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
@@ -272,8 +331,16 @@ pub(super) fn fit<S>(
         ..Default::default()
     };
     let proxies = trainable.proxies.as_tensor().clone();
+    let auxiliary_proxies: Vec<Tensor> = trainable
+        .auxiliary_proxies
+        .iter()
+        .map(|v| v.as_tensor().clone())
+        .collect();
     let mut model_opt = AdamW::new(trainable.model, params(config.learning_rate))?;
-    let mut proxy_opt = AdamW::new(vec![trainable.proxies], params(config.learning_rate * 10.0))?;
+    let all_proxies = std::iter::once(trainable.proxies)
+        .chain(trainable.auxiliary_proxies)
+        .collect();
+    let mut proxy_opt = AdamW::new(all_proxies, params(config.learning_rate * 10.0))?;
     let width = views.first().context("no training views")?.dims;
     let device = proxies.device().clone();
     let mut step = |batch: &[(usize, usize)], rate: f64| -> Result<f64> {
@@ -283,17 +350,33 @@ pub(super) fn fit<S>(
         let mut batch_labels = Vec::with_capacity(batch.len());
         for &(view, photo) in batch {
             inputs.extend_from_slice(views[view].row(photo));
-            batch_labels.push(labels[photo]);
+            batch_labels.push(targets.labels[photo]);
         }
         let inputs = Tensor::from_vec(inputs, (batch.len(), width), &device)?;
         let batch_labels = Tensor::from_vec(batch_labels, batch.len(), &device)?;
-        let loss = proxy_anchor_loss(&forward(&inputs)?, &proxies, &batch_labels, config.alpha, config.delta)?;
+        let embeddings = forward(&inputs)?;
+        let mut loss = proxy_anchor_loss(&embeddings, &proxies, &batch_labels, config.alpha, config.delta)?;
+        for (target, target_proxies) in targets.auxiliary.iter().zip(&auxiliary_proxies) {
+            let (rows, target_labels): (Vec<u32>, Vec<u32>) = batch
+                .iter()
+                .enumerate()
+                .filter_map(|(row, &(_, photo))| Some((row as u32, target.labels[photo]?)))
+                .unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let count = rows.len();
+            let labelled = embeddings.index_select(&Tensor::from_vec(rows, count, &device)?, 0)?;
+            let target_labels = Tensor::from_vec(target_labels, count, &device)?;
+            let target_loss = proxy_anchor_loss(&labelled, target_proxies, &target_labels, config.alpha, config.delta)?;
+            loss = (loss + (target_loss * config.auxiliary_weight)?)?;
+        }
         let grads = loss.backward()?;
         model_opt.step(&grads)?;
         proxy_opt.step(&grads)?;
         Ok(f64::from(loss.to_scalar::<f32>()?))
     };
-    let photos = labels.len();
+    let photos = targets.labels.len();
     let mut samples: Vec<(usize, usize)> = (0..views.len())
         .flat_map(|view| (0..photos).map(move |photo| (view, photo)))
         .collect();

@@ -12,7 +12,10 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{Linear, Module, VarMap};
 
 use super::features::{Features, Rows};
-use super::head::{find_var, fit, l2_normalise, snapshot, EpochLog, TrainConfig, Trainable, Trained};
+use super::head::{
+    find_var, fit, head_of, l2_normalise, projection, snapshot, Auxiliary, EpochLog, Targets, TrainConfig, Trainable,
+    Trained,
+};
 use crate::import::head::{Activation, Head, TunableConv, GEM_P};
 
 /// Rows handled at once when embedding for scoring, to bound memory.
@@ -173,12 +176,7 @@ impl TunedModel {
                 ))
             })
             .collect::<Result<_>>()?;
-        let head = head
-            .map(|h| -> Result<Linear> {
-                let weight = Tensor::from_slice(&h.weight, (h.dims, h.channels), &device)?;
-                Ok(Linear::new(weight, Some(Tensor::from_slice(&h.bias, h.dims, &device)?)))
-            })
-            .transpose()?;
+        let head = head.map(|h| projection(h, &device)).transpose()?;
         Ok(TunedModel { layers, head, device })
     }
 
@@ -236,14 +234,7 @@ impl TunedModel {
                 })
             })
             .collect::<Result<_>>()?;
-        let head = self.head.as_ref().context("a tuned model has a head")?;
-        let (dims, channels) = head.weight().dims2()?;
-        let head = Head {
-            weight: values(head.weight())?,
-            bias: values(head.bias().context("the head has a bias")?)?,
-            dims,
-            channels,
-        };
+        let head = head_of(self.head.as_ref().context("a tuned model has a head")?)?;
         Ok((convs, head))
     }
 }
@@ -254,10 +245,12 @@ fn conv_matrix(conv: &TunableConv) -> (usize, usize) {
     (outputs, per_group * height * width)
 }
 
-/// Training examples for stage 2: each view's feature maps and each photo's class.
+/// Training examples for stage 2: each view's feature maps, each photo's class and the
+/// auxiliary targets stage 1 trained with (their proxies carry on from stage 1's).
 pub struct TuneData<'a> {
     pub views: &'a [FeatureMaps],
     pub labels: &'a [u32],
+    pub auxiliary: &'a [Auxiliary],
 }
 
 pub struct Tuned {
@@ -301,7 +294,14 @@ pub fn tune(
     };
     named.push(("head.weight".into(), head_weight));
     named.push(("head.bias".into(), head_bias));
-    let proxies = Var::from_tensor(find_var(&stage1.varmap, "proxies")?.as_tensor())?;
+    let stage1_proxies =
+        |name: &str| -> Result<Var> { Ok(Var::from_tensor(find_var(&stage1.varmap, name)?.as_tensor())?) };
+    let proxies = stage1_proxies("proxies")?;
+    let auxiliary_proxies: Vec<Var> = data
+        .auxiliary
+        .iter()
+        .map(|target| stage1_proxies(&target.proxies_name()))
+        .collect::<Result<_>>()?;
     let varmap = VarMap::new();
     {
         let mut vars = varmap.data().lock().expect("just made");
@@ -309,6 +309,9 @@ pub fn tune(
             vars.insert(name.clone(), var.clone());
         }
         vars.insert("proxies".into(), proxies.clone());
+        for (target, var) in data.auxiliary.iter().zip(&auxiliary_proxies) {
+            vars.insert(target.proxies_name(), var.clone());
+        }
     }
     let first = data.views.first().context("no training feature maps")?;
     let channels = first.channels;
@@ -316,10 +319,15 @@ pub fn tune(
     let trainable = Trainable {
         model: named.into_iter().map(|(_, var)| var).collect(),
         proxies,
+        auxiliary_proxies,
+    };
+    let targets = Targets {
+        labels: data.labels,
+        auxiliary: data.auxiliary,
     };
     let (best_epoch, log, (convs, head, varmap)) = fit(
         &views,
-        data.labels,
+        targets,
         config,
         trainable,
         |rows| model.forward(&channels_first(rows, channels)?),
