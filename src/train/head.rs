@@ -38,9 +38,9 @@ pub struct TrainConfig {
     pub cosine_decay: bool,
     /// Proxy-Anchor scale and margin (defaults 32 and 0.1, as in the paper).
     pub alpha: f64,
+    pub delta: f64,
     /// Weight of each [`Auxiliary`] target's loss next to the main classes' (default 0.25).
     pub auxiliary_weight: f64,
-    pub delta: f64,
     pub seed: u64,
 }
 
@@ -65,8 +65,8 @@ impl Default for TrainConfig {
             learning_rate: 1e-3,
             cosine_decay: false,
             alpha: 32.0,
-            auxiliary_weight: 0.25,
             delta: 0.1,
+            auxiliary_weight: 0.25,
             seed: 1,
         }
     }
@@ -313,9 +313,9 @@ pub(super) struct Trainable {
 
 /// The epoch loop shared by the training stages: shuffles every (view, photo) pair of
 /// `views`, and for each batch `forward`s its rows (batch x row width) and steps AdamW on the
-/// Proxy-Anchor loss against the `targets`' labels, plus each auxiliary target's on its labelled rows. Scores the model with `score` after each epoch and
-/// `keep`s the best epoch's state; stops after `config.patience` epochs without a better
-/// score. Returns the best epoch, the log and the kept state.
+/// Proxy-Anchor loss against the `targets`' labels, plus each auxiliary target's on its
+/// labelled rows. Scores the model with `score` after each epoch and `keep`s the best epoch's
+/// state; stops after `config.patience` epochs without a better score. Returns the best epoch, the log and the kept state.
 pub(super) fn fit<S>(
     views: &[&Features],
     targets: Targets,
