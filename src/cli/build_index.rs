@@ -15,9 +15,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::progress::PhotoProgress;
 use anyhow::{bail, Context, Result};
 use image::codecs::jpeg::JpegEncoder;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -381,21 +381,18 @@ fn stage(
     fs::create_dir_all(&thumbs).with_context(|| format!("cannot create {}", thumbs.display()))?;
     fs::create_dir_all(staging).with_context(|| format!("cannot create {}", staging.display()))?;
     let started = Instant::now();
-    let progress = ProgressBar::new(entries.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
-            .expect("the template is valid"),
-    );
+    let progress = PhotoProgress::new(entries.len(), "embedding");
     let limits = DecodeLimits::default();
     let known: &EmbeddingCache = cache;
     let embedded: Vec<Result<Embedded>> = entries
         .par_iter()
         .map(|entry| {
             let result = embed_entry(embedder, entry, &limits, known, &thumbs);
-            progress.inc(1);
+            progress.inc();
             result
         })
         .collect();
-    progress.finish_and_clear();
+    progress.finish();
     let seconds = started.elapsed().as_secs_f64();
 
     let photos = entries.len();

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::progress::PhotoProgress;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::colour::{
@@ -171,24 +171,21 @@ pub fn colour_split(dataset: &Dataset) -> Result<Option<ColourSplit>> {
     if queries.is_empty() || references.is_empty() {
         return Ok(None);
     }
-    let progress = ProgressBar::new((queries.len() + references.len()) as u64).with_style(
-        ProgressStyle::with_template("colour {bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
-            .expect("the template is valid"),
-    );
+    let progress = PhotoProgress::new(queries.len() + references.len(), "colour");
     let limits = DecodeLimits::default();
     let histograms = |positions: &[usize]| -> Result<Vec<f32>> {
         let rows: Vec<Result<Vec<f32>>> = positions
             .par_iter()
             .map(|&i| {
                 let image = dataset.photos[i].decode(&limits)?;
-                progress.inc(1);
+                progress.inc();
                 Ok(describe(&image).histogram)
             })
             .collect();
         Ok(rows.into_iter().collect::<Result<Vec<_>>>()?.concat())
     };
     let (query_rows, reference_rows) = (histograms(&queries)?, histograms(&references)?);
-    progress.finish_and_clear();
+    progress.finish();
     Ok(Some(ColourSplit {
         queries,
         references,

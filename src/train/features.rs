@@ -9,9 +9,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::progress::PhotoProgress;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::augment::{augmented_view, view_rng};
@@ -109,11 +109,7 @@ fn extract_with(
             .collect();
         return Ok(Features { values, dims });
     }
-    let progress = ProgressBar::new(positions.len() as u64).with_style(
-        ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
-            .expect("the template is valid"),
-    );
-    progress.set_prefix(format!("{what}, {view}"));
+    let progress = PhotoProgress::new(positions.len(), format!("{what}, {view}"));
     let limits = DecodeLimits::default();
     let rows: Vec<Result<Vec<f32>>> = positions
         .par_iter()
@@ -123,11 +119,11 @@ fn extract_with(
             let row = embedder
                 .embed_tensor(prepare(i, &image))
                 .with_context(|| format!("{}", photo.path.display()))?;
-            progress.inc(1);
+            progress.inc();
             Ok(row)
         })
         .collect();
-    progress.finish_and_clear();
+    progress.finish();
     let mut values = Vec::with_capacity(positions.len() * dims);
     for row in rows {
         let row = row?;

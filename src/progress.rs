@@ -1,0 +1,77 @@
+//! Progress of the companion binary's long passes over photos: indicatif's bar on a
+//! terminal, and in a log (CI, `nohup`), where indicatif draws nothing, a line at every
+//! tenth of the way, so that an hour of embedding never looks like a hang.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use indicatif::{HumanDuration, ProgressBar, ProgressStyle};
+
+pub struct PhotoProgress {
+    bar: ProgressBar,
+    label: String,
+    /// The tenths of the way already logged; unused on a terminal.
+    logged: AtomicU64,
+    in_log: bool,
+}
+
+impl PhotoProgress {
+    /// Progress over `total` photos, named `label` (what is computed, e.g. "colour").
+    pub fn new(total: usize, label: impl Into<String>) -> PhotoProgress {
+        let label = label.into();
+        let bar = ProgressBar::new(total as u64).with_style(
+            ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} photos, {per_sec}, {eta} left")
+                .expect("the template is valid"),
+        );
+        bar.set_prefix(label.clone());
+        PhotoProgress {
+            bar,
+            label,
+            logged: AtomicU64::new(0),
+            in_log: !std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// One more photo done (from any thread).
+    pub fn inc(&self) {
+        self.bar.inc(1);
+        if !self.in_log {
+            return;
+        }
+        let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0));
+        let tenths = tenths_done(done, total);
+        // Of the threads that pass a tenth, the one that records it first writes the line.
+        if self.logged.fetch_max(tenths, Ordering::Relaxed) < tenths {
+            eprintln!(
+                "{}: {done}/{total} photos ({}%), {:.1} photos/s, {} left",
+                self.label,
+                tenths * 10,
+                self.bar.per_sec(),
+                HumanDuration(self.bar.eta())
+            );
+        }
+    }
+
+    pub fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Whole tenths of `total` that `done` has reached (0 to 10).
+fn tenths_done(done: u64, total: u64) -> u64 {
+    (done * 10).checked_div(total).unwrap_or(10).min(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tenths_done;
+
+    #[test]
+    fn a_line_is_due_at_each_tenth_and_not_between() {
+        let due: Vec<u64> = (1..=41_802).map(|done| tenths_done(done, 41_802)).collect();
+        let changes = due.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert_eq!((due[0], *due.last().unwrap(), changes), (0, 10, 10));
+        assert_eq!(tenths_done(0, 0), 10, "nothing to do is all done");
+        assert_eq!(tenths_done(3, 7), 4);
+    }
+}
