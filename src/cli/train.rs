@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 
 use super::eval::{evaluate_split, numbered, Match};
 use candle_nn::VarMap;
@@ -22,7 +23,7 @@ use tract_onnx::pb::ModelProto;
 use crate::import::head::{feature_map_model, feature_model, with_head, with_tuned_convs, Head, HeadInfo};
 use crate::import::{decode, encode};
 use crate::model::Embedder;
-use crate::train::dataset::{Dataset, Role};
+use crate::train::dataset::{Dataset, Photo, Role};
 use crate::train::features::{extract, Features, Rows};
 use crate::train::head::{train, Auxiliary, EpochLog, TrainConfig, TrainData};
 use crate::train::plot::training_curves;
@@ -298,6 +299,16 @@ pub enum LabelColumn {
     Colour,
 }
 
+impl LabelColumn {
+    /// Its label of `photo` (empty when the photo has none).
+    fn of(self, photo: &Photo) -> &str {
+        match self {
+            LabelColumn::Category => &photo.category,
+            LabelColumn::Colour => &photo.colour,
+        }
+    }
+}
+
 /// The `column` labels of `photos` as an auxiliary target, numbered densely; unlabelled photos
 /// have none.
 pub fn auxiliary_target(
@@ -306,10 +317,11 @@ pub fn auxiliary_target(
     column: LabelColumn,
     match_by: Match,
 ) -> Result<Auxiliary> {
-    let name = match column {
-        LabelColumn::Category => "category",
-        LabelColumn::Colour => "colour",
-    };
+    let name = column
+        .to_possible_value()
+        .expect("no column is skipped")
+        .get_name()
+        .to_owned();
     if column == LabelColumn::Category && match_by == Match::Category {
         bail!("--auxiliary category: the head already matches by category");
     }
@@ -317,11 +329,7 @@ pub fn auxiliary_target(
     let labels = photos
         .iter()
         .map(|&i| {
-            let photo = &dataset.photos[i];
-            let label = match column {
-                LabelColumn::Category => photo.category.as_str(),
-                LabelColumn::Colour => photo.colour.as_str(),
-            };
+            let label = column.of(&dataset.photos[i]);
             let next = numbers.len() as u32;
             (!label.is_empty()).then(|| *numbers.entry(label).or_insert(next))
         })
@@ -330,7 +338,7 @@ pub fn auxiliary_target(
         bail!("--auxiliary {name}: the training photos carry fewer than two {name} labels");
     }
     Ok(Auxiliary {
-        name: name.to_owned(),
+        name,
         labels,
         classes: numbers.len(),
     })

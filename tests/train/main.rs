@@ -261,7 +261,14 @@ fn the_same_seed_trains_the_same_head() {
             seed,
             ..TrainConfig::default()
         };
-        let trained = train(&data, &config, |_| Ok(0.0)).unwrap();
+        // A score that grows every epoch keeps the last, so all three epochs' steps count.
+        let mut epoch = 0.0;
+        let trained = train(&data, &config, |_| {
+            epoch += 1.0;
+            Ok(epoch)
+        })
+        .unwrap();
+        assert_eq!(trained.best_epoch, 3);
         (trained.head.weight, trained.head.bias)
     };
     assert_eq!(head(1), head(1));
