@@ -7,8 +7,8 @@
 //! - [`catalog`]: product metadata shared by the index and the widget.
 //! - [`index`]: the versioned binary catalog index and top-k search.
 //! - `web` (wasm only): the wasm-bindgen API used by the widget's worker.
-//! - `import`, `train`, `cli` (native only): the companion binary's model importer, training
-//!   and evaluation, and commands.
+//! - `import`, `train`, `cli`, `progress` (native only): the companion binary's model importer,
+//!   training and evaluation, commands, and their progress on a terminal or in a log.
 
 pub mod catalog;
 pub mod colour;

@@ -1,11 +1,16 @@
 //! Progress of the companion binary's long passes over photos: indicatif's bar on a
 //! terminal, and in a log (CI, `nohup`), where indicatif draws nothing, a line at every
-//! tenth of the way, so that an hour of embedding never looks like a hang.
+//! tenth of the way once it has run for a few seconds, so that an hour of embedding never looks
+//! like a hang.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use indicatif::{HumanDuration, ProgressBar, ProgressStyle};
+
+/// How long a pass runs before a log hears of it.
+const QUIET_START: Duration = Duration::from_secs(5);
 
 pub struct PhotoProgress {
     bar: ProgressBar,
@@ -40,12 +45,20 @@ impl PhotoProgress {
         }
         let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0));
         let tenths = tenths_done(done, total);
-        // Of the threads that pass a tenth, the one that records it first writes the line.
-        if self.logged.fetch_max(tenths, Ordering::Relaxed) < tenths {
+        let logged = self.logged.load(Ordering::Relaxed);
+        // A pass that is over within seconds (photos from the cache) needs no lines. Of the
+        // threads that pass a tenth, the one that records it writes the line.
+        if tenths > logged
+            && self.bar.elapsed() >= QUIET_START
+            && self
+                .logged
+                .compare_exchange(logged, tenths, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             eprintln!(
                 "{}: {done}/{total} photos ({}%), {:.1} photos/s, {} left",
                 self.label,
-                tenths * 10,
+                done * 100 / total.max(1),
                 self.bar.per_sec(),
                 HumanDuration(self.bar.eta())
             );
