@@ -3,7 +3,6 @@
 //! tenth of the way once it has run for a few seconds, so that an hour of embedding never looks
 //! like a hang.
 
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -17,7 +16,6 @@ pub struct PhotoProgress {
     label: String,
     /// The tenths of the way already logged; unused on a terminal.
     logged: AtomicU64,
-    in_log: bool,
 }
 
 impl PhotoProgress {
@@ -33,14 +31,14 @@ impl PhotoProgress {
             bar,
             label,
             logged: AtomicU64::new(0),
-            in_log: !std::io::stderr().is_terminal(),
         }
     }
 
     /// One more photo done (from any thread).
     pub fn inc(&self) {
         self.bar.inc(1);
-        if !self.in_log {
+        // indicatif hides the bar exactly when stderr is not a terminal.
+        if !self.bar.is_hidden() {
             return;
         }
         let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0));

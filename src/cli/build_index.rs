@@ -15,7 +15,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::progress::PhotoProgress;
 use anyhow::{bail, Context, Result};
 use image::codecs::jpeg::JpegEncoder;
 use rayon::prelude::*;
@@ -27,6 +26,7 @@ use crate::colour::{self, CompactColour};
 use crate::index::{Codec, FileEntry, Index, Manifest, MANIFEST_FORMAT};
 use crate::model::{self, hex, sha256_hex, Embedder};
 use crate::preprocess::{self, DecodeLimits};
+use crate::progress::PhotoProgress;
 
 /// Longest side of a thumbnail, in pixels: sharp in a results grid on a phone, ~10 KB each.
 const THUMBNAIL_SIDE: u32 = 192;

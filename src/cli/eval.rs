@@ -8,7 +8,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::progress::PhotoProgress;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
@@ -18,6 +17,7 @@ use crate::colour::{
 };
 use crate::model::Embedder;
 use crate::preprocess::DecodeLimits;
+use crate::progress::PhotoProgress;
 use crate::train::dataset::{Dataset, Role};
 use crate::train::features::{extract_as_indexed, Features, Rows};
 use crate::train::metrics::{score_queries, summarise, Labelled, Retrieval};

@@ -9,7 +9,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::progress::PhotoProgress;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -18,6 +17,7 @@ use super::augment::{augmented_view, view_rng};
 use super::dataset::{Dataset, Role};
 use crate::model::{mean_direction, sha256_hex, Embedder};
 use crate::preprocess::{to_mirrored_tensor, to_tensor, DecodeLimits};
+use crate::progress::PhotoProgress;
 
 /// Rows of `dims` values, one per photo of the dataset, in its order.
 pub struct Features {
