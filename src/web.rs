@@ -486,23 +486,26 @@ impl Lens {
         self.respond_searched(Some(product), &hits, started)
     }
 
-    /// Whether the catalog is ranged: its lists load as searches need them ([`Lens::load_list`]).
+    /// Whether the catalog is ranged: its lists load as searches need them ([`Lens::load_block`]).
     pub fn is_ranged(&self) -> bool {
         self.index.is_ranged()
     }
 
-    /// `[start, end)`: where the block of `list` lies in the lists file.
-    pub fn block_range(&self, list: usize) -> Result<Vec<f64>, JsError> {
+    /// `[start, end)`: where block `block` (as the `blocks_for_*` functions number them: lists,
+    /// then refinement blocks) lies in the lists file.
+    pub fn block_range(&self, block: usize) -> Result<Vec<f64>, JsError> {
         let range = self
             .index
-            .block_range(list)
-            .ok_or_else(|| JsError::new(&format!("the catalog has no list {list}")))?;
+            .block_range(block)
+            .ok_or_else(|| JsError::new(&format!("the catalog has no block {block} in its lists file")))?;
         Ok(to_f64_pair(range))
     }
 
-    /// Loads the block of `list`, refusing one that is not the block the index vouches for.
-    pub fn load_list(&mut self, list: usize, block: &[u8]) -> Result<(), JsError> {
-        self.index.load_list(list, block).map_err(|e| js_error(Error::from(e)))
+    /// Loads block `block`, refusing one that is not the block the index vouches for.
+    pub fn load_block(&mut self, block: usize, bytes: &[u8]) -> Result<(), JsError> {
+        self.index
+            .load_block(block, bytes)
+            .map_err(|e| js_error(Error::from(e)))
     }
 
     /// Loads every list from the whole lists file (when the host ignores Range requests).
@@ -510,40 +513,62 @@ impl Lens {
         self.index.load_lists_file(file).map_err(|e| js_error(Error::from(e)))
     }
 
-    /// The lists to load before `search_embedding` can search `embedding` (empty when whole).
-    pub fn lists_for_embedding(
+    /// The blocks to load next before `search_embedding` can search `embedding` with the colour
+    /// of the input last prepared (empty when whole, or when all are loaded): load them and ask
+    /// again until none are left. First the lists a search scans, then the refinement blocks
+    /// of its best candidates.
+    pub fn blocks_for_embedding(
         &self,
         embedding: &[f32],
         k: usize,
         filter: Option<String>,
+        colour_weight: Option<f32>,
     ) -> Result<Vec<u32>, JsError> {
-        Ok(to_u32(self.index.lists_to_load(
-            embedding,
-            k,
-            &parse_filter(filter)?,
-            None,
-        )))
+        let filter = parse_filter(filter)?;
+        let colour = self.prepared_colour.as_ref().map(|colour| ColourQuery {
+            histogram: &colour.histogram,
+            weight: clamp_colour_weight(colour_weight),
+        });
+        Ok(to_u32(self.index.blocks_to_load(embedding, colour, k, &filter, None)))
     }
 
-    /// The lists to load before `refine` can search the last photo again.
-    pub fn lists_for_refine(&self, k: usize, filter: Option<String>) -> Result<Vec<u32>, JsError> {
+    /// The blocks to load next before `refine` can search the last photo again.
+    pub fn blocks_for_refine(
+        &self,
+        k: usize,
+        filter: Option<String>,
+        colour_weight: Option<f32>,
+    ) -> Result<Vec<u32>, JsError> {
         let filter = parse_filter(filter)?;
         Ok(self.query.as_ref().map_or_else(Vec::new, |query| {
-            to_u32(self.index.lists_to_load(&query.embedding, k, &filter, None))
+            let colour = ColourQuery {
+                histogram: &query.colour.histogram,
+                weight: clamp_colour_weight(colour_weight),
+            };
+            to_u32(
+                self.index
+                    .blocks_to_load(&query.embedding, Some(colour), k, &filter, None),
+            )
         }))
     }
 
-    /// The lists to load before `similar` can answer for the product with `product_id`: its
-    /// own list first (its stored vector is the query), then the lists that query needs.
-    pub fn lists_for_similar(&self, product_id: &str, k: usize, filter: Option<String>) -> Result<Vec<u32>, JsError> {
+    /// The blocks to load next before `similar` can answer for the product with `product_id`:
+    /// its own list and refinement block first (its stored vector is the query), then those
+    /// that query needs.
+    pub fn blocks_for_similar(
+        &self,
+        product_id: &str,
+        k: usize,
+        filter: Option<String>,
+        colour_weight: Option<f32>,
+    ) -> Result<Vec<u32>, JsError> {
         let filter = parse_filter(filter)?;
-        let Some(product) = self.index.position(product_id) else {
-            return Ok(Vec::new());
-        };
-        Ok(match self.index.stored_vector(product) {
-            Some(stored) => to_u32(self.index.lists_to_load(&stored, k, &filter, Some(product))),
-            None => to_u32(self.index.list_of(product).into_iter().collect()),
-        })
+        Ok(self.index.position(product_id).map_or_else(Vec::new, |product| {
+            to_u32(
+                self.index
+                    .blocks_to_load_similar(product, clamp_colour_weight(colour_weight), k, &filter),
+            )
+        }))
     }
 
     /// The pages of product details that the last answer's products need (none unless ranged):

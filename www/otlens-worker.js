@@ -308,7 +308,7 @@ async function load(manifestUrl, withModel, threadsMode) {
  * lens checks each block against its sha256 in the index, which the manifest vouches for.
  */
 function loadListBytes(list, bytes, partial) {
-  if (partial) lens.load_list(list, bytes);
+  if (partial) lens.load_block(list, bytes);
   else lens.load_lists_file(bytes);
 }
 
@@ -342,9 +342,26 @@ async function fetchParts(parts, label, rangeOf, load) {
   return performance.now() - started;
 }
 
-/** Fetches the lists of a ranged catalog that `needed` (list numbers from the lens) names: those a search scans. */
-const loadLists = (needed) =>
-  fetchParts(needed, "catalog lists", (list) => lens.block_range(list), (list, bytes) => lens.load_list(list, bytes));
+/** Rounds of blocks a search may need: a product's own list and refinement block, the lists, their candidates'. */
+const MOST_BLOCK_ROUNDS = 4;
+
+/**
+ * Fetches the blocks of a ranged catalog that a search needs, round after round while `next()` (block numbers from
+ * the lens) names more: the lists it scans, then the refinement blocks of its best candidates. Returns the
+ * milliseconds it took.
+ */
+async function loadBlocks(next) {
+  let ms = 0;
+  for (let round = 0; ; round++) {
+    const needed = next();
+    if (!needed.length) return ms;
+    // Each round loads what it names, so a next round always names other blocks; more would be a bug, not a wait.
+    if (round === MOST_BLOCK_ROUNDS) throw new Error("the catalog keeps asking for more of its lists file");
+    ms += await fetchParts(needed, "catalog lists", (block) => lens.block_range(block), (block, bytes) =>
+      lens.load_block(block, bytes),
+    );
+  }
+}
 
 function cosine(a, b) {
   let dot = 0;
@@ -422,7 +439,7 @@ async function startGpu(mode) {
 /**
  * Searches a region of the open photo (all of it without one): preparing it and the index on the CPU, the
  * model on the GPU when it is ready. `openMs`: the time the photo took to decode, if it was just opened. A
- * ranged catalog first fetches the lists that the photo's embedding reaches.
+ * ranged catalog first fetches the lists that the photo's embedding reaches (and its candidates' refinements).
  */
 async function search(region, k, filter, colourWeight, openMs) {
   region = region ? Float32Array.from(region) : undefined;
@@ -450,7 +467,7 @@ async function search(region, k, filter, colourWeight, openMs) {
     backend = "tract";
   }
   const embedded = performance.now();
-  const listsMs = await loadLists(lens.lists_for_embedding(embedding, k, filter));
+  const listsMs = await loadBlocks(() => lens.blocks_for_embedding(embedding, k, filter, colourWeight));
   const decodeMs = openMs + prepared - started;
   const response = lens.search_embedding(embedding, k, filter, decodeMs, embedded - prepared, colourWeight);
   response.timings.backend = backend;
@@ -517,16 +534,13 @@ async function handle(message) {
       return answer(id, async () => search(region, k, filter, colourWeight, 0));
     case "refine":
       return answer(id, async () => {
-        const listsMs = await loadLists(lens.lists_for_refine(k, filter));
+        const listsMs = await loadBlocks(() => lens.blocks_for_refine(k, filter, colourWeight));
         return withListsMs(lens.refine(k, filter, colourWeight), listsMs);
       });
     case "similar":
       return answer(id, async () => {
-        // Twice at most: the product's own list holds the vector that picks the others.
-        let listsMs = 0;
-        for (let needed; (needed = lens.lists_for_similar(message.product, k, filter)).length; ) {
-          listsMs += await loadLists(needed);
-        }
+        // The product's own list (and refinement block) holds the vector that picks the others.
+        const listsMs = await loadBlocks(() => lens.blocks_for_similar(message.product, k, filter, colourWeight));
         return withListsMs(lens.similar(message.product, k, filter, colourWeight), listsMs);
       });
     case "embed": {

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         // A ranged head: its lists and pages are not loaded, and no bytes are a whole lists file
         // or an empty page.
         if index.is_ranged() {
-            assert!(index.lists_to_load(&query, 5, &filter, None).len() <= index.len());
+            assert!(index.blocks_to_load(&query, None, 5, &filter, None).len() <= index.len());
             assert!(index.pages_to_load(&[0, index.len() - 1]).len() <= 2);
             let mut index = index;
             assert!(index.load_lists_file(&[]).is_err());

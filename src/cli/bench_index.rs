@@ -37,6 +37,10 @@ pub struct Args {
     /// dimensions are skipped).
     #[arg(long, value_delimiter = ',', default_value = "16,32,40,64")]
     pub pq_subspaces: Vec<usize>,
+    /// Refined pq to compare, as `subspaces+refinement` bytes per product (`build-index
+    /// --pq-subspaces S --pq-refinement R`).
+    #[arg(long, value_delimiter = ',', default_value = "16+16", value_parser = parse_refined)]
+    pub refined_pq: Vec<(usize, usize)>,
     /// Where embeddings are cached between runs (shared with `otlens eval`).
     #[arg(long, default_value = ".cache/features")]
     pub cache: PathBuf,
@@ -94,11 +98,19 @@ pub fn run(args: Args) -> Result<()> {
     for size in too_wide {
         println!("pq{size} skipped: more subspaces than the embedding's {dims} dimensions");
     }
-    let codecs = [Codec::Int8, Codec::Binary].into_iter().chain(
-        fitting
-            .into_iter()
-            .map(|subspaces| Codec::ProductQuantised { subspaces }),
-    );
+    let refined = args
+        .refined_pq
+        .iter()
+        .filter(|&&(subspaces, _)| subspaces <= dims)
+        .map(|&(subspaces, refinement)| Codec::RefinedProductQuantised { subspaces, refinement });
+    let codecs = [Codec::Int8, Codec::Binary]
+        .into_iter()
+        .chain(
+            fitting
+                .into_iter()
+                .map(|subspaces| Codec::ProductQuantised { subspaces }),
+        )
+        .chain(refined);
     println!("| codec | vector bytes per product | recall@{K} | search time vs int8 | build |");
     println!("|---|---|---|---|---|");
     let mut int8_time = None;
@@ -121,13 +133,13 @@ pub fn run(args: Args) -> Result<()> {
         report(codec.to_string(), &index, vector_bytes, build);
         match codec {
             Codec::Int8 => int8 = Some(index),
-            Codec::ProductQuantised { subspaces } => {
+            Codec::ProductQuantised { .. } | Codec::RefinedProductQuantised { .. } => {
                 // The same codes as offsets from the centroids of the inverted lists a large
                 // catalog is stored in; every list scanned, so that only the codes differ.
                 let lists = list_count(&args, gallery_rows.len());
                 let started = Instant::now();
                 let index = index.partitioned(lists, lists);
-                let label = format!("pq{subspaces}, offsets from {lists} lists' centroids (build: grouping)");
+                let label = format!("{codec}, offsets from {lists} lists' centroids (build: grouping)");
                 report(label, &index, vector_bytes, started.elapsed());
                 // As a ranged catalog searches them: only the lists within its probe margin.
                 let most = default_probe(lists, true);
@@ -136,9 +148,11 @@ pub fn run(args: Args) -> Result<()> {
                     let (within, margin) = index.clone().with_calibrated_margin(recall, most);
                     let margin = margin.map_or(0.0, |m| m.margin);
                     let (mean_lists, scanned) = mean_scanned(&within, &query_rows);
+                    let fetched = fetched_per_query(&within, &query_rows)?;
                     let label = format!(
-                        "pq{subspaces}, offsets, lists within {margin:.3} (for {recall}): \
-                         {mean_lists:.1} lists, {scanned:.0} products on average (build: margin)"
+                        "{codec}, offsets, lists within {margin:.3} (for {recall}): \
+                         {mean_lists:.1} lists, {scanned:.0} products, {fetched:.1} KB fetched \
+                         as a ranged catalog on average (build: margin)"
                     );
                     report(label, &within, vector_bytes, started.elapsed());
                 }
@@ -211,6 +225,45 @@ fn list_count(args: &Args, size: usize) -> usize {
         (None, Some(list_size)) => size.div_ceil(list_size.max(1)),
         (None, None) => (size as f64).sqrt().round() as usize,
     }
+}
+
+/// KB a ranged catalog of `index` fetches per query on average: the blocks of the lists a
+/// search scans and, for refined pq, the refinement blocks of its best candidates (there are no
+/// colours, and the pages of the results' details are left out).
+fn fetched_per_query(index: &Index, queries: &[Vec<f32>]) -> Result<f64> {
+    let (head, lists_file) = index.to_ranged_bytes()?;
+    let head = Index::from_bytes(&head)?;
+    let fetched: u64 = queries
+        .par_iter()
+        .map(|query| {
+            let mut index = head.clone();
+            let mut fetched = 0;
+            loop {
+                let needed = index.blocks_to_load(query, None, K, &Filter::ANY, None);
+                if needed.is_empty() {
+                    return fetched;
+                }
+                for block in needed {
+                    let range = index.block_range(block).expect("a block the head names");
+                    fetched += range.end - range.start;
+                    index
+                        .load_block(block, &lists_file[range.start as usize..range.end as usize])
+                        .expect("the blocks the catalog was written with");
+                }
+            }
+        })
+        .sum();
+    Ok(fetched as f64 / queries.len() as f64 / 1000.0)
+}
+
+/// `S+R`: refined pq's bytes per product, of its codes and of its refinement.
+fn parse_refined(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{text:?} is not subspaces+refinement, e.g. 16+16");
+    let (subspaces, refinement) = text.split_once('+').ok_or_else(bad)?;
+    Ok((
+        subspaces.trim().parse().map_err(|_| bad())?,
+        refinement.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 /// The lists and products a search scans, on average over `queries`.

@@ -89,6 +89,9 @@ pub struct ScaleArgs {
     /// Bytes per product of the pq codec (at most the embedding's dimensions).
     #[arg(long, default_value_t = 64)]
     pub pq_subspaces: usize,
+    /// Bytes per product of pq's refinement (see `otlens build-index --help`; 0: none).
+    #[arg(long, default_value_t = 0)]
+    pub pq_refinement: usize,
     #[command(flatten)]
     pub partitions: PartitionArgs,
 }
@@ -372,7 +375,7 @@ fn scale(args: &ScaleArgs) -> Result<()> {
         colours.extend(index.colour(original));
     }
     let started = Instant::now();
-    let codec = args.codec.codec(args.pq_subspaces);
+    let codec = args.codec.codec(args.pq_subspaces, args.pq_refinement);
     let mut scaled = Index::build_with(codec, &index.model_sha256(), products, &embeddings)?;
     // A million f32 embeddings take 5 GB; grouping into lists makes its own copy.
     drop(embeddings);

@@ -11,6 +11,10 @@
 //! In an index grouped into inverted lists, pq's codes stand for each product's offset from
 //! its list's centroid (see [`Run`]): shorter than the vector, so the same bytes keep more of
 //! the ranking.
+//!
+//! Refined pq adds a second set of codes for what the first leaves over (the residual), which a
+//! search reads only for its best candidates: a ranged catalog fetches the first codes of every
+//! product it scans and the second of a few dozen.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -23,6 +27,7 @@ use super::{Hit, IndexError};
 const INT8_ID: u32 = 1;
 pub(super) const PQ_ID: u32 = 2;
 const BINARY_ID: u32 = 3;
+pub(super) const REFINED_PQ_ID: u32 = 4;
 
 /// Centroids per product-quantisation subspace: one byte per code.
 pub const PQ_CENTROIDS: usize = 256;
@@ -43,6 +48,11 @@ pub enum Codec {
     /// Sign bits of the vector minus the catalog mean choose candidates by Hamming
     /// distance; their int8 codes rescore them. Faster than int8 at scale, not smaller.
     Binary,
+    /// Product quantisation in `subspaces` bytes, then a second quantiser of the residual in
+    /// `refinement` bytes, which only the best candidates of a search are rescored with.
+    /// `subspaces + refinement` bytes per product; a ranged catalog fetches the second part for
+    /// those candidates only.
+    RefinedProductQuantised { subspaces: usize, refinement: usize },
 }
 
 impl Codec {
@@ -52,6 +62,7 @@ impl Codec {
             Codec::Int8 => INT8_ID,
             Codec::ProductQuantised { .. } => PQ_ID,
             Codec::Binary => BINARY_ID,
+            Codec::RefinedProductQuantised { .. } => REFINED_PQ_ID,
         }
     }
 }
@@ -62,6 +73,7 @@ impl std::fmt::Display for Codec {
             Codec::Int8 => write!(f, "int8"),
             Codec::ProductQuantised { subspaces } => write!(f, "pq{subspaces}"),
             Codec::Binary => write!(f, "binary"),
+            Codec::RefinedProductQuantised { subspaces, refinement } => write!(f, "pq{subspaces}+{refinement}"),
         }
     }
 }
@@ -96,8 +108,14 @@ impl Vectors {
     pub(super) fn codec(&self) -> Codec {
         match self {
             Vectors::Int8(_) => Codec::Int8,
-            Vectors::ProductQuantised(pq) => Codec::ProductQuantised {
-                subspaces: pq.subspaces,
+            Vectors::ProductQuantised(pq) => match &pq.refinement {
+                None => Codec::ProductQuantised {
+                    subspaces: pq.subspaces,
+                },
+                Some(refinement) => Codec::RefinedProductQuantised {
+                    subspaces: pq.subspaces,
+                    refinement: refinement.subspaces,
+                },
             },
             Vectors::Binary { .. } => Codec::Binary,
         }
@@ -152,6 +170,33 @@ impl Vectors {
         }
     }
 
+    /// What refined pq's second codes add to `product`'s vector (in the embedding's basis); `None`
+    /// for other codecs.
+    pub(super) fn reconstruct_refinement(&self, product: usize) -> Option<Vec<f32>> {
+        match self {
+            Vectors::ProductQuantised(pq) => {
+                let refinement = pq.refinement.as_ref()?;
+                Some(pq.unrotate(&refinement.reconstruct(product)))
+            }
+            Vectors::Int8(_) | Vectors::Binary { .. } => None,
+        }
+    }
+
+    /// What refined pq's second codes add to each product's score for a unit-length `query`;
+    /// `None` for other codecs.
+    pub(super) fn refinement_scores(&self, query: &[f32]) -> Option<RefinementScores<'_>> {
+        match self {
+            Vectors::ProductQuantised(pq) => {
+                let refinement = pq.refinement.as_ref()?;
+                Some(RefinementScores {
+                    table: refinement.table(&pq.rotate(query)),
+                    refinement,
+                })
+            }
+            Vectors::Int8(_) | Vectors::Binary { .. } => None,
+        }
+    }
+
     /// The vector stored for `product` in the codec's own basis (pq's rotated one). Dot
     /// products and lengths are those of [`Vectors::reconstruct`]'s vectors, without the cost
     /// of turning each back (1.6M multiplications a product at 1,280 dimensions). While the
@@ -185,7 +230,18 @@ impl Vectors {
         }
     }
 
-    /// Bytes each product's row takes: in the vectors section, and in a list's block.
+    /// Bytes of each product's refinement codes (refined pq's second codes; 0 for others).
+    pub(super) fn refinement_bytes(&self) -> usize {
+        match self {
+            Vectors::ProductQuantised(PqRows {
+                refinement: Some(refinement),
+                ..
+            }) => refinement.subspaces,
+            _ => 0,
+        }
+    }
+
+    /// Bytes each product's row takes in a list's block: all its codes but the refinement's.
     pub(super) fn row_bytes(&self) -> usize {
         match self {
             Vectors::Int8(rows) => rows.row_bytes(),
@@ -194,10 +250,39 @@ impl Vectors {
         }
     }
 
-    /// The vectors section: the codec's parameters, then every product's row.
+    /// The vectors section: the codec's parameters, then every product's row, then every
+    /// product's refinement codes.
     pub(super) fn write(&self, bytes: &mut Vec<u8>) {
         self.write_parameters(bytes);
         self.write_rows(0..self.len(), bytes);
+        self.write_refinements(0..self.len(), bytes);
+    }
+
+    /// The refinement codes of the products in `run`, product by product (none but refined pq's).
+    pub(super) fn write_refinements(&self, run: Range<usize>, bytes: &mut Vec<u8>) {
+        if let Vectors::ProductQuantised(PqRows {
+            refinement: Some(refinement),
+            ..
+        }) = self
+        {
+            bytes
+                .extend_from_slice(&refinement.codes[run.start * refinement.subspaces..run.end * refinement.subspaces]);
+        }
+    }
+
+    /// Reads the refinement codes of the products in `run` (as [`Vectors::write_refinements`]
+    /// wrote them) into their places.
+    pub(super) fn read_refinements(&mut self, run: Range<usize>, reader: &mut Reader) -> Result<(), IndexError> {
+        if let Vectors::ProductQuantised(PqRows {
+            refinement: Some(refinement),
+            ..
+        }) = self
+        {
+            let width = refinement.subspaces;
+            let codes = reader.take(run.len() * width, "refinement codes")?;
+            refinement.codes[run.start * width..run.end * width].copy_from_slice(codes);
+        }
+        Ok(())
     }
 
     /// What all products share: the pq rotation and codebooks, the binary codec's catalog mean.
@@ -246,7 +331,7 @@ impl Vectors {
             section: "vectors",
         };
         let mut vectors = Vectors::read_parameters(codec, &mut reader, dims, layout)?;
-        let expected = count as u64 * vectors.row_bytes() as u64;
+        let expected = count as u64 * (vectors.row_bytes() + vectors.refinement_bytes()) as u64;
         if (reader.bytes.len() as u64) < expected {
             return Err(corrupt(format!(
                 "the vectors section is too short for {count} products of {dims} dimensions"
@@ -254,6 +339,7 @@ impl Vectors {
         }
         vectors.make_room(count);
         vectors.read_rows(0..count, &mut reader)?;
+        vectors.read_refinements(0..count, &mut reader)?;
         reader.finish(&format!("{count} products of {dims} dimensions need"))?;
         Ok(vectors)
     }
@@ -268,6 +354,11 @@ impl Vectors {
         Ok(match codec {
             INT8_ID => Vectors::Int8(Int8Rows::empty(dims)),
             PQ_ID => Vectors::ProductQuantised(PqRows::read_parameters(reader, dims, layout)?),
+            REFINED_PQ_ID => {
+                let mut pq = PqRows::read_parameters(reader, dims, layout)?;
+                pq.refinement = Some(Refinement::read_parameters(reader, pq.kept())?);
+                Vectors::ProductQuantised(pq)
+            }
             BINARY_ID => Vectors::Binary {
                 signs: SignRows::read_parameters(reader, dims)?,
                 rows: Int8Rows::empty(dims),
@@ -281,7 +372,12 @@ impl Vectors {
     pub(super) fn make_room(&mut self, count: usize) {
         match self {
             Vectors::Int8(rows) => rows.make_room(count),
-            Vectors::ProductQuantised(pq) => pq.codes = vec![0; count * pq.subspaces],
+            Vectors::ProductQuantised(pq) => {
+                pq.codes = vec![0; count * pq.subspaces];
+                if let Some(refinement) = &mut pq.refinement {
+                    refinement.codes = vec![0; count * refinement.subspaces];
+                }
+            }
             Vectors::Binary { signs, rows } => {
                 signs.bits = vec![0; count * signs.words_per_row];
                 rows.make_room(count);
@@ -324,6 +420,10 @@ impl Vectors {
                 rotation: pq.rotation.clone(),
                 codebooks: pq.codebooks.clone(),
                 codes: reorder_rows(&pq.codes, pq.subspaces, order),
+                refinement: pq.refinement.as_ref().map(|refinement| Refinement {
+                    codes: reorder_rows(&refinement.codes, refinement.subspaces, order),
+                    ..refinement.clone()
+                }),
                 unquantised: reorder_rows(&pq.unquantised, pq.kept(), order),
             }),
             Vectors::Binary { signs, rows } => Vectors::Binary {
@@ -521,6 +621,8 @@ pub(super) struct PqRows {
     codebooks: Vec<f32>,
     /// `subspaces` codes per product, row by row.
     codes: Vec<u8>,
+    /// Refined pq's second quantiser, of what `codes` leave over.
+    refinement: Option<Refinement>,
     /// What the codes stand for, unquantised: `kept` rotated values per product. The builder
     /// keeps them until it groups the products into lists, and then encodes each product
     /// again as its offset from its list's centroid. Empty in an index read from a file.
@@ -537,12 +639,14 @@ impl PartialEq for PqRows {
             &self.rotation,
             &self.codebooks,
             &self.codes,
+            &self.refinement,
         ) == (
             other.subspaces,
             other.sub_dims,
             &other.rotation,
             &other.codebooks,
             &other.codes,
+            &other.refinement,
         )
     }
 }
@@ -631,6 +735,12 @@ impl PqRows {
         for &value in self.rotation.iter().chain(&self.codebooks) {
             bytes.extend_from_slice(&f16::from_f32(value).to_le_bytes());
         }
+        if let Some(refinement) = &self.refinement {
+            bytes.extend_from_slice(&(refinement.subspaces as u32).to_le_bytes());
+            for &value in &refinement.codebooks {
+                bytes.extend_from_slice(&f16::from_f32(value).to_le_bytes());
+            }
+        }
     }
 
     fn read_parameters(reader: &mut Reader, dims: usize, layout: QuantiserLayout) -> Result<PqRows, IndexError> {
@@ -662,9 +772,87 @@ impl PqRows {
             rotation,
             codebooks,
             codes: Vec::new(),
+            refinement: None,
             #[cfg(not(target_arch = "wasm32"))]
             unquantised: Vec::new(),
         })
+    }
+}
+
+/// Refined pq's second quantiser: codes of what the first codes leave of each product's
+/// rotated vector, cut into its own `subspaces` equal parts of 256 centroids each.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Refinement {
+    subspaces: usize,
+    sub_dims: usize,
+    /// `subspaces * PQ_CENTROIDS` centroids of `sub_dims` values, subspace by subspace (f16 values).
+    codebooks: Vec<f32>,
+    /// `subspaces` codes per product, row by row.
+    codes: Vec<u8>,
+}
+
+impl Refinement {
+    fn centroid(&self, subspace: usize, code: u8) -> &[f32] {
+        let at = (subspace * PQ_CENTROIDS + code as usize) * self.sub_dims;
+        &self.codebooks[at..at + self.sub_dims]
+    }
+
+    /// The rotated `query`'s dot product with every centroid.
+    fn table(&self, query: &[f32]) -> Vec<f32> {
+        (0..self.subspaces)
+            .flat_map(|subspace| {
+                let part = &query[subspace * self.sub_dims..(subspace + 1) * self.sub_dims];
+                (0..PQ_CENTROIDS).map(move |code| dot_f32(part, self.centroid(subspace, code as u8)))
+            })
+            .collect()
+    }
+
+    /// What the codes add to `product`'s rotated vector.
+    fn reconstruct(&self, product: usize) -> Vec<f32> {
+        self.codes[product * self.subspaces..(product + 1) * self.subspaces]
+            .iter()
+            .enumerate()
+            .flat_map(|(subspace, &code)| self.centroid(subspace, code).iter().copied())
+            .collect()
+    }
+
+    /// u32 subspaces, then the codebooks as f16, for a quantiser keeping `kept` dimensions.
+    fn read_parameters(reader: &mut Reader, kept: usize) -> Result<Refinement, IndexError> {
+        let subspaces = reader.u32("the refinement's subspace count")? as usize;
+        if subspaces == 0 || subspaces > kept || !kept.is_multiple_of(subspaces) {
+            return Err(corrupt(format!(
+                "{subspaces} refinement subspaces do not divide the {kept} dimensions quantised"
+            )));
+        }
+        let codebooks = reader.f16s(kept.saturating_mul(PQ_CENTROIDS), "refinement codebooks")?;
+        if codebooks.iter().any(|value| !value.is_finite()) {
+            return Err(corrupt(
+                "the refinement holds a value that is not a finite number".into(),
+            ));
+        }
+        Ok(Refinement {
+            subspaces,
+            sub_dims: kept / subspaces,
+            codebooks,
+            codes: Vec::new(),
+        })
+    }
+}
+
+/// What refined pq's second codes add to each product's score for one query.
+pub(super) struct RefinementScores<'a> {
+    refinement: &'a Refinement,
+    table: Vec<f32>,
+}
+
+impl RefinementScores<'_> {
+    pub(super) fn of(&self, product: usize) -> f32 {
+        let width = self.refinement.subspaces;
+        self.refinement.codes[product * width..(product + 1) * width]
+            .iter()
+            .zip(self.table.chunks_exact(PQ_CENTROIDS))
+            .map(|(&code, row)| row[code as usize])
+            .sum()
     }
 }
 
@@ -772,7 +960,14 @@ pub(super) mod encode {
                 Codec::Int8 => Vectors::Int8(Int8Rows::encode(vectors, dims)),
                 Codec::ProductQuantised { subspaces } => {
                     let kept = pq_kept_dims(dims, subspaces).ok_or(IndexError::BadSubspaces { subspaces, dims })?;
-                    Vectors::ProductQuantised(PqRows::encode(vectors, dims, subspaces, kept))
+                    Vectors::ProductQuantised(PqRows::encode(vectors, dims, (subspaces, 0), kept))
+                }
+                Codec::RefinedProductQuantised { subspaces, refinement } => {
+                    let kept = pq_kept_dims(dims, subspaces).ok_or(IndexError::BadSubspaces { subspaces, dims })?;
+                    if refinement == 0 || !kept.is_multiple_of(refinement) {
+                        return Err(IndexError::BadRefinement { refinement, kept });
+                    }
+                    Vectors::ProductQuantised(PqRows::encode(vectors, dims, (subspaces, refinement), kept))
                 }
                 Codec::Binary => Vectors::Binary {
                     signs: SignRows::encode(vectors, dims),
@@ -822,50 +1017,58 @@ pub(super) mod encode {
     }
 
     impl PqRows {
-        fn encode(vectors: &[Vec<f32>], dims: usize, subspaces: usize, kept: usize) -> PqRows {
+        /// `(subspaces, refinement)`: the bytes of the codes and of the refinement's (0: none).
+        fn encode(vectors: &[Vec<f32>], dims: usize, (subspaces, refinement): (usize, usize), kept: usize) -> PqRows {
             let sample = evenly_spaced(vectors);
             let rotation = to_f16_precision(balanced_rotation(&sample, dims, subspaces, kept));
             let unquantised = rotated(&rotation, dims, vectors);
-            let mut pq = PqRows::quantising(subspaces, rotation, dims, &unquantised);
+            let mut pq = PqRows::quantising((subspaces, refinement), rotation, dims, &unquantised);
             pq.unquantised = unquantised;
             pq
         }
 
         /// Codebooks trained on `unquantised` (`kept` values per product, in the basis of the
-        /// `kept x dims` `rotation`), and each product's codes.
-        fn quantising(subspaces: usize, rotation: Vec<f32>, dims: usize, unquantised: &[f32]) -> PqRows {
+        /// `kept x dims` `rotation`), and each product's codes; with a `refinement` (its
+        /// subspaces, 0 for none), a second quantiser of what the codes leave over.
+        fn quantising(
+            (subspaces, refinement): (usize, usize),
+            rotation: Vec<f32>,
+            dims: usize,
+            unquantised: &[f32],
+        ) -> PqRows {
             let kept = rotation.len() / dims;
             let rows: Vec<&[f32]> = unquantised.chunks_exact(kept).collect();
-            let sample = evenly_spaced(&rows);
-            let sub_dims = kept / subspaces;
-            let codebooks = (0..subspaces)
-                .into_par_iter()
-                .flat_map_iter(|subspace| {
-                    let parts: Vec<&[f32]> = sample
-                        .iter()
-                        .map(|vector| &vector[subspace * sub_dims..(subspace + 1) * sub_dims])
-                        .collect();
-                    k_means(&parts, sub_dims, PQ_CENTROIDS, false)
-                })
-                .collect();
+            let (codebooks, codes) = quantised(&rows, kept, subspaces);
             let mut pq = PqRows {
                 subspaces,
-                sub_dims,
+                sub_dims: kept / subspaces,
                 rotation,
-                // Codes are chosen against the codebooks as the file will hold them.
-                codebooks: to_f16_precision(codebooks),
-                codes: Vec::new(),
+                codebooks,
+                codes,
+                refinement: None,
                 unquantised: Vec::new(),
             };
-            pq.codes = rows
-                .par_iter()
-                .flat_map_iter(|row| {
-                    let pq = &pq;
-                    (0..subspaces).map(move |subspace| {
-                        pq.closest(subspace, &row[subspace * sub_dims..(subspace + 1) * sub_dims]) as u8
+            if refinement > 0 {
+                let residuals: Vec<f32> = rows
+                    .par_iter()
+                    .enumerate()
+                    .flat_map_iter(|(product, row)| {
+                        let coded = pq.reconstruct_rotated(product);
+                        row.iter()
+                            .zip(coded)
+                            .map(|(value, coded)| value - coded)
+                            .collect::<Vec<_>>()
                     })
-                })
-                .collect();
+                    .collect();
+                let residual_rows: Vec<&[f32]> = residuals.chunks_exact(kept).collect();
+                let (codebooks, codes) = quantised(&residual_rows, kept, refinement);
+                pq.refinement = Some(Refinement {
+                    subspaces: refinement,
+                    sub_dims: kept / refinement,
+                    codebooks,
+                    codes,
+                });
+            }
             pq
         }
 
@@ -906,15 +1109,48 @@ pub(super) mod encode {
             let turned = rotated(&turn, kept, &rows);
             drop(rows);
             drop(offsets);
-            *self = PqRows::quantising(self.subspaces, to_f16_precision(turned_rotation), dims, &turned);
+            let refinement = self.refinement.as_ref().map_or(0, |refinement| refinement.subspaces);
+            *self = PqRows::quantising(
+                (self.subspaces, refinement),
+                to_f16_precision(turned_rotation),
+                dims,
+                &turned,
+            );
             true
         }
+    }
 
-        fn closest(&self, subspace: usize, part: &[f32]) -> usize {
-            let start = subspace * PQ_CENTROIDS * self.sub_dims;
-            let codebook = &self.codebooks[start..start + PQ_CENTROIDS * self.sub_dims];
-            closest(codebook.chunks_exact(self.sub_dims), part)
-        }
+    /// Codebooks of 256 centroids for each of `subspaces` equal parts of `rows` (`kept` values
+    /// each), trained on a sample, and every row's codes against them as the file holds them (f16).
+    fn quantised(rows: &[&[f32]], kept: usize, subspaces: usize) -> (Vec<f32>, Vec<u8>) {
+        let sample = evenly_spaced(rows);
+        let sub_dims = kept / subspaces;
+        let codebooks: Vec<f32> = (0..subspaces)
+            .into_par_iter()
+            .flat_map_iter(|subspace| {
+                let parts: Vec<&[f32]> = sample
+                    .iter()
+                    .map(|vector| &vector[subspace * sub_dims..(subspace + 1) * sub_dims])
+                    .collect();
+                k_means(&parts, sub_dims, PQ_CENTROIDS, false)
+            })
+            .collect();
+        let codebooks = to_f16_precision(codebooks);
+        let codes = rows
+            .par_iter()
+            .flat_map_iter(|row| {
+                let codebooks = &codebooks;
+                (0..subspaces).map(move |subspace| {
+                    let codebook =
+                        &codebooks[subspace * PQ_CENTROIDS * sub_dims..(subspace + 1) * PQ_CENTROIDS * sub_dims];
+                    closest(
+                        codebook.chunks_exact(sub_dims),
+                        &row[subspace * sub_dims..(subspace + 1) * sub_dims],
+                    ) as u8
+                })
+            })
+            .collect();
+        (codebooks, codes)
     }
 
     /// At most [`PQ_TRAINING_SAMPLE`] of `rows`, at an even stride over the catalog:

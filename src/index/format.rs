@@ -1,11 +1,12 @@
-//! The index file format, version 11. All integers are little-endian.
+//! The index file format, version 12. All integers are little-endian.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "OTLENSIX"
-//!      8     4  format version (11)
+//!      8     4  format version (12)
 //!     12     4  header length (172; sections start at or after it)
-//!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8)
+//!     16     4  vector codec (1 = int8, 2 = product quantisation, 3 = binary + int8,
+//!                  4 = refined product quantisation, since version 12)
 //!     20     4  dims
 //!     24     4  product count
 //!     28    32  sha256 of the model file the embeddings came from
@@ -27,6 +28,9 @@
 //!   rotation (row-major), then `subspaces * 256 * (kept / subspaces)` centroids, subspace by
 //!   subspace, each value an f16 (an f32 up to version 5), then `count * subspaces` u8 codes,
 //!   row by row;
+//! - refined product quantisation: the product quantisation layout's parameters, then u32
+//!   `refinement` and `refinement * 256 * (kept / refinement)` f16 centroids of the residual,
+//!   then `count * subspaces` u8 codes, then `count * refinement` u8 refinement codes;
 //! - binary: `dims` f32 (the catalog mean), `count * ceil(dims / 64)` u64 sign words, then
 //!   the int8 layout.
 //!
@@ -57,7 +61,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
-use super::codec::{QuantiserLayout, Reader, Vectors, PQ_ID};
+use super::codec::{QuantiserLayout, Reader, Vectors, PQ_ID, REFINED_PQ_ID};
 use super::colours::Colours;
 use super::partition::{Partitions, PartitionsLayout};
 use super::ranged::Blocks;
@@ -65,7 +69,7 @@ use super::{Index, IndexError};
 use crate::catalog::Product;
 
 pub const MAGIC: [u8; 8] = *b"OTLENSIX";
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 /// The oldest version still read: version 1 differs only in storing the metadata uncompressed.
 const PLAIN_METADATA_VERSION: u32 = 1;
 /// The first version with a colours section, and a header long enough to locate it.
@@ -277,7 +281,7 @@ impl Index {
         let partitions = (!partitions.is_empty())
             .then(|| Partitions::read(partitions, count, dims, partitions_layout))
             .transpose()?;
-        if partitions.as_ref().is_some_and(Partitions::is_relative) && codec != PQ_ID {
+        if partitions.as_ref().is_some_and(Partitions::is_relative) && codec != PQ_ID && codec != REFINED_PQ_ID {
             return Err(corrupt(
                 "its codes are said to be offsets from its lists' centroids, which only product quantisation stores"
                     .into(),
@@ -304,7 +308,8 @@ impl Index {
             let in_blocks = Blocks::hold_colours(blocks);
             let colours = Colours::read_section(colours.slice(bytes), count, counted_colours, Some(in_blocks))?;
             let colour_bytes = colours.as_ref().map_or(0, Colours::product_bytes);
-            let blocks = Blocks::read(blocks, count, partitions, vectors.row_bytes() + colour_bytes)?;
+            let product_bytes = (vectors.row_bytes() + colour_bytes, vectors.refinement_bytes());
+            let blocks = Blocks::read(blocks, count, partitions, product_bytes)?;
             if count as u64 * vectors.row_bytes() as u64 > isize::MAX as u64 {
                 return Err(corrupt(format!(
                     "its {count} products of {dims} dimensions cannot fit in this device's memory"

@@ -296,7 +296,32 @@ mod build {
             };
             (partitions, order)
         }
+
+        /// Reorders each list's run of `order` (products list by list, as [`Partitions::build`]
+        /// gives them) so that near products lie near each other: the leaves of a tree of
+        /// spherical 2-means splits of their unit-length `vectors`, depth first. A search's best
+        /// candidates then fall in few of a ranged catalog's refinement blocks, which hold runs
+        /// of consecutive products.
+        pub(in crate::index) fn order_within_lists(&self, order: &mut [usize], vectors: &[Vec<f32>], dims: usize) {
+            let mut runs = Vec::with_capacity(self.lists());
+            let mut rest = order;
+            for list in 0..self.lists() {
+                let (run, after) = rest.split_at_mut(self.run(list).len());
+                runs.push(run);
+                rest = after;
+            }
+            let row = |product: usize| vectors[product].as_slice();
+            runs.into_par_iter().for_each(|run| {
+                let mut ordered = Vec::with_capacity(run.len());
+                split_in_two(run, &row, dims, PRODUCTS_PER_LEAF, &mut ordered);
+                run.copy_from_slice(&ordered);
+            });
+        }
     }
+
+    /// Products that [`Partitions::order_within_lists`] leaves in their order: a quarter of a
+    /// ranged catalog's refinement block.
+    const PRODUCTS_PER_LEAF: usize = 16;
 
     /// `centroids` reordered so that near ones lie near each other: the leaves of a tree of
     /// spherical 2-means splits, depth first. The lists follow that order in the file, so the
@@ -304,33 +329,40 @@ mod build {
     fn in_locality_order(centroids: Vec<f32>, dims: usize) -> Vec<f32> {
         let mut order = Vec::with_capacity(centroids.len() / dims);
         let all: Vec<usize> = (0..centroids.len() / dims).collect();
-        split_in_two(&all, &centroids, dims, &mut order);
+        let row = |list: usize| &centroids[list * dims..(list + 1) * dims];
+        split_in_two(&all, &row, dims, 2, &mut order);
         order
             .into_iter()
             .flat_map(|list| centroids[list * dims..(list + 1) * dims].iter().copied())
             .collect()
     }
 
-    /// Appends `lists` to `order`, depth first through their 2-means tree.
-    fn split_in_two(lists: &[usize], centroids: &[f32], dims: usize, order: &mut Vec<usize>) {
-        if lists.len() <= 2 {
-            order.extend_from_slice(lists);
+    /// Appends `items` (whose unit-length vectors `row` gives) to `order`, depth first through
+    /// their 2-means tree, whose leaves hold at most `leaf` items.
+    fn split_in_two<'a>(
+        items: &[usize],
+        row: &(dyn Fn(usize) -> &'a [f32] + Sync),
+        dims: usize,
+        leaf: usize,
+        order: &mut Vec<usize>,
+    ) {
+        if items.len() <= leaf {
+            order.extend_from_slice(items);
             return;
         }
-        let row = |list: usize| &centroids[list * dims..(list + 1) * dims];
-        let points: Vec<&[f32]> = lists.iter().map(|&list| row(list)).collect();
+        let points: Vec<&[f32]> = items.iter().map(|&item| row(item)).collect();
         let halves = k_means(&points, dims, 2, true);
-        let (first, second): (Vec<usize>, Vec<usize>) = lists
+        let (first, second): (Vec<usize>, Vec<usize>) = items
             .iter()
-            .partition(|&&list| closest(halves.chunks_exact(dims), row(list)) == 0);
-        // Equal centroids cannot be told apart: any split keeps the recursion finite.
+            .partition(|&&item| closest(halves.chunks_exact(dims), row(item)) == 0);
+        // Equal vectors cannot be told apart: any split keeps the recursion finite.
         let (first, second) = if first.is_empty() || second.is_empty() {
-            let (first, second) = lists.split_at(lists.len() / 2);
+            let (first, second) = items.split_at(items.len() / 2);
             (first.to_vec(), second.to_vec())
         } else {
             (first, second)
         };
-        split_in_two(&first, centroids, dims, order);
-        split_in_two(&second, centroids, dims, order);
+        split_in_two(&first, row, dims, leaf, order);
+        split_in_two(&second, row, dims, leaf, order);
     }
 }

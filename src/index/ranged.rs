@@ -19,8 +19,18 @@
 //! array of `{title, url, thumbnail}`, which the widget fetches for the results it shows. The
 //! blocks section then goes on with u32 products per page, u32 page count and per page the
 //! same start, length and sha256 as a list's. A version 5 head holds all the metadata itself.
+//!
+//! Since version 12 a head of refined pq ([`super::Codec::RefinedProductQuantised`]) sets flag
+//! bit 2, and the blocks section goes on, before any pages, with u32 products per refinement
+//! block. Each list's products then fall into refinement blocks of that many (the last of a
+//! list may hold fewer), numbered list after list. A list's block ends with the sha256 of each
+//! of its refinement blocks, and the lists file holds every product's refinement codes, in
+//! product order, right after the last list's block (pages follow them). A search fetches the
+//! lists it scans, ranks their products by the first codes, then fetches the refinement blocks
+//! of its best candidates only: the list block vouches for them as the head does for the list.
 
 use std::cell::Cell;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,16 +38,22 @@ use sha2::{Digest, Sha256};
 use super::codec::{corrupt, Reader};
 use super::format::{inflate, METADATA_BYTES_PER_PRODUCT};
 use super::partition::Partitions;
-use super::{unit_length, Filter, Index, IndexError};
+use super::{unit_length, ColourQuery, Filter, Index, IndexError};
 
 const HAS_COLOURS: u32 = 1;
 const HAS_PAGES: u32 = 2;
+const HAS_REFINEMENTS: u32 = 4;
 /// Bytes a list or a page takes in the blocks section: start, length, sha256.
 const ENTRY_BYTES: usize = 8 + 8 + 32;
 /// Products per page of details. A page of real titles and links is about 2 KB gzipped: small
 /// enough that a dozen results cost a few tens of KB, large enough that its head entry (48
 /// bytes) adds only 1.5 bytes per product to the head.
 pub const PRODUCTS_PER_PAGE: usize = 32;
+/// Products per refinement block. A search's 50 best candidates fall in a dozen or so blocks; at
+/// 16 bytes a product (pq16+16), 64 products make 1 KB a block, and its sha256 in the list's
+/// block adds half a byte per product to what every scan fetches.
+#[cfg(not(target_arch = "wasm32"))]
+const PRODUCTS_PER_REFINEMENT_BLOCK: usize = 64;
 
 /// Where each list's block lies in the lists file, and which lists are loaded.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +63,76 @@ pub(super) struct Blocks {
     colours: bool,
     /// The pages of product details, for a head of version 6 or later.
     pages: Option<Pages>,
+    /// Where each list's refinement codes lie, for refined pq.
+    refinements: Option<Refinements>,
+}
+
+/// Where refinement blocks lie in the lists file, what their lists' blocks say they hold, and
+/// which are loaded.
+#[derive(Clone, Debug, PartialEq)]
+struct Refinements {
+    per_block: usize,
+    /// Bytes of one product's refinement codes.
+    product_bytes: u64,
+    /// Where the first product's refinement codes lie in the lists file, and where the last's end.
+    start: u64,
+    end: u64,
+    /// The number of each list's first refinement block, and after the last list, the block count.
+    first_blocks: Vec<usize>,
+    /// Each block's sha256, once its list is loaded.
+    sha256: Vec<Option<[u8; 32]>>,
+    loaded: Vec<bool>,
+}
+
+impl Refinements {
+    /// For `partitions`' lists, refinement blocks of `per_block` products of `product_bytes`
+    /// each, from `start` in the lists file; none loaded.
+    fn new(partitions: &Partitions, per_block: usize, product_bytes: usize, start: u64) -> Refinements {
+        let mut first_blocks = vec![0];
+        for list in 0..partitions.lists() {
+            let blocks = partitions.run(list).len().div_ceil(per_block);
+            first_blocks.push(first_blocks[list] + blocks);
+        }
+        let blocks = first_blocks[partitions.lists()];
+        let products = partitions
+            .lists()
+            .checked_sub(1)
+            .map_or(0, |last| partitions.run(last).end);
+        Refinements {
+            per_block,
+            product_bytes: product_bytes as u64,
+            start,
+            end: start.saturating_add(products as u64 * product_bytes as u64),
+            first_blocks,
+            sha256: vec![None; blocks],
+            loaded: vec![false; blocks],
+        }
+    }
+
+    /// The refinement blocks of `list`.
+    fn of_list(&self, list: usize) -> Range<usize> {
+        self.first_blocks[list]..self.first_blocks[list + 1]
+    }
+
+    /// The refinement block holding `product` of `list`, whose products are `run`.
+    fn block_of(&self, list: usize, run: &Range<usize>, product: usize) -> usize {
+        self.first_blocks[list] + (product - run.start) / self.per_block
+    }
+
+    /// The products of block `block` of `list`, whose products are `run`.
+    fn products(&self, list: usize, run: &Range<usize>, block: usize) -> Range<usize> {
+        let first = run.start + (block - self.first_blocks[list]) * self.per_block;
+        first..(first + self.per_block).min(run.end)
+    }
+
+    /// Where the products' refinement codes lie in the lists file.
+    fn bytes_of(&self, products: &Range<usize>) -> Range<u64> {
+        self.start + products.start as u64 * self.product_bytes..self.start + products.end as u64 * self.product_bytes
+    }
+
+    fn blocks(&self) -> usize {
+        self.loaded.len()
+    }
 }
 
 /// Where each page of product details lies in the lists file, and which are loaded.
@@ -94,6 +180,9 @@ impl Blocks {
         if self.pages.is_some() {
             flags |= HAS_PAGES;
         }
+        if self.refinements.is_some() {
+            flags |= HAS_REFINEMENTS;
+        }
         for field in [flags, self.blocks.len() as u32] {
             bytes.extend_from_slice(&field.to_le_bytes());
         }
@@ -105,6 +194,9 @@ impl Blocks {
             }
         };
         write_entries(&self.blocks, bytes);
+        if let Some(refinements) = &self.refinements {
+            bytes.extend_from_slice(&(refinements.per_block as u32).to_le_bytes());
+        }
         if let Some(pages) = &self.pages {
             for field in [pages.per_page as u32, pages.blocks.len() as u32] {
                 bytes.extend_from_slice(&field.to_le_bytes());
@@ -114,13 +206,13 @@ impl Blocks {
     }
 
     /// Reads the blocks section of a head of `count` products whose lists are `partitions` and
-    /// whose products take `product_bytes` each in a block (row and colour); no list or page is
-    /// loaded yet.
+    /// whose products take `product_bytes` each in a block (row and colour) and
+    /// `refinement_bytes` in refinement blocks; no list or page is loaded yet.
     pub(super) fn read(
         section: &[u8],
         count: usize,
         partitions: &Partitions,
-        product_bytes: usize,
+        (product_bytes, refinement_bytes): (usize, usize),
     ) -> Result<Blocks, IndexError> {
         let mut reader = Reader {
             bytes: section,
@@ -129,6 +221,11 @@ impl Blocks {
         let flags = reader.u32("flags")?;
         let lists = reader.u32("list count")? as usize;
         let blocks = read_entries(&mut reader, lists, "blocks")?;
+        let per_refinement_block = if flags & HAS_REFINEMENTS != 0 {
+            Some(reader.u32("products per refinement block")? as usize)
+        } else {
+            None
+        };
         let pages = if flags & HAS_PAGES != 0 {
             let per_page = reader.u32("products per page")? as usize;
             let pages = reader.u32("page count")? as usize;
@@ -140,23 +237,34 @@ impl Blocks {
         reader.finish("its blocks need")?;
         let colours = flags & HAS_COLOURS != 0;
         let product_bytes = product_bytes as u64;
+        // Refinement codes come with refined pq only, and then in blocks of some products.
+        let refinements_consistent =
+            per_refinement_block.is_some_and(|per_block| per_block > 0) == (refinement_bytes > 0);
+        let sha256s_in_list = |products: usize| {
+            per_refinement_block.map_or(0, |per_block| products.div_ceil(per_block.max(1)) as u64 * 32)
+        };
         // One message for every inconsistency: each means the same damage to a shopper.
         let mut end = 0;
-        let mut follows = |block: &Block| {
-            let in_order = block.start == end;
-            end = block.start.saturating_add(block.len);
+        let follows = |block: &Block, end: &mut u64| {
+            let in_order = block.start == *end;
+            *end = block.start.saturating_add(block.len);
             in_order
         };
-        let lists_consistent = flags & !(HAS_COLOURS | HAS_PAGES) == 0
+        let lists_consistent = flags & !(HAS_COLOURS | HAS_PAGES | HAS_REFINEMENTS) == 0
+            && refinements_consistent
             && lists == partitions.lists()
-            && blocks
-                .iter()
-                .enumerate()
-                .all(|(list, block)| follows(block) && block.len == partitions.run(list).len() as u64 * product_bytes);
+            && blocks.iter().enumerate().all(|(list, block)| {
+                let products = partitions.run(list).len();
+                follows(block, &mut end) && block.len == products as u64 * product_bytes + sha256s_in_list(products)
+            });
+        let refinements = per_refinement_block
+            .filter(|_| lists_consistent)
+            .map(|per_block| Refinements::new(partitions, per_block, refinement_bytes, end));
+        end = end.saturating_add(count as u64 * refinement_bytes as u64);
         let pages_consistent = pages.as_ref().is_none_or(|(per_page, pages)| {
             *per_page > 0
                 && pages.len() == count.div_ceil(*per_page)
-                && pages.iter().all(|page| follows(page) && page.len > 0)
+                && pages.iter().all(|page| follows(page, &mut end) && page.len > 0)
         });
         if !(lists_consistent && pages_consistent) {
             return Err(corrupt(format!(
@@ -173,13 +281,19 @@ impl Blocks {
                 loaded: vec![false; blocks.len()],
                 blocks,
             }),
+            refinements,
         })
     }
 
-    /// Where the last block or page ends: the length of the lists file.
+    /// Where the last block, refinement code or page ends: the length of the lists file.
     fn end(&self) -> u64 {
         let last = self.pages.as_ref().and_then(|pages| pages.blocks.last());
-        last.or(self.blocks.last()).map_or(0, |block| block.start + block.len)
+        let blocks_end = self.blocks.last().map_or(0, |block| block.start + block.len);
+        let refinements_end = self
+            .refinements
+            .as_ref()
+            .map_or(blocks_end, |refinements| refinements.end);
+        last.map_or(refinements_end, |page| page.start + page.len)
     }
 }
 
@@ -214,17 +328,44 @@ impl Index {
     pub fn to_ranged_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), IndexError> {
         let partitions = self.partitions.as_ref().ok_or(IndexError::NotPartitioned)?;
         let mut lists_file = Vec::new();
+        let refined = self.vectors.refinement_bytes() > 0;
+        // Every refinement block's place, as a head that read these bytes would find them.
+        let mut refinements = refined.then(|| {
+            let mut refinements = Refinements::new(
+                partitions,
+                PRODUCTS_PER_REFINEMENT_BLOCK,
+                self.vectors.refinement_bytes(),
+                0,
+            );
+            refinements.loaded.fill(true);
+            refinements
+        });
         let blocks = (0..partitions.lists())
             .map(|list| {
                 let run = partitions.run(list);
                 let mut block = Vec::new();
                 self.vectors.write_rows(run.clone(), &mut block);
                 if let Some(colours) = &self.colours {
-                    colours.write_products(run, &mut block);
+                    colours.write_products(run.clone(), &mut block);
+                }
+                if let Some(refinements) = &mut refinements {
+                    for number in refinements.of_list(list) {
+                        let mut codes = Vec::new();
+                        self.vectors
+                            .write_refinements(refinements.products(list, &run, number), &mut codes);
+                        let sha256: [u8; 32] = Sha256::digest(&codes).into();
+                        block.extend_from_slice(&sha256);
+                        refinements.sha256[number] = Some(sha256);
+                    }
                 }
                 append_block(&mut lists_file, &block)
             })
             .collect();
+        if let Some(refinements) = &mut refinements {
+            let start = lists_file.len() as u64;
+            self.vectors.write_refinements(0..self.len(), &mut lists_file);
+            (refinements.start, refinements.end) = (start, lists_file.len() as u64);
+        }
         let pages: Vec<Block> = self
             .products
             .chunks(PRODUCTS_PER_PAGE)
@@ -250,6 +391,7 @@ impl Index {
                 loaded: vec![true; pages.len()],
                 blocks: pages,
             }),
+            refinements,
         };
         let mut section = Vec::new();
         blocks.write(&mut section);
@@ -285,15 +427,96 @@ impl Index {
         self.partitions.as_ref()?.list_of(product)
     }
 
-    /// Where the block of `list` lies in the lists file of a ranged catalog: the bytes from
-    /// `start` up to `end`.
-    pub fn block_range(&self, list: usize) -> Option<std::ops::Range<u64>> {
-        let block = self.blocks.as_ref()?.blocks.get(list)?;
-        Some(block.start..block.start + block.len)
+    /// Where block `block` lies in the lists file of a ranged catalog: the bytes from `start` up
+    /// to `end`. Blocks are numbered as [`Index::blocks_to_load`] names them: the lists' first,
+    /// then refined pq's refinement blocks.
+    pub fn block_range(&self, block: usize) -> Option<Range<u64>> {
+        let blocks = self.blocks.as_ref()?;
+        if let Some(list) = blocks.blocks.get(block) {
+            return Some(list.start..list.start + list.len);
+        }
+        let (refinements, partitions) = (blocks.refinements.as_ref()?, self.partitions.as_ref()?);
+        let number = block - blocks.blocks.len();
+        let list = self.list_of_refinement(number)?;
+        Some(refinements.bytes_of(&refinements.products(list, &partitions.run(list), number)))
+    }
+
+    /// The list whose products refinement block `number` holds.
+    fn list_of_refinement(&self, number: usize) -> Option<usize> {
+        let refinements = self.blocks.as_ref()?.refinements.as_ref()?;
+        (number < refinements.blocks()).then(|| refinements.first_blocks.partition_point(|&first| first <= number) - 1)
+    }
+
+    /// Loads block `block` (a list's, or a refinement block, numbered as
+    /// [`Index::block_range`] says), refusing one that is not the block the head vouches for.
+    pub fn load_block(&mut self, block: usize, bytes: &[u8]) -> Result<(), IndexError> {
+        let lists = self.lists().map_or(0, |(lists, _)| lists);
+        if block < lists || !self.is_ranged() {
+            self.load_list(block, bytes)
+        } else {
+            self.load_refinement(block - lists, bytes)
+        }
+    }
+
+    /// Loads refinement block `number`, whose list's block holds its sha256 and so must be
+    /// loaded first.
+    fn load_refinement(&mut self, number: usize, bytes: &[u8]) -> Result<(), IndexError> {
+        let lists = self.lists().map_or(0, |(lists, _)| lists);
+        let list = self.list_of_refinement(number).ok_or(IndexError::NoSuchList {
+            list: lists + number,
+            lists: lists + self.refinement_blocks(),
+        })?;
+        let (Some(blocks), Some(partitions)) = (&mut self.blocks, &self.partitions) else {
+            return Err(IndexError::NotRanged);
+        };
+        let refinements = blocks
+            .refinements
+            .as_mut()
+            .expect("a refinement block's list was found");
+        let Some(sha256) = refinements.sha256[number] else {
+            return Err(IndexError::RefinementBeforeList { list });
+        };
+        if Sha256::digest(bytes)[..] != sha256 {
+            return Err(IndexError::BlockMismatch { list: lists + number });
+        }
+        if refinements.loaded[number] {
+            return Ok(());
+        }
+        let products = refinements.products(list, &partitions.run(list), number);
+        let mut reader = Reader {
+            bytes,
+            section: "refinement block",
+        };
+        self.vectors.read_refinements(products.clone(), &mut reader)?;
+        reader.finish(&format!("the refinement codes of its {} products need", products.len()))?;
+        refinements.loaded[number] = true;
+        Ok(())
+    }
+
+    /// The number of refinement blocks of a ranged catalog of refined pq.
+    fn refinement_blocks(&self) -> usize {
+        self.blocks
+            .as_ref()
+            .and_then(|blocks| blocks.refinements.as_ref())
+            .map_or(0, Refinements::blocks)
+    }
+
+    /// Whether the refinement codes of the product at `product` are at hand: always, unless its
+    /// refinement block of a ranged catalog is not loaded yet.
+    pub(super) fn is_refined(&self, product: usize) -> bool {
+        let (Some(blocks), Some(partitions)) = (&self.blocks, &self.partitions) else {
+            return true;
+        };
+        let Some(refinements) = &blocks.refinements else {
+            return true;
+        };
+        partitions
+            .list_of(product)
+            .is_some_and(|list| refinements.loaded[refinements.block_of(list, &partitions.run(list), product)])
     }
 
     /// Loads the block of `list`, refusing one that is not the block the head vouches for.
-    pub fn load_list(&mut self, list: usize, block: &[u8]) -> Result<(), IndexError> {
+    fn load_list(&mut self, list: usize, block: &[u8]) -> Result<(), IndexError> {
         let (Some(blocks), Some(partitions)) = (&mut self.blocks, &self.partitions) else {
             return Err(IndexError::NotRanged);
         };
@@ -317,6 +540,12 @@ impl Index {
             let bytes = reader.take(run.len() * colours.product_bytes(), "colours")?;
             colours.read_products(bytes, run.start)?;
         }
+        if let Some(refinements) = &mut blocks.refinements {
+            for number in refinements.of_list(list) {
+                let sha256 = reader.take(32, "refinement checksums")?;
+                refinements.sha256[number] = Some(sha256.try_into().expect("32 bytes"));
+            }
+        }
         reader.finish(&format!("the rows of its {} products need", run.len()))?;
         blocks.loaded[list] = true;
         Ok(())
@@ -335,11 +564,12 @@ impl Index {
                 found: file.len() as u64,
             });
         }
-        let part = |range: std::ops::Range<u64>| file.get(range.start as usize..range.end as usize);
-        for list in 0..lists {
-            let range = self.block_range(list).expect("a list of this head");
-            let block = part(range).ok_or(IndexError::BlockMismatch { list })?;
-            self.load_list(list, block)?;
+        let part = |range: Range<u64>| file.get(range.start as usize..range.end as usize);
+        // The lists first: their blocks vouch for the refinement blocks.
+        for block in 0..lists + self.refinement_blocks() {
+            let range = self.block_range(block).expect("a block of this head");
+            let bytes = part(range).ok_or(IndexError::BlockMismatch { list: block })?;
+            self.load_block(block, bytes)?;
         }
         for page in 0..pages {
             let range = self.page_range(page).expect("a page of this head");
@@ -380,7 +610,7 @@ impl Index {
     }
 
     /// Where page `page` of a ranged catalog's details lies in the lists file.
-    pub fn page_range(&self, page: usize) -> Option<std::ops::Range<u64>> {
+    pub fn page_range(&self, page: usize) -> Option<Range<u64>> {
         let block = self.pages()?.blocks.get(page)?;
         Some(block.start..block.start + block.len)
     }
@@ -425,15 +655,72 @@ impl Index {
         Ok(())
     }
 
-    /// The lists, not loaded yet, that a search for `query` with `k` results passing `filter`
-    /// (and not `skip`) scans, nearest first: what to fetch before searching. Empty unless ranged.
-    pub fn lists_to_load(&self, query: &[f32], k: usize, filter: &Filter, skip: Option<usize>) -> Vec<usize> {
+    /// The blocks, not loaded yet, that a search for `query` (blending in `colour`, if any) with
+    /// `k` results passing `filter` (and not `skip`) needs next: the lists it scans, nearest
+    /// first; once they are loaded, refined pq's refinement blocks of its best candidates
+    /// (numbered after the lists). Fetch and load them ([`Index::block_range`],
+    /// [`Index::load_block`]) and ask again until none are left. Empty unless ranged.
+    pub fn blocks_to_load(
+        &self,
+        query: &[f32],
+        colour: Option<ColourQuery>,
+        k: usize,
+        filter: &Filter,
+        skip: Option<usize>,
+    ) -> Vec<usize> {
         let Some(blocks) = &self.blocks else {
             return Vec::new();
         };
         let mut lists = self.lists_scanned(query, k, filter, skip);
         lists.retain(|&list| !blocks.loaded[list]);
-        lists
+        if !lists.is_empty() || blocks.refinements.is_none() || query.len() != self.dims {
+            return lists;
+        }
+        let (candidates, _) = self.candidates(&unit_length(query), colour, k, filter, skip);
+        let mut refinements: Vec<usize> = candidates
+            .iter()
+            .filter(|hit| !self.is_refined(hit.product))
+            .filter_map(|hit| self.refinement_block_of(hit.product))
+            .map(|number| blocks.blocks.len() + number)
+            .collect();
+        refinements.sort_unstable();
+        refinements.dedup();
+        refinements
+    }
+
+    /// The blocks, not loaded yet, that "more like this" for the product at `product` (its colour
+    /// counting `colour_weight`) with `k` results passing `filter` needs next: the product's own
+    /// list, then its refinement block (its stored vector is the query), then those of
+    /// [`Index::blocks_to_load`]. Ask again after loading them until none are left.
+    pub fn blocks_to_load_similar(&self, product: usize, colour_weight: f32, k: usize, filter: &Filter) -> Vec<usize> {
+        if !self.is_loaded(product) {
+            return self.list_of(product).into_iter().collect();
+        }
+        if !self.is_refined(product) {
+            let lists = self.lists().map_or(0, |(lists, _)| lists);
+            return self
+                .refinement_block_of(product)
+                .map(|number| lists + number)
+                .into_iter()
+                .collect();
+        }
+        let Some(stored) = self.stored_vector(product) else {
+            return Vec::new();
+        };
+        let histogram = self.colour(product).map(|colour| colour.to_histogram());
+        let colour = histogram.as_deref().map(|histogram| ColourQuery {
+            histogram,
+            weight: colour_weight,
+        });
+        self.blocks_to_load(&stored, colour, k, filter, Some(product))
+    }
+
+    /// The refinement block holding the product at `product`, for a ranged catalog of refined pq.
+    fn refinement_block_of(&self, product: usize) -> Option<usize> {
+        let refinements = self.blocks.as_ref()?.refinements.as_ref()?;
+        let partitions = self.partitions.as_ref()?;
+        let list = partitions.list_of(product)?;
+        Some(refinements.block_of(list, &partitions.run(list), product))
     }
 
     /// The lists a search for `query` with `k` results passing `filter` (and not `skip`)

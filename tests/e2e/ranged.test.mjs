@@ -3,7 +3,8 @@
 // titles, links and thumbnails of the results it shows (the head holds only what filters need). From a host
 // that ignores Range (a proxy that always sends whole files) it takes the whole lists file once; a damaged
 // lists file is refused with a message. The demo's 1,000 products in 16 lists, 2 probed per search, their
-// colours words of a palette of 64.
+// colours words of a palette of 64; int8, and refined pq (16 bytes in the lists' blocks, 16 more in refinement
+// blocks that a search fetches for its best candidates, after their lists).
 
 import assert from "node:assert/strict";
 import { cpSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -28,7 +29,9 @@ const LISTS = 16;
 const ids = (event) => event.results.map((result) => result.product.id);
 
 describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos: true }) }, () => {
-  let site; // www/ with the ranged catalog in ranged/ and a damaged copy in damaged/
+  // www/ with the ranged catalog in ranged/, a damaged copy in damaged/, refined pq in refined/ and whole in
+  // refined-whole/
+  let site;
   let manifest;
   let server;
   let wholeFiles; // a proxy in front of the server that ignores Range requests
@@ -36,7 +39,11 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
 
   before(async () => {
     site = demoSite("otlens-ranged-");
-    manifest = buildDemoCatalog(site, "ranged", ["--lists", String(LISTS), "--probe", "2", "--ranged", "--colour-palette", "64"]);
+    const ranged = ["--lists", String(LISTS), "--probe", "2", "--ranged", "--colour-palette", "64"];
+    manifest = buildDemoCatalog(site, "ranged", ranged);
+    const refined = ["--codec", "pq", "--pq-subspaces", "16", "--pq-refinement", "16"];
+    buildDemoCatalog(site, "refined", [...ranged, ...refined]);
+    buildDemoCatalog(site, "refined-whole", [...ranged.filter((flag) => flag !== "--ranged"), ...refined]);
     // The same catalog with one byte of its first list changed: the head still vouches for the original.
     cpSync(join(site, "ranged"), join(site, "damaged"), { recursive: true });
     const lists = join(site, "damaged", manifest.lists.file);
@@ -107,6 +114,33 @@ describe("a ranged catalog in the browser", { skip: skipUnlessBuilt({ demoPhotos
     assert.ok(fetched < manifest.lists.bytes, `${fetched} of ${manifest.lists.bytes} bytes of lists fetched`);
     assert.deepEqual(problems, []);
     await page.close();
+  });
+
+  test("refined pq fetches its candidates' refinement blocks after their lists", async () => {
+    const { page, problems, lists } = await openCatalog(server.url, "refined");
+    await waitForWidgetEvents(page, "otlens-ready");
+    const { product, photo } = catalogProduct(7);
+    const searched = await searchWith(page, photo);
+    assert.equal(ids(searched)[0], product.id, "the product's own photo finds it first");
+    assert.ok(searched.results.every(({ product }) => product.title && product.url));
+    // The first list at loading; then 2 lists, their candidates' refinement blocks (a list of ~60 products is one
+    // block) and a page of details per result at most, in one request per run of adjacent parts.
+    const beforeDetails = lists.length;
+    assert.ok(beforeDetails >= 1 + 2, `${beforeDetails - 1} parts of the lists file: lists, then refinements`);
+    assert.ok(beforeDetails <= 1 + 2 + 2 + 12, `the search fetched ${beforeDetails - 1} parts of the lists file`);
+    await moreLikeThisThenFilter(page, searched);
+    assert.ok(lists.every((response) => response.status === 206 && response.range));
+    assert.deepEqual(problems, []);
+    await page.close();
+
+    // The same catalog whole has every refinement at hand: the ranged one, which fetched those it needed, ranks
+    // and scores as it does.
+    const whole = await openCatalog(server.url, "refined-whole");
+    await waitForWidgetEvents(whole.page, "otlens-ready");
+    const wholeSearched = await searchWith(whole.page, photo);
+    const scored = (event) => event.results.map(({ product, score }) => `${product.id} ${score.toFixed(5)}`);
+    assert.deepEqual(scored(searched), scored(wholeSearched));
+    await whole.page.close();
   });
 
   test("a host that ignores Range requests sends the whole lists file, once", async () => {

@@ -79,7 +79,7 @@ fn a_ranged_catalog_fetches_two_byte_colours_with_its_rows() {
     assert_eq!(head.colour(0), None, "not loaded yet");
     for list in 0..GROUPS {
         let range = head.block_range(list).unwrap();
-        head.load_list(list, &lists_file[range.start as usize..range.end as usize])
+        head.load_block(list, &lists_file[range.start as usize..range.end as usize])
             .unwrap();
     }
     for n in (0..2000).step_by(97) {

@@ -28,17 +28,42 @@ fn split(whole: &Index) -> (Index, Vec<u8>) {
     (Index::from_bytes(&head_bytes).unwrap(), lists_file)
 }
 
-/// Loads the lists a search for `query` needs from `lists_file`, as the widget does with
-/// Range requests; returns how many it loaded.
-fn load_needed(head: &mut Index, lists_file: &[u8], query: &[f32], k: usize, filter: &Filter) -> usize {
-    let needed = head.lists_to_load(query, k, filter, None);
-    for &list in &needed {
-        let range = head.block_range(list).unwrap();
-        head.load_list(list, &lists_file[range.start as usize..range.end as usize])
+/// Loads the blocks a search for `query` (blending in `colour`) needs from `lists_file`, round
+/// after round, as the widget does with Range requests; returns how many lists it loaded.
+fn load_needed(
+    head: &mut Index,
+    lists_file: &[u8],
+    query: &[f32],
+    colour: Option<ColourQuery>,
+    k: usize,
+    filter: &Filter,
+) -> usize {
+    let lists = head.lists().unwrap().0;
+    let mut loaded = 0;
+    for _ in 0..2 {
+        let needed = head.blocks_to_load(query, colour, k, filter, None);
+        load_blocks(head, lists_file, &needed);
+        loaded += needed.iter().filter(|&&block| block < lists).count();
+    }
+    assert!(
+        head.blocks_to_load(query, colour, k, filter, None).is_empty(),
+        "two rounds at most"
+    );
+    loaded
+}
+
+fn load_blocks(head: &mut Index, lists_file: &[u8], blocks: &[usize]) {
+    for &block in blocks {
+        let range = head.block_range(block).unwrap();
+        head.load_block(block, &lists_file[range.start as usize..range.end as usize])
             .unwrap();
     }
-    needed.len()
 }
+
+const REFINED: Codec = Codec::RefinedProductQuantised {
+    subspaces: 4,
+    refinement: 8,
+};
 
 fn ids(index: &Index, hits: &[Hit]) -> Vec<String> {
     hits.iter()
@@ -53,16 +78,21 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
         categories: vec!["Rare".into()],
         ..Filter::default()
     };
-    for codec in [Codec::Int8, Codec::Binary, Codec::ProductQuantised { subspaces: 8 }] {
+    for codec in [
+        Codec::Int8,
+        Codec::Binary,
+        Codec::ProductQuantised { subspaces: 8 },
+        REFINED,
+    ] {
         let whole = partitioned(codec);
         let (head_bytes, lists_file) = whole.to_ranged_bytes().unwrap();
         // The rows, colours and pages of details fill the lists file, in that order.
         let mut head = Index::from_bytes(&head_bytes).unwrap();
         let pages = whole.len().div_ceil(PRODUCTS_PER_PAGE);
-        assert_eq!(
-            head.page_range(0).unwrap().start,
-            head.block_range(GROUPS - 1).unwrap().end
-        );
+        // Refined pq's refinement codes lie between the lists and the pages.
+        let refinements = (lists_file.len() as u64 - head.block_range(GROUPS - 1).unwrap().end)
+            - (head.page_range(pages - 1).unwrap().end - head.page_range(0).unwrap().start);
+        assert_eq!(refinements, 2000 * if codec == REFINED { 8 } else { 0 });
         assert_eq!(head.page_range(pages - 1).unwrap().end, lists_file.len() as u64);
         assert_eq!(head.page_range(pages), None);
         assert!(head.is_ranged() && !whole.is_ranged());
@@ -75,8 +105,7 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
         let mut loaded = 0;
         for (n, query) in embeddings.iter().enumerate().step_by(131) {
             let filter = if n % 2 == 0 { &Filter::ANY } else { &rare };
-            loaded += load_needed(&mut head, &lists_file, query, 10, filter);
-            assert!(head.lists_to_load(query, 10, filter, None).is_empty());
+            loaded += load_needed(&mut head, &lists_file, query, None, 10, filter);
             assert_eq!(
                 ids(&head, &head.search(query, 10, filter)),
                 ids(&whole, &whole.search(query, 10, filter)),
@@ -87,6 +116,7 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
                 histogram: &histogram,
                 weight: 0.3,
             });
+            loaded += load_needed(&mut head, &lists_file, query, colour, 10, filter);
             assert_eq!(
                 head.search_with_colour(query, colour, 10, filter),
                 whole.search_with_colour(query, colour, 10, filter),
@@ -102,7 +132,13 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
 
 #[test]
 fn more_like_this_needs_the_products_own_list_first() {
-    let whole = partitioned(Codec::Int8);
+    for codec in [Codec::Int8, REFINED] {
+        more_like_this_loads_its_own_list_first(codec);
+    }
+}
+
+fn more_like_this_loads_its_own_list_first(codec: Codec) {
+    let whole = partitioned(codec);
     let (mut head, lists_file) = split(&whole);
     let product = head.position("sku-77").unwrap();
     assert!(!head.is_loaded(product));
@@ -111,17 +147,22 @@ fn more_like_this_needs_the_products_own_list_first() {
     assert!(head.similar(product, 5, &Filter::ANY).is_empty());
 
     let own = head.list_of(product).unwrap();
-    let range = head.block_range(own).unwrap();
-    head.load_list(own, &lists_file[range.start as usize..range.end as usize])
-        .unwrap();
-    assert_eq!(head.stored_vector(product), whole.stored_vector(product));
+    assert_eq!(head.blocks_to_load_similar(product, 0.0, 5, &Filter::ANY), [own]);
+    load_blocks(&mut head, &lists_file, &[own]);
     assert_eq!(head.colour(product), whole.colour(product));
-    let stored = head.stored_vector(product).unwrap();
-    for list in head.lists_to_load(&stored, 5, &Filter::ANY, Some(product)) {
-        let range = head.block_range(list).unwrap();
-        head.load_list(list, &lists_file[range.start as usize..range.end as usize])
-            .unwrap();
+    if codec == REFINED {
+        // Its refinement block next: without it, its stored vector lacks the refinement.
+        assert_ne!(head.stored_vector(product), whole.stored_vector(product));
+        let needed = head.blocks_to_load_similar(product, 0.0, 5, &Filter::ANY);
+        assert!(matches!(needed[..], [block] if block >= GROUPS), "{needed:?}");
+        load_blocks(&mut head, &lists_file, &needed);
     }
+    assert_eq!(head.stored_vector(product), whole.stored_vector(product));
+    for _ in 0..2 {
+        let needed = head.blocks_to_load_similar(product, 0.0, 5, &Filter::ANY);
+        load_blocks(&mut head, &lists_file, &needed);
+    }
+    assert!(head.blocks_to_load_similar(product, 0.0, 5, &Filter::ANY).is_empty());
     assert_eq!(
         head.similar(product, 5, &Filter::ANY),
         whole.similar(product, 5, &Filter::ANY)
@@ -136,19 +177,19 @@ fn the_whole_lists_file_loads_every_list_and_damage_is_refused() {
     let range = head.block_range(5).unwrap();
     let mut block = lists_file[range.start as usize..range.end as usize].to_vec();
     block[3] ^= 1;
-    assert_eq!(head.load_list(5, &block), Err(IndexError::BlockMismatch { list: 5 }));
+    assert_eq!(head.load_block(5, &block), Err(IndexError::BlockMismatch { list: 5 }));
     assert_eq!(
-        head.load_list(5, &block[..block.len() - 1]),
+        head.load_block(5, &block[..block.len() - 1]),
         Err(IndexError::BlockMismatch { list: 5 })
     );
     let other = head.block_range(6).unwrap();
     assert_eq!(
-        head.load_list(5, &lists_file[other.start as usize..other.end as usize]),
+        head.load_block(5, &lists_file[other.start as usize..other.end as usize]),
         Err(IndexError::BlockMismatch { list: 5 }),
         "another list's block"
     );
     assert_eq!(
-        head.load_list(GROUPS, &block),
+        head.load_block(GROUPS, &block),
         Err(IndexError::NoSuchList {
             list: GROUPS,
             lists: GROUPS
@@ -183,7 +224,7 @@ fn the_whole_lists_file_loads_every_list_and_damage_is_refused() {
     head.load_lists_file(&lists_file).unwrap();
     assert!((0..head.len()).all(|product| head.is_loaded(product)));
     let query = whole.stored_vector(0).unwrap();
-    assert!(head.lists_to_load(&query, 10, &Filter::ANY, None).is_empty());
+    assert!(head.blocks_to_load(&query, None, 10, &Filter::ANY, None).is_empty());
     assert_eq!(
         head.search(&query, 10, &Filter::ANY),
         whole.search(&query, 10, &Filter::ANY)
@@ -244,7 +285,7 @@ fn a_head_holds_what_filters_need_and_results_load_their_details_by_page() {
     );
 
     let query = whole.stored_vector(product).unwrap();
-    load_needed(&mut head, &lists_file, &query, 12, &Filter::ANY);
+    load_needed(&mut head, &lists_file, &query, None, 12, &Filter::ANY);
     let hits: Vec<usize> = head
         .search(&query, 12, &Filter::ANY)
         .iter()
@@ -293,6 +334,58 @@ fn a_head_holds_what_filters_need_and_results_load_their_details_by_page() {
     assert_eq!(head.products(), whole.products());
 }
 
+/// A refinement block is vouched for by its list's block: it loads only after it, only as
+/// itself, and a damaged one is refused like a damaged list; the whole lists file loads it too.
+#[test]
+fn refinement_blocks_load_after_their_list_and_damage_is_refused() {
+    let whole = partitioned(REFINED);
+    let (mut head, lists_file) = split(&whole);
+    let query = whole.stored_vector(0).unwrap();
+    let lists = head.blocks_to_load(&query, None, 10, &Filter::ANY, None);
+    assert!(lists.iter().all(|&block| block < GROUPS), "lists first: {lists:?}");
+    let block_of = |head: &Index, block: usize| {
+        let range = head.block_range(block).unwrap();
+        lists_file[range.start as usize..range.end as usize].to_vec()
+    };
+    // The first refinement block holds the first products of list 0, which is not loaded.
+    let bytes = block_of(&head, GROUPS);
+    assert_eq!(
+        head.load_block(GROUPS, &bytes),
+        Err(IndexError::RefinementBeforeList { list: 0 })
+    );
+    load_blocks(&mut head, &lists_file, &lists);
+    let refinements = head.blocks_to_load(&query, None, 10, &Filter::ANY, None);
+    assert!(
+        !refinements.is_empty() && refinements.iter().all(|&block| block >= GROUPS),
+        "then refinements: {refinements:?}"
+    );
+    let mut damaged = block_of(&head, refinements[0]);
+    damaged[0] ^= 1;
+    assert_eq!(
+        head.load_block(refinements[0], &damaged),
+        Err(IndexError::BlockMismatch { list: refinements[0] })
+    );
+    load_blocks(&mut head, &lists_file, &refinements);
+    assert_eq!(
+        head.search(&query, 10, &Filter::ANY),
+        whole.search(&query, 10, &Filter::ANY)
+    );
+    // Lists of 64 products or fewer make one refinement block each.
+    let mut sizes = vec![0usize; GROUPS];
+    (0..whole.len()).for_each(|product| sizes[whole.list_of(product).unwrap()] += 1);
+    let refinement_blocks: usize = sizes.iter().map(|size| size.div_ceil(64)).sum();
+    assert!(head.block_range(GROUPS + refinement_blocks - 1).is_some());
+    assert_eq!(head.block_range(GROUPS + refinement_blocks), None);
+
+    let (mut head, _) = split(&whole);
+    head.load_lists_file(&lists_file).unwrap();
+    assert!(head.blocks_to_load(&query, None, 10, &Filter::ANY, None).is_empty());
+    assert_eq!(
+        head.search(&query, 10, &Filter::ANY),
+        whole.search(&query, 10, &Filter::ANY)
+    );
+}
+
 /// Products in 8 families of 8 styles each (a family: tops, say; a style: its cut), one list
 /// per style. A query for a style probes its family's lists, which the build lays out side by
 /// side in the lists file, so that they load in a run or two rather than eight requests.
@@ -327,7 +420,7 @@ fn the_lists_one_query_probes_lie_side_by_side() {
     let runs: usize = queries
         .iter()
         .map(|query| {
-            let mut lists = head.lists_to_load(query, 10, &Filter::ANY, None);
+            let mut lists = head.blocks_to_load(query, None, 10, &Filter::ANY, None);
             assert_eq!(lists.len(), STYLES);
             lists.sort_unstable();
             1 + lists.windows(2).filter(|pair| pair[1] != pair[0] + 1).count()
