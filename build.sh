@@ -265,7 +265,7 @@ fuzz() {
       extra=(-max_len=65536)
       ;;
     index)
-      # A three-product index, int8, binary, pq and a ranged head: small enough for libFuzzer's
+      # A three-product index, int8, binary, pq and ranged heads (int8, refined pq): small enough for libFuzzer's
       # 1 MB inputs to hold it whole (a pq index keeps 256 of 1,280 dimensions: 0.8 MB).
       # Rebuilt on every run (seconds) so the seeds always carry the current format version.
       local seed_catalog=.cache/fuzz-seed-catalog
@@ -282,7 +282,9 @@ fuzz() {
         --codec pq --pq-subspaces 8
       "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/ranged" \
         --lists 2 --ranged
-      cp "$seed_catalog"/{out,binary,pq,ranged}/index-*.otl "$seeds"/
+      "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/refined" \
+        --lists 2 --ranged --codec pq --pq-subspaces 8 --pq-refinement 8
+      cp "$seed_catalog"/{out,binary,pq,ranged,refined}/index-*.otl "$seeds"/
       ;;
     *) echo "unknown fuzz target '$target' (use photo or index)" >&2; exit 2 ;;
   esac

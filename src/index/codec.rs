@@ -7,6 +7,7 @@
 //! | int8 | dims + 4 | integer dot product with every product |
 //! | pq | subspaces (e.g. 32) + shared codebooks | table lookups (asymmetric distance) |
 //! | binary | dims / 8 + dims + 4 | Hamming distance picks candidates, int8 rescores them |
+//! | refined pq | subspaces + refinement (e.g. 16 + 16) | pq's lookups, then the refinement's for the best 50 |
 //!
 //! In an index grouped into inverted lists, pq's codes stand for each product's offset from
 //! its list's centroid (see [`Run`]): shorter than the vector, so the same bytes keep more of

@@ -2,7 +2,8 @@
 //!
 //! Each product's embedding is L2-normalised and stored with the [`Codec`] chosen at build
 //! time: int8 codes (the default; 4x smaller than f32, an integer dot product per product),
-//! product quantisation (a few bytes per product) or sign bits with int8 rescoring. The
+//! product quantisation (a few bytes per product; refined, with second codes that rescore a
+//! search's best candidates) or sign bits with int8 rescoring. The
 //! top `k` are kept in a bounded heap while scanning. A search may carry a
 //! [`Filter`] (category, colour, brand, price range, in stock), tested before a product's
 //! vector is read; "more like this" searches by a product's stored vector. An index may also
