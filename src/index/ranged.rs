@@ -49,7 +49,7 @@ const ENTRY_BYTES: usize = 8 + 8 + 32;
 /// enough that a dozen results cost a few tens of KB, large enough that its head entry (48
 /// bytes) adds only 1.5 bytes per product to the head.
 pub const PRODUCTS_PER_PAGE: usize = 32;
-/// Products per refinement block. A search's 50 best candidates fall in a dozen or so blocks; at
+/// Products per refinement block. A search's 50 best candidates fell in about 16 blocks on FPI; at
 /// 16 bytes a product (pq16+16), 64 products make 1 KB a block, and its sha256 in the list's
 /// block adds half a byte per product to what every scan fetches.
 #[cfg(not(target_arch = "wasm32"))]
