@@ -454,15 +454,28 @@ impl Index {
 
     /// [`Index::similar`], with the product's stored colour counting `colour_weight` (0 to 1).
     pub fn similar_with_colour(&self, product: usize, colour_weight: f32, k: usize, filter: &Filter) -> Vec<Hit> {
-        let Some(stored) = self.stored_vector(product) else {
-            return Vec::new();
-        };
+        self.with_similar_query(product, colour_weight, |stored, colour| {
+            self.nearest(stored, colour, k, filter, Some(product))
+        })
+        .unwrap_or_default()
+    }
+
+    /// `search` called with the query of "more like this" for the product at `product`: its
+    /// stored vector and its stored colour counting `colour_weight`; `None` while its vector is
+    /// not at hand.
+    fn with_similar_query<T>(
+        &self,
+        product: usize,
+        colour_weight: f32,
+        search: impl FnOnce(&[f32], Option<ColourQuery>) -> T,
+    ) -> Option<T> {
+        let stored = self.stored_vector(product)?;
         let histogram = self.colour(product).map(|colour| colour.to_histogram());
         let colour = histogram.as_deref().map(|histogram| ColourQuery {
             histogram,
             weight: colour_weight,
         });
-        self.nearest(&stored, colour, k, filter, Some(product))
+        Some(search(&stored, colour))
     }
 
     /// [`Index::search_with_colour`] for a photo, with the name of its colour in the shop's own

@@ -704,15 +704,10 @@ impl Index {
                 .into_iter()
                 .collect();
         }
-        let Some(stored) = self.stored_vector(product) else {
-            return Vec::new();
-        };
-        let histogram = self.colour(product).map(|colour| colour.to_histogram());
-        let colour = histogram.as_deref().map(|histogram| ColourQuery {
-            histogram,
-            weight: colour_weight,
-        });
-        self.blocks_to_load(&stored, colour, k, filter, Some(product))
+        self.with_similar_query(product, colour_weight, |stored, colour| {
+            self.blocks_to_load(stored, colour, k, filter, Some(product))
+        })
+        .unwrap_or_default()
     }
 
     /// The refinement block holding the product at `product`, for a ranged catalog of refined pq.
