@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::build_index::default_probe;
 use crate::catalog::Product;
-use crate::index::{unit_length, Codec, Filter, Hit, Index};
+use crate::index::{unit_length, Codec, Filter, Hit, Index, IndexError};
 use crate::model::Embedder;
 use crate::train::dataset::{Dataset, Role};
 use crate::train::features::{extract_as_indexed, Rows};
@@ -127,7 +127,13 @@ pub fn run(args: Args) -> Result<()> {
     };
     for codec in codecs {
         let started = Instant::now();
-        let index = Index::build_with(codec, sha256, products.clone(), &gallery_rows)?;
+        let index = match Index::build_with(codec, sha256, products.clone(), &gallery_rows) {
+            Err(error @ IndexError::BadRefinement { .. }) => {
+                println!("{codec} skipped: {error}");
+                continue;
+            }
+            built => built?,
+        };
         let build = started.elapsed();
         let vector_bytes = index.vector_bytes() as f64 / gallery_rows.len() as f64;
         report(codec.to_string(), &index, vector_bytes, build);
