@@ -111,11 +111,11 @@ impl Vectors {
             Vectors::Int8(_) => Codec::Int8,
             Vectors::ProductQuantised(pq) => match &pq.refinement {
                 None => Codec::ProductQuantised {
-                    subspaces: pq.subspaces,
+                    subspaces: pq.subspaces(),
                 },
                 Some(refinement) => Codec::RefinedProductQuantised {
-                    subspaces: pq.subspaces,
-                    refinement: refinement.subspaces,
+                    subspaces: pq.subspaces(),
+                    refinement: refinement.subspaces(),
                 },
             },
             Vectors::Binary { .. } => Codec::Binary,
@@ -177,7 +177,7 @@ impl Vectors {
         match self {
             Vectors::ProductQuantised(pq) => {
                 let refinement = pq.refinement.as_ref()?;
-                Some(pq.unrotate(&refinement.reconstruct(product)))
+                Some(pq.unrotate(&refinement.codebooks.decode(&refinement.codes, product)))
             }
             Vectors::Int8(_) | Vectors::Binary { .. } => None,
         }
@@ -190,7 +190,7 @@ impl Vectors {
             Vectors::ProductQuantised(pq) => {
                 let refinement = pq.refinement.as_ref()?;
                 Some(RefinementScores {
-                    table: refinement.table(&pq.rotate(query)),
+                    table: refinement.codebooks.table(&pq.rotate(query)),
                     refinement,
                 })
             }
@@ -237,7 +237,7 @@ impl Vectors {
             Vectors::ProductQuantised(PqRows {
                 refinement: Some(refinement),
                 ..
-            }) => refinement.subspaces,
+            }) => refinement.subspaces(),
             _ => 0,
         }
     }
@@ -246,7 +246,7 @@ impl Vectors {
     pub(super) fn row_bytes(&self) -> usize {
         match self {
             Vectors::Int8(rows) => rows.row_bytes(),
-            Vectors::ProductQuantised(pq) => pq.subspaces,
+            Vectors::ProductQuantised(pq) => pq.subspaces(),
             Vectors::Binary { signs, rows } => signs.words_per_row * 8 + rows.row_bytes(),
         }
     }
@@ -266,8 +266,8 @@ impl Vectors {
             ..
         }) = self
         {
-            bytes
-                .extend_from_slice(&refinement.codes[run.start * refinement.subspaces..run.end * refinement.subspaces]);
+            let width = refinement.subspaces();
+            bytes.extend_from_slice(&refinement.codes[run.start * width..run.end * width]);
         }
     }
 
@@ -279,7 +279,7 @@ impl Vectors {
             ..
         }) = self
         {
-            let width = refinement.subspaces;
+            let width = refinement.subspaces();
             let codes = reader.take(run.len() * width, "refinement codes")?;
             refinement.codes[run.start * width..run.end * width].copy_from_slice(codes);
         }
@@ -300,7 +300,7 @@ impl Vectors {
         match self {
             Vectors::Int8(rows) => rows.write_rows(run, bytes),
             Vectors::ProductQuantised(pq) => {
-                bytes.extend_from_slice(&pq.codes[run.start * pq.subspaces..run.end * pq.subspaces]);
+                bytes.extend_from_slice(&pq.codes[run.start * pq.subspaces()..run.end * pq.subspaces()]);
             }
             Vectors::Binary { signs, rows } => {
                 for word in &signs.bits[run.start * signs.words_per_row..run.end * signs.words_per_row] {
@@ -314,7 +314,7 @@ impl Vectors {
     fn len(&self) -> usize {
         match self {
             Vectors::Int8(rows) | Vectors::Binary { rows, .. } => rows.scales.len(),
-            Vectors::ProductQuantised(pq) => pq.codes.len() / pq.subspaces,
+            Vectors::ProductQuantised(pq) => pq.codes.len() / pq.subspaces(),
         }
     }
 
@@ -374,9 +374,9 @@ impl Vectors {
         match self {
             Vectors::Int8(rows) => rows.make_room(count),
             Vectors::ProductQuantised(pq) => {
-                pq.codes = vec![0; count * pq.subspaces];
+                pq.codes = vec![0; count * pq.subspaces()];
                 if let Some(refinement) = &mut pq.refinement {
-                    refinement.codes = vec![0; count * refinement.subspaces];
+                    refinement.codes = vec![0; count * refinement.subspaces()];
                 }
             }
             Vectors::Binary { signs, rows } => {
@@ -392,8 +392,9 @@ impl Vectors {
         match self {
             Vectors::Int8(rows) => rows.read_rows(run, reader),
             Vectors::ProductQuantised(pq) => {
-                let codes = reader.take(run.len() * pq.subspaces, "quantisation codes")?;
-                pq.codes[run.start * pq.subspaces..run.end * pq.subspaces].copy_from_slice(codes);
+                let width = pq.subspaces();
+                let codes = reader.take(run.len() * width, "quantisation codes")?;
+                pq.codes[run.start * width..run.end * width].copy_from_slice(codes);
                 Ok(())
             }
             Vectors::Binary { signs, rows } => {
@@ -416,13 +417,11 @@ impl Vectors {
         match self {
             Vectors::Int8(rows) => Vectors::Int8(rows.reorder(order)),
             Vectors::ProductQuantised(pq) => Vectors::ProductQuantised(PqRows {
-                subspaces: pq.subspaces,
-                sub_dims: pq.sub_dims,
                 rotation: pq.rotation.clone(),
                 codebooks: pq.codebooks.clone(),
-                codes: reorder_rows(&pq.codes, pq.subspaces, order),
+                codes: reorder_rows(&pq.codes, pq.subspaces(), order),
                 refinement: pq.refinement.as_ref().map(|refinement| Refinement {
-                    codes: reorder_rows(&refinement.codes, refinement.subspaces, order),
+                    codes: reorder_rows(&refinement.codes, refinement.subspaces(), order),
                     ..refinement.clone()
                 }),
                 unquantised: reorder_rows(&pq.unquantised, pq.kept(), order),
@@ -613,13 +612,10 @@ pub(super) enum QuantiserLayout {
 /// f32), as the file stores them.
 #[derive(Clone, Debug)]
 pub(super) struct PqRows {
-    subspaces: usize,
-    sub_dims: usize,
-    /// `kept x dims` (`kept = subspaces * sub_dims`), row-major with orthonormal rows, so it
-    /// keeps dot products within the principal axes it keeps.
+    /// `kept x dims` (`kept` = the codebooks' dimensions), row-major with orthonormal rows, so
+    /// it keeps dot products within the principal axes it keeps.
     rotation: Vec<f32>,
-    /// `subspaces * PQ_CENTROIDS` centroids of `sub_dims` values, subspace by subspace.
-    codebooks: Vec<f32>,
+    codebooks: Codebooks,
     /// `subspaces` codes per product, row by row.
     codes: Vec<u8>,
     /// Refined pq's second quantiser, of what `codes` leave over.
@@ -634,38 +630,25 @@ pub(super) struct PqRows {
 /// Equal when the file would hold the same: what the builder keeps aside does not count.
 impl PartialEq for PqRows {
     fn eq(&self, other: &PqRows) -> bool {
-        (
-            self.subspaces,
-            self.sub_dims,
-            &self.rotation,
-            &self.codebooks,
-            &self.codes,
-            &self.refinement,
-        ) == (
-            other.subspaces,
-            other.sub_dims,
-            &other.rotation,
-            &other.codebooks,
-            &other.codes,
-            &other.refinement,
-        )
+        (&self.rotation, &self.codebooks, &self.codes, &self.refinement)
+            == (&other.rotation, &other.codebooks, &other.codes, &other.refinement)
     }
 }
 
 impl PqRows {
     /// The principal dimensions the codes keep.
     fn kept(&self) -> usize {
-        self.subspaces * self.sub_dims
+        self.codebooks.dims()
+    }
+
+    /// Codes (bytes) per product.
+    fn subspaces(&self) -> usize {
+        self.codebooks.subspaces
     }
 
     /// The embedding's dimensions: the rotation's row length.
     fn embedding_dims(&self) -> usize {
         self.rotation.len() / self.kept()
-    }
-
-    fn centroid(&self, subspace: usize, code: u8) -> &[f32] {
-        let at = (subspace * PQ_CENTROIDS + code as usize) * self.sub_dims;
-        &self.codebooks[at..at + self.sub_dims]
     }
 
     fn rotate(&self, vector: &[f32]) -> Vec<f32> {
@@ -682,23 +665,11 @@ impl PqRows {
         keep: &dyn Fn(usize) -> bool,
         visit: &mut dyn FnMut(usize, f32),
     ) {
-        let query = self.rotate(query);
-        // The query's dot product with every centroid, so that a product costs one lookup per subspace.
-        let table: Vec<f32> = (0..self.subspaces)
-            .flat_map(|subspace| {
-                let part = &query[subspace * self.sub_dims..(subspace + 1) * self.sub_dims];
-                (0..PQ_CENTROIDS).map(move |code| dot_f32(part, self.centroid(subspace, code as u8)))
-            })
-            .collect();
+        let table = self.codebooks.table(&self.rotate(query));
         for Run { products, base } in lists {
-            for (product, codes) in rows_of(&self.codes, self.subspaces, products) {
+            for (product, codes) in rows_of(&self.codes, self.subspaces(), products) {
                 if keep(product) {
-                    let cosine: f32 = codes
-                        .iter()
-                        .zip(table.chunks_exact(PQ_CENTROIDS))
-                        .map(|(&code, row)| row[code as usize])
-                        .sum();
-                    visit(product, base + cosine);
+                    visit(product, base + Codebooks::score(codes, &table));
                 }
             }
         }
@@ -710,12 +681,7 @@ impl PqRows {
 
     /// The product's vector as its codes stand for it, still turned by the rotation.
     fn reconstruct_rotated(&self, product: usize) -> Vec<f32> {
-        let codes = &self.codes[product * self.subspaces..(product + 1) * self.subspaces];
-        codes
-            .iter()
-            .enumerate()
-            .flat_map(|(subspace, &code)| self.centroid(subspace, code).iter().copied())
-            .collect()
+        self.codebooks.decode(&self.codes, product)
     }
 
     /// `rotated` turned back into the embedding's dimensions: the inverse of orthonormal
@@ -730,15 +696,15 @@ impl PqRows {
     }
 
     fn write_parameters(&self, bytes: &mut Vec<u8>) {
-        for field in [self.subspaces, self.kept()] {
+        for field in [self.subspaces(), self.kept()] {
             bytes.extend_from_slice(&(field as u32).to_le_bytes());
         }
-        for &value in self.rotation.iter().chain(&self.codebooks) {
+        for &value in self.rotation.iter().chain(&self.codebooks.centroids) {
             bytes.extend_from_slice(&f16::from_f32(value).to_le_bytes());
         }
         if let Some(refinement) = &self.refinement {
-            bytes.extend_from_slice(&(refinement.subspaces as u32).to_le_bytes());
-            for &value in &refinement.codebooks {
+            bytes.extend_from_slice(&(refinement.codebooks.subspaces as u32).to_le_bytes());
+            for &value in &refinement.codebooks.centroids {
                 bytes.extend_from_slice(&f16::from_f32(value).to_le_bytes());
             }
         }
@@ -755,7 +721,6 @@ impl PqRows {
                 "{subspaces} quantisation subspaces do not divide {kept} of {dims} dimensions"
             )));
         }
-        let sub_dims = kept / subspaces;
         let mut floats = |count: usize, what| match layout {
             QuantiserLayout::SquareF32 => reader.f32s(count, what),
             QuantiserLayout::SquareF16 | QuantiserLayout::Projected => reader.f16s(count, what),
@@ -768,10 +733,12 @@ impl PqRows {
             ));
         }
         Ok(PqRows {
-            subspaces,
-            sub_dims,
             rotation,
-            codebooks,
+            codebooks: Codebooks {
+                subspaces,
+                sub_dims: kept / subspaces,
+                centroids: codebooks,
+            },
             codes: Vec::new(),
             refinement: None,
             #[cfg(not(target_arch = "wasm32"))]
@@ -780,25 +747,30 @@ impl PqRows {
     }
 }
 
-/// Refined pq's second quantiser: codes of what the first codes leave of each product's
-/// rotated vector, cut into its own `subspaces` equal parts of 256 centroids each.
+/// One codebook of 256 centroids for each of `subspaces` equal parts (`sub_dims` long) of a
+/// rotated vector, whose codes name one centroid per part; f16 values (as f32), as the file
+/// stores them. Pq's codes and refined pq's second codes each have their own.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Refinement {
+pub(super) struct Codebooks {
     subspaces: usize,
     sub_dims: usize,
-    /// `subspaces * PQ_CENTROIDS` centroids of `sub_dims` values, subspace by subspace (f16 values).
-    codebooks: Vec<f32>,
-    /// `subspaces` codes per product, row by row.
-    codes: Vec<u8>,
+    /// `subspaces * PQ_CENTROIDS` centroids of `sub_dims` values, subspace by subspace.
+    centroids: Vec<f32>,
 }
 
-impl Refinement {
-    fn centroid(&self, subspace: usize, code: u8) -> &[f32] {
-        let at = (subspace * PQ_CENTROIDS + code as usize) * self.sub_dims;
-        &self.codebooks[at..at + self.sub_dims]
+impl Codebooks {
+    /// The dimensions the codebooks cover.
+    fn dims(&self) -> usize {
+        self.subspaces * self.sub_dims
     }
 
-    /// The rotated `query`'s dot product with every centroid.
+    fn centroid(&self, subspace: usize, code: u8) -> &[f32] {
+        let at = (subspace * PQ_CENTROIDS + code as usize) * self.sub_dims;
+        &self.centroids[at..at + self.sub_dims]
+    }
+
+    /// The rotated `query`'s dot product with every centroid, so that a product's score costs
+    /// one lookup per subspace ([`Codebooks::score`]).
     fn table(&self, query: &[f32]) -> Vec<f32> {
         (0..self.subspaces)
             .flat_map(|subspace| {
@@ -808,13 +780,38 @@ impl Refinement {
             .collect()
     }
 
-    /// What the codes add to `product`'s rotated vector.
-    fn reconstruct(&self, product: usize) -> Vec<f32> {
-        self.codes[product * self.subspaces..(product + 1) * self.subspaces]
+    /// The dot product of a product's `codes` (one row) with the query of `table`.
+    fn score(codes: &[u8], table: &[f32]) -> f32 {
+        codes
+            .iter()
+            .zip(table.chunks_exact(PQ_CENTROIDS))
+            .map(|(&code, row)| row[code as usize])
+            .sum()
+    }
+
+    /// What `product`'s row of `codes` stands for, in the rotated basis.
+    fn decode(&self, codes: &[u8], product: usize) -> Vec<f32> {
+        codes[product * self.subspaces..(product + 1) * self.subspaces]
             .iter()
             .enumerate()
             .flat_map(|(subspace, &code)| self.centroid(subspace, code).iter().copied())
             .collect()
+    }
+}
+
+/// Refined pq's second quantiser: codes of what the first codes leave of each product's
+/// rotated vector, cut into its own subspaces.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Refinement {
+    codebooks: Codebooks,
+    /// `subspaces` codes per product, row by row.
+    codes: Vec<u8>,
+}
+
+impl Refinement {
+    /// Codes (bytes) per product.
+    fn subspaces(&self) -> usize {
+        self.codebooks.subspaces
     }
 
     /// u32 subspaces, then the codebooks as f16, for a quantiser keeping `kept` dimensions.
@@ -825,16 +822,18 @@ impl Refinement {
                 "{subspaces} refinement subspaces do not divide the {kept} dimensions quantised"
             )));
         }
-        let codebooks = reader.f16s(kept.saturating_mul(PQ_CENTROIDS), "refinement codebooks")?;
-        if codebooks.iter().any(|value| !value.is_finite()) {
+        let centroids = reader.f16s(kept.saturating_mul(PQ_CENTROIDS), "refinement codebooks")?;
+        if centroids.iter().any(|value| !value.is_finite()) {
             return Err(corrupt(
                 "the refinement holds a value that is not a finite number".into(),
             ));
         }
         Ok(Refinement {
-            subspaces,
-            sub_dims: kept / subspaces,
-            codebooks,
+            codebooks: Codebooks {
+                subspaces,
+                sub_dims: kept / subspaces,
+                centroids,
+            },
             codes: Vec::new(),
         })
     }
@@ -848,12 +847,11 @@ pub(super) struct RefinementScores<'a> {
 
 impl RefinementScores<'_> {
     pub(super) fn of(&self, product: usize) -> f32 {
-        let width = self.refinement.subspaces;
-        self.refinement.codes[product * width..(product + 1) * width]
-            .iter()
-            .zip(self.table.chunks_exact(PQ_CENTROIDS))
-            .map(|(&code, row)| row[code as usize])
-            .sum()
+        let width = self.refinement.subspaces();
+        Codebooks::score(
+            &self.refinement.codes[product * width..(product + 1) * width],
+            &self.table,
+        )
     }
 }
 
@@ -1039,10 +1037,8 @@ pub(super) mod encode {
         ) -> PqRows {
             let kept = rotation.len() / dims;
             let rows: Vec<&[f32]> = unquantised.chunks_exact(kept).collect();
-            let (codebooks, codes) = quantised(&rows, kept, subspaces);
+            let (codebooks, codes) = Codebooks::trained(&rows, kept, subspaces);
             let mut pq = PqRows {
-                subspaces,
-                sub_dims: kept / subspaces,
                 rotation,
                 codebooks,
                 codes,
@@ -1062,13 +1058,8 @@ pub(super) mod encode {
                     })
                     .collect();
                 let residual_rows: Vec<&[f32]> = residuals.chunks_exact(kept).collect();
-                let (codebooks, codes) = quantised(&residual_rows, kept, refinement);
-                pq.refinement = Some(Refinement {
-                    subspaces: refinement,
-                    sub_dims: kept / refinement,
-                    codebooks,
-                    codes,
-                });
+                let (codebooks, codes) = Codebooks::trained(&residual_rows, kept, refinement);
+                pq.refinement = Some(Refinement { codebooks, codes });
             }
             pq
         }
@@ -1092,7 +1083,7 @@ pub(super) mod encode {
             let rows: Vec<&[f32]> = offsets.chunks_exact(kept).collect();
             // The offsets' own principal axes within the kept ones, dealt out to the subspaces
             // anew: the offsets spread their variance unlike the vectors.
-            let turn = balanced_rotation(&evenly_spaced(&rows), kept, self.subspaces, kept);
+            let turn = balanced_rotation(&evenly_spaced(&rows), kept, self.subspaces(), kept);
             let dims = self.embedding_dims();
             let rotation = self.rotation.chunks_exact(dims).collect::<Vec<_>>();
             let turned_rotation: Vec<f32> = turn
@@ -1110,9 +1101,9 @@ pub(super) mod encode {
             let turned = rotated(&turn, kept, &rows);
             drop(rows);
             drop(offsets);
-            let refinement = self.refinement.as_ref().map_or(0, |refinement| refinement.subspaces);
+            let refinement = self.refinement.as_ref().map_or(0, Refinement::subspaces);
             *self = PqRows::quantising(
-                (self.subspaces, refinement),
+                (self.subspaces(), refinement),
                 to_f16_precision(turned_rotation),
                 dims,
                 &turned,
@@ -1121,37 +1112,46 @@ pub(super) mod encode {
         }
     }
 
-    /// Codebooks of 256 centroids for each of `subspaces` equal parts of `rows` (`kept` values
-    /// each), trained on a sample, and every row's codes against them as the file holds them (f16).
-    fn quantised(rows: &[&[f32]], kept: usize, subspaces: usize) -> (Vec<f32>, Vec<u8>) {
-        let sample = evenly_spaced(rows);
-        let sub_dims = kept / subspaces;
-        let codebooks: Vec<f32> = (0..subspaces)
-            .into_par_iter()
-            .flat_map_iter(|subspace| {
-                let parts: Vec<&[f32]> = sample
-                    .iter()
-                    .map(|vector| &vector[subspace * sub_dims..(subspace + 1) * sub_dims])
-                    .collect();
-                k_means(&parts, sub_dims, PQ_CENTROIDS, false)
-            })
-            .collect();
-        let codebooks = to_f16_precision(codebooks);
-        let codes = rows
-            .par_iter()
-            .flat_map_iter(|row| {
-                let codebooks = &codebooks;
-                (0..subspaces).map(move |subspace| {
-                    let codebook =
-                        &codebooks[subspace * PQ_CENTROIDS * sub_dims..(subspace + 1) * PQ_CENTROIDS * sub_dims];
-                    closest(
-                        codebook.chunks_exact(sub_dims),
-                        &row[subspace * sub_dims..(subspace + 1) * sub_dims],
-                    ) as u8
+    impl Codebooks {
+        /// Codebooks of 256 centroids for each of `subspaces` equal parts of `rows` (`kept`
+        /// values each), trained on a sample, and every row's codes against them as the file
+        /// holds them (f16).
+        fn trained(rows: &[&[f32]], kept: usize, subspaces: usize) -> (Codebooks, Vec<u8>) {
+            let sample = evenly_spaced(rows);
+            let sub_dims = kept / subspaces;
+            let centroids: Vec<f32> = (0..subspaces)
+                .into_par_iter()
+                .flat_map_iter(|subspace| {
+                    let parts: Vec<&[f32]> = sample
+                        .iter()
+                        .map(|vector| &vector[subspace * sub_dims..(subspace + 1) * sub_dims])
+                        .collect();
+                    k_means(&parts, sub_dims, PQ_CENTROIDS, false)
                 })
-            })
-            .collect();
-        (codebooks, codes)
+                .collect();
+            let codebooks = Codebooks {
+                subspaces,
+                sub_dims,
+                centroids: to_f16_precision(centroids),
+            };
+            let codes = rows
+                .par_iter()
+                .flat_map_iter(|row| {
+                    let codebooks = &codebooks;
+                    (0..subspaces).map(move |subspace| {
+                        codebooks.closest(subspace, &row[subspace * sub_dims..(subspace + 1) * sub_dims]) as u8
+                    })
+                })
+                .collect();
+            (codebooks, codes)
+        }
+
+        /// The code of the centroid of `subspace` nearest to `part`.
+        fn closest(&self, subspace: usize, part: &[f32]) -> usize {
+            let start = subspace * PQ_CENTROIDS * self.sub_dims;
+            let codebook = &self.centroids[start..start + PQ_CENTROIDS * self.sub_dims];
+            closest(codebook.chunks_exact(self.sub_dims), part)
+        }
     }
 
     /// At most [`PQ_TRAINING_SAMPLE`] of `rows`, at an even stride over the catalog:

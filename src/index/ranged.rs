@@ -504,15 +504,11 @@ impl Index {
     /// Whether the refinement codes of the product at `product` are at hand: always, unless its
     /// refinement block of a ranged catalog is not loaded yet.
     pub(super) fn is_refined(&self, product: usize) -> bool {
-        let (Some(blocks), Some(partitions)) = (&self.blocks, &self.partitions) else {
+        let Some(refinements) = self.blocks.as_ref().and_then(|blocks| blocks.refinements.as_ref()) else {
             return true;
         };
-        let Some(refinements) = &blocks.refinements else {
-            return true;
-        };
-        partitions
-            .list_of(product)
-            .is_some_and(|list| refinements.loaded[refinements.block_of(list, &partitions.run(list), product)])
+        self.refinement_block_of(product)
+            .is_some_and(|number| refinements.loaded[number])
     }
 
     /// Loads the block of `list`, refusing one that is not the block the head vouches for.
