@@ -62,7 +62,7 @@ pub struct Args {
     pub scales: Vec<usize>,
     /// Shares of the catalog's own neighbours that a ranged catalog's probe margin is chosen
     /// to keep (`build-index --list-recall`), each measured beside the fixed numbers of lists.
-    #[arg(long, value_delimiter = ',', default_value = "0.95,0.97,0.99")]
+    #[arg(long, value_delimiter = ',', default_value = "0.97,0.98,0.99")]
     pub list_recalls: Vec<f64>,
 }
 
