@@ -2,7 +2,7 @@
 # otlens build entry point. On a fresh Debian machine:
 #   ./build.sh serve   install what is missing, build, build the demo catalog, serve it on 127.0.0.1
 #   ./build.sh test    install what is missing, build once, run every test
-# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench [million], fuzz [photo|index] [SECONDS],
+# Other commands: setup, build, demo [fmnist|fpi [DIR]], bench [million], fuzz [photo|index|ranged] [SECONDS],
 #   retrieval [INSHOP_DIR] (train on DeepFashion In-shop, report Recall@K on its val split).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -245,9 +245,17 @@ bench() {
   fi
 }
 
-# fuzz [photo | index] [SECONDS]: cargo fuzz (nightly) on one target for SECONDS (default 600),
-# seeded with small photos (darknet's, the demo's) or a three-product index built from them.
-# Crashes land in fuzz/artifacts/TARGET/.
+# A ranged fuzz input: the head's length (u32, little-endian), the head $1, then the lists file $2.
+ranged_seed() {
+  local head_len
+  head_len=$(stat -c %s "$1")
+  printf "$(printf '\\x%02x' $((head_len & 255)) $((head_len >> 8 & 255)) $((head_len >> 16 & 255)) $((head_len >> 24)))"
+  cat "$1" "$2"
+}
+
+# fuzz [photo | index | ranged] [SECONDS]: cargo fuzz (nightly) on one target for SECONDS (default 600),
+# seeded with small photos (darknet's, the demo's) or a three-product index built from them (for
+# ranged, also a catalog of 300 products from `examples/ranged_catalog.rs`). Crashes land in fuzz/artifacts/TARGET/.
 fuzz() {
   local target=${1:-photo} seconds=${2:-600}
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -267,9 +275,10 @@ fuzz() {
       done
       extra=(-max_len=65536)
       ;;
-    index)
+    index | ranged)
       # A three-product index, int8, binary, pq and ranged heads (int8, refined pq): small enough for libFuzzer's
-      # 1 MB inputs to hold it whole (a pq index keeps 256 of 1,280 dimensions: 0.8 MB).
+      # 1 MB inputs to hold it whole (a pq index keeps 256 of 1,280 dimensions: 0.8 MB). The ranged
+      # target's inputs are a ranged catalog's head and lists file, after the head's length.
       # Rebuilt on every run (seconds) so the seeds always carry the current format version.
       local seed_catalog=.cache/fuzz-seed-catalog
       [ -f "$OTLENS" ] || build
@@ -287,9 +296,18 @@ fuzz() {
         --lists 2 --ranged
       "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/refined" \
         --lists 2 --ranged --codec pq --pq-subspaces 8 --pq-refinement 8
-      cp "$seed_catalog"/{out,binary,pq,ranged,refined}/index-*.otl "$seeds"/
+      if [ "$target" = index ]; then
+        cp "$seed_catalog"/{out,binary,pq,ranged,refined}/index-*.otl "$seeds"/
+      else
+        # The int8 head, and a refined pq catalog of 16 dimensions from the example: its 20 KB head
+        # leaves mutations a fair chance of landing in the lists file (the refined head above, of
+        # 1,280 dimensions, is 0.9 MB).
+        cargo run --release --locked --example ranged_catalog -- "$seed_catalog/example" >/dev/null
+        ranged_seed "$seed_catalog/ranged"/{index-*.otl,lists-*.otb} >"$seeds/ranged"
+        ranged_seed "$seed_catalog/example"/{head.otl,lists.otb} >"$seeds/example"
+      fi
       ;;
-    *) echo "unknown fuzz target '$target' (use photo or index)" >&2; exit 2 ;;
+    *) echo "unknown fuzz target '$target' (use photo, index or ranged)" >&2; exit 2 ;;
   esac
   cargo +nightly fuzz run --release "$target" "$seeds" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}"

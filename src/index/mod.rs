@@ -39,6 +39,8 @@ pub use self::filter::{FacetValue, Facets, Filter, PriceRange};
 pub use self::format::reseal;
 pub use self::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, METADATA_BYTES_PER_PRODUCT};
 pub use self::manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
+#[cfg(fuzzing)]
+pub use self::ranged::reseal_blocks;
 pub use self::ranged::PRODUCTS_PER_PAGE;
 
 /// Why an index could not be built or read. Messages are meant to be shown as they are.
