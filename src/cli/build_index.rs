@@ -75,6 +75,11 @@ pub struct Args {
     pub partitions: PartitionArgs,
 }
 
+/// Bytes of codes above which a ranged catalog gets a warning: the widget sets aside memory for
+/// every product's codes when the head loads (README, Ranged catalogs). pq64 at a million
+/// products stays below it, int8 of 1,280 dimensions passes it at some 200,000.
+const RANGED_ROWS_WARNING_BYTES: usize = 256_000_000;
+
 /// From this many products up, an index is partitioned unless `--lists 0` says otherwise.
 const PARTITION_FROM: usize = 50_000;
 
@@ -258,6 +263,19 @@ impl PartitionArgs {
             head.len() / 1000,
             lists.len() / 1000
         );
+        let product_bytes = index.product_vector_bytes();
+        let rows = index.len() * product_bytes;
+        if rows > RANGED_ROWS_WARNING_BYTES {
+            eprintln!(
+                "warning: the widget sets aside {} MB for these {} products' codes ({product_bytes} bytes each in {}) \
+                 when the head loads, and each search fetches the rows of every list it scans. For a catalog \
+                 this large, --codec pq --pq-subspaces 16 --pq-refinement 16 takes 32 bytes a product, best \
+                 with a 32-dimension head from `otlens train --dims 32` (README, Vector codecs)",
+                rows / 1_000_000,
+                index.len(),
+                index.codec()
+            );
+        }
         Ok(IndexFiles {
             index: (FileEntry::content_named("index", "otl", &head), head),
             lists: Some((FileEntry::content_named("lists", "otb", &lists), lists)),

@@ -168,6 +168,12 @@ impl Index {
         bytes
     }
 
+    /// Bytes of each product's codes: its row and, for refined pq, its refinement codes.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn product_vector_bytes(&self) -> usize {
+        self.vectors.row_bytes() + self.vectors.refinement_bytes()
+    }
+
     /// Bytes the vectors take in the file (all of it but the header and the product metadata).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn vector_bytes(&self) -> usize {
