@@ -182,6 +182,8 @@ test_all() {
   setup
   fetch_checkpoint
   cargo fmt --all --check
+  # The fuzz crate is a workspace of its own, which `cargo fmt --all` leaves out.
+  rustfmt --edition 2021 --check --config-path rustfmt.toml fuzz/fuzz_targets/*.rs
   build
   cargo clippy --release --locked --workspace --all-targets -- -D warnings
   RUSTFLAGS='-C target-feature=+simd128' cargo clippy --release --locked --lib --target wasm32-unknown-unknown -- -D warnings

@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
         // Facets and filters read the metadata columns a mutation may have made odd.
         let facets = index.facets();
         let filter = Filter {
-            categories: facets.categories.iter().take(1).map(|facet| facet.value.clone()).collect(),
+            categories: facets
+                .categories
+                .iter()
+                .take(1)
+                .map(|facet| facet.value.clone())
+                .collect(),
             max_price: facets.price.map(|price| price.max),
             in_stock: true,
             ..Filter::ANY

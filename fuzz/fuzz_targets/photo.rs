@@ -13,7 +13,10 @@ fuzz_target!(|bytes: &[u8]| {
         max_pixels: 2_000_000,
         max_alloc: 64 << 20,
     };
-    let spec = InputSpec { size: 32, ..InputSpec::default() };
+    let spec = InputSpec {
+        size: 32,
+        ..InputSpec::default()
+    };
     if let Ok(tensor) = preprocess(bytes, &spec, &limits) {
         assert_eq!(tensor.len(), 3 * 32 * 32);
     }
