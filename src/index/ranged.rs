@@ -245,10 +245,17 @@ impl Blocks {
         };
         // One message for every inconsistency: each means the same damage to a shopper.
         let mut end = 0;
+        // Each block starts where the one before ends, and ends within u64, so that every
+        // range this head names (`block_range`, `page_range`, the file's length) can be added up.
         let follows = |block: &Block, end: &mut u64| {
             let in_order = block.start == *end;
-            *end = block.start.saturating_add(block.len);
-            in_order
+            match block.start.checked_add(block.len) {
+                Some(block_end) => {
+                    *end = block_end;
+                    in_order
+                }
+                None => false,
+            }
         };
         let lists_consistent = flags & !(HAS_COLOURS | HAS_PAGES | HAS_REFINEMENTS) == 0
             && refinements_consistent

@@ -249,7 +249,8 @@ fn only_a_partitioned_index_splits_and_a_damaged_blocks_section_is_corrupt() {
         }
     };
     // Unknown flags, a wrong list count, a gap before the second block, a wrong length, a
-    // wrong page size, a wrong page count, a gap before the first page.
+    // wrong page size, a wrong page count, a gap before the first page, a last page (of 4) whose
+    // end lies past 2^64.
     let pages_at = 8 + 4 * 48;
     for (offset, value) in [
         (0, 4u64),
@@ -259,6 +260,7 @@ fn only_a_partitioned_index_splits_and_a_damaged_blocks_section_is_corrupt() {
         (pages_at, 0),
         (pages_at + 4, 2),
         (pages_at + 8, 1),
+        (pages_at + 8 + 3 * 48 + 8, u64::MAX),
     ] {
         let width = if offset < 8 || offset == pages_at || offset == pages_at + 4 {
             4
