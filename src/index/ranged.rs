@@ -765,34 +765,37 @@ pub fn reseal_blocks(head: &mut [u8], lists_file: &mut [u8]) {
     let Some(blocks) = &index.blocks else {
         return;
     };
+    let lists = blocks.blocks.len();
     let file_len = lists_file.len() as u64;
-    let within = |range: Range<u64>| {
-        (range.start <= range.end && range.end <= file_len).then(|| range.start as usize..range.end as usize)
-    };
+    let in_file = |range: Range<u64>| (range.end <= file_len).then(|| range.start as usize..range.end as usize);
     if let Some(refinements) = &blocks.refinements {
-        for (list, block) in blocks.blocks.iter().enumerate() {
+        for list in 0..lists {
+            let Some(block) = index.block_range(list).and_then(in_file) else {
+                continue;
+            };
+            // The head's layout check made each list's block long enough for these checksums.
             let numbers = refinements.of_list(list);
-            let Some(bytes) = within(block.start..block.start.saturating_add(block.len)) else {
-                continue;
-            };
-            let Some(first) = bytes
-                .end
-                .checked_sub(numbers.len() * 32)
-                .filter(|&first| first >= bytes.start)
-            else {
-                continue;
-            };
+            let first = block.end - numbers.len() * 32;
             for (number, at) in numbers.zip((first..).step_by(32)) {
-                if let Some(range) = index.block_range(blocks.blocks.len() + number).and_then(within) {
+                if let Some(range) = index.block_range(lists + number).and_then(in_file) {
                     let sha256 = Sha256::digest(&lists_file[range]);
                     lists_file[at..at + 32].copy_from_slice(&sha256);
                 }
             }
         }
     }
-    let pages = blocks.pages.iter().flat_map(|pages| &pages.blocks);
-    for block in blocks.blocks.iter().chain(pages) {
-        let Some(range) = within(block.start..block.start.saturating_add(block.len)) else {
+    let list_entries = blocks
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(list, block)| (index.block_range(list), block));
+    let page_entries = blocks
+        .pages
+        .iter()
+        .flat_map(|pages| pages.blocks.iter().enumerate())
+        .map(|(page, block)| (index.page_range(page), block));
+    for (range, block) in list_entries.chain(page_entries) {
+        let Some(range) = range.and_then(in_file) else {
             continue;
         };
         let sha256 = Sha256::digest(&lists_file[range]);
