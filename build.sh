@@ -289,21 +289,21 @@ fuzz() {
       for photo in dog eagle horses; do
         printf '%s,%s,/usr/share/darknet/data/%s.jpg\n' "$photo" "$photo" "$photo" >>"$seed_catalog/catalog.csv"
       done
-      "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/out"
-      "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/binary" \
-        --codec binary
-      "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/pq" \
-        --codec pq --pq-subspaces 8
       "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/ranged" \
         --lists 2 --ranged
-      "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/refined" \
-        --lists 2 --ranged --codec pq --pq-subspaces 8 --pq-refinement 8
       if [ "$target" = index ]; then
+        "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/out"
+        "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/binary" \
+          --codec binary
+        "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/pq" \
+          --codec pq --pq-subspaces 8
+        "$OTLENS" build-index --model "$MODEL" --catalog "$seed_catalog/catalog.csv" --out "$seed_catalog/refined" \
+          --lists 2 --ranged --codec pq --pq-subspaces 8 --pq-refinement 8
         cp "$seed_catalog"/{out,binary,pq,ranged,refined}/index-*.otl "$seeds"/
       else
-        # The int8 head, and a refined pq catalog of 16 dimensions from the example: its 20 KB head
-        # leaves mutations a fair chance of landing in the lists file (the refined head above, of
-        # 1,280 dimensions, is 0.9 MB).
+        # The int8 catalog, and a refined pq catalog of 16 dimensions from the example: its 20 KB head
+        # leaves mutations a fair chance of landing in the lists file (a refined head of the
+        # model's 1,280 dimensions is 0.9 MB).
         cargo run --release --locked --example ranged_catalog -- "$seed_catalog/example" >/dev/null
         ranged_seed "$seed_catalog/ranged"/{index-*.otl,lists-*.otb} >"$seeds/ranged"
         ranged_seed "$seed_catalog/example"/{head.otl,lists.otb} >"$seeds/example"
