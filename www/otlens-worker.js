@@ -342,7 +342,10 @@ async function fetchParts(parts, label, rangeOf, load) {
   return performance.now() - started;
 }
 
-/** Rounds of blocks a search may need: a product's own list and refinement block, the lists, their candidates'. */
+/**
+ * Rounds of blocks a search may need: a product's own list and refinement block, the lists, their candidates'
+ * (as `otlens::index::MOST_BLOCK_ROUNDS`).
+ */
 const MOST_BLOCK_ROUNDS = 4;
 
 /**

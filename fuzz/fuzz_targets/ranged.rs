@@ -7,9 +7,6 @@
 use libfuzzer_sys::fuzz_target;
 use otlens::index::{reseal_blocks, Filter, Index};
 
-/// Rounds of blocks a search loads at most, as the widget's worker allows.
-const MOST_BLOCK_ROUNDS: usize = 4;
-
 fuzz_target!(|data: &[u8]| {
     let Some((head_len, rest)) = data.split_first_chunk::<4>() else {
         return;
@@ -31,20 +28,8 @@ fuzz_target!(|data: &[u8]| {
     let mut whole = index.clone();
     let part = |range: std::ops::Range<u64>| lists_file.get(range.start as usize..range.end as usize);
     let query = vec![1.0 / (index.dims() as f32).sqrt(); index.dims()];
-    for _ in 0..MOST_BLOCK_ROUNDS {
-        let blocks = index.blocks_to_load(&query, None, 5, &Filter::ANY, None);
-        for &block in &blocks {
-            let range = index.block_range(block).expect("a block the head names");
-            let Some(bytes) = part(range) else {
-                return;
-            };
-            if index.load_block(block, bytes).is_err() {
-                return;
-            }
-        }
-        if blocks.is_empty() {
-            break;
-        }
+    if index.load_needed(&lists_file, &query, None, 5, &Filter::ANY).is_err() {
+        return;
     }
     let hits = index.search(&query, 5, &Filter::ANY);
     assert!(hits.len() <= index.len().min(5));

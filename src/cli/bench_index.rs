@@ -243,20 +243,16 @@ fn fetched_per_query(index: &Index, queries: &[Vec<f32>]) -> Result<f64> {
         .par_iter()
         .map(|query| {
             let mut index = head.clone();
-            let mut fetched = 0;
-            loop {
-                let needed = index.blocks_to_load(query, None, K, &Filter::ANY, None);
-                if needed.is_empty() {
-                    return fetched;
-                }
-                for block in needed {
-                    let range = index.block_range(block).expect("a block the head names");
-                    fetched += range.end - range.start;
-                    index
-                        .load_block(block, &lists_file[range.start as usize..range.end as usize])
-                        .expect("the blocks the catalog was written with");
-                }
-            }
+            let rounds = index
+                .load_needed(&lists_file, query, None, K, &Filter::ANY)
+                .expect("the blocks the catalog was written with");
+            let range = |&block: &usize| index.block_range(block).expect("a block the head names");
+            rounds
+                .iter()
+                .flatten()
+                .map(range)
+                .map(|range| range.end - range.start)
+                .sum::<u64>()
         })
         .sum();
     Ok(fetched as f64 / queries.len() as f64 / 1000.0)

@@ -41,7 +41,7 @@ pub use self::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, METADATA_BYTES_PER_PRO
 pub use self::manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
 #[cfg(fuzzing)]
 pub use self::ranged::reseal_blocks;
-pub use self::ranged::PRODUCTS_PER_PAGE;
+pub use self::ranged::{MOST_BLOCK_ROUNDS, PRODUCTS_PER_PAGE};
 
 /// Why an index could not be built or read. Messages are meant to be shown as they are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

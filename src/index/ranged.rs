@@ -55,6 +55,12 @@ pub const PRODUCTS_PER_PAGE: usize = 32;
 #[cfg(not(target_arch = "wasm32"))]
 const PRODUCTS_PER_REFINEMENT_BLOCK: usize = 64;
 
+/// Rounds of blocks a search may ask for before its catalog is taken as broken, here and in the
+/// widget's worker (`otlens-worker.js`): a search needs two (its lists, then refined pq's
+/// refinement blocks of its best candidates), "more like this" four (the product's own list and
+/// refinement block first).
+pub const MOST_BLOCK_ROUNDS: usize = 4;
+
 /// Where each list's block lies in the lists file, and which lists are loaded.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Blocks {
@@ -580,6 +586,40 @@ impl Index {
             self.load_page(page, bytes)?;
         }
         Ok(())
+    }
+
+    /// Loads the blocks a search for `query` needs ([`Index::blocks_to_load`]) from `lists_file`
+    /// held in memory, round after round as the widget fetches them by Range requests, and
+    /// returns each round's blocks: how native tools and tests see what a ranged catalog fetches.
+    /// A search still asking after [`MOST_BLOCK_ROUNDS`] rounds is an error, as in the widget.
+    pub fn load_needed(
+        &mut self,
+        lists_file: &[u8],
+        query: &[f32],
+        colour: Option<ColourQuery>,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Vec<usize>>, IndexError> {
+        let mut rounds = Vec::new();
+        loop {
+            let blocks = self.blocks_to_load(query, colour, k, filter, None);
+            if blocks.is_empty() {
+                return Ok(rounds);
+            }
+            if rounds.len() == MOST_BLOCK_ROUNDS {
+                return Err(corrupt(format!(
+                    "a search still needs blocks after {MOST_BLOCK_ROUNDS} rounds"
+                )));
+            }
+            for &block in &blocks {
+                let range = self.block_range(block).expect("a block this head names");
+                let bytes = lists_file
+                    .get(range.start as usize..range.end as usize)
+                    .ok_or(IndexError::BlockMismatch { list: block })?;
+                self.load_block(block, bytes)?;
+            }
+            rounds.push(blocks);
+        }
     }
 
     /// The pages of product details of a ranged head of version 6 or later.

@@ -39,17 +39,9 @@ fn load_needed(
     filter: &Filter,
 ) -> usize {
     let lists = head.lists().unwrap().0;
-    let mut loaded = 0;
-    for _ in 0..2 {
-        let needed = head.blocks_to_load(query, colour, k, filter, None);
-        load_blocks(head, lists_file, &needed);
-        loaded += needed.iter().filter(|&&block| block < lists).count();
-    }
-    assert!(
-        head.blocks_to_load(query, colour, k, filter, None).is_empty(),
-        "two rounds at most"
-    );
-    loaded
+    let rounds = head.load_needed(lists_file, query, colour, k, filter).unwrap();
+    assert!(rounds.len() <= 2, "two rounds at most, not {rounds:?}");
+    rounds.iter().flatten().filter(|&&block| block < lists).count()
 }
 
 fn load_blocks(head: &mut Index, lists_file: &[u8], blocks: &[usize]) {
@@ -220,10 +212,17 @@ fn the_whole_lists_file_loads_every_list_and_damage_is_refused() {
         head.load_lists_file(&damaged),
         Err(IndexError::PageMismatch { .. })
     ));
+    let query = whole.stored_vector(0).unwrap();
+    let (mut fresh, _) = split(&whole);
+    let first = fresh.blocks_to_load(&query, None, 10, &Filter::ANY, None)[0];
+    assert_eq!(
+        fresh.load_needed(&lists_file[..0], &query, None, 10, &Filter::ANY),
+        Err(IndexError::BlockMismatch { list: first }),
+        "a lists file without the blocks the search needs"
+    );
 
     head.load_lists_file(&lists_file).unwrap();
     assert!((0..head.len()).all(|product| head.is_loaded(product)));
-    let query = whole.stored_vector(0).unwrap();
     assert!(head.blocks_to_load(&query, None, 10, &Filter::ANY, None).is_empty());
     assert_eq!(
         head.search(&query, 10, &Filter::ANY),
