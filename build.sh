@@ -195,6 +195,8 @@ test_all() {
   effnet_models
   log "Rust tests"
   OTLENS_EFFNET_WHEEL="$EFFNET_WHEEL" cargo test --release --locked --workspace
+  log "examples"
+  cargo run --release --locked --quiet --example ranged_catalog
   log "browser tests"
   (cd tests/e2e && node --test --test-concurrency=1)
 }

@@ -79,6 +79,11 @@ fn main() -> anyhow::Result<()> {
         println!("round {round}: fetched blocks {blocks:?}");
     }
     let hits = shop.search(query, 5, &Filter::ANY);
+    // The head and the blocks it fetched find what the whole catalog finds.
+    anyhow::ensure!(
+        hits == catalog.search(query, 5, &Filter::ANY),
+        "the ranged search found other products"
+    );
     let shown: Vec<usize> = hits.iter().map(|hit| hit.product).collect();
     for page in shop.pages_to_load(&shown) {
         let range = shop.page_range(page).expect("a page the head names");
