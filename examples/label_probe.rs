@@ -59,6 +59,17 @@ fn main() -> Result<()> {
             }
         })
         .collect();
+    let labelled = |role| -> Vec<usize> {
+        dataset
+            .with_role(role)
+            .into_iter()
+            .filter(|&i| !labels[i].is_empty())
+            .collect()
+    };
+    let (gallery, queries) = (labelled(Role::Gallery), labelled(Role::Query));
+    if gallery.is_empty() || queries.is_empty() {
+        bail!("{split} has no {label} labels on its gallery or its query photos");
+    }
     let embedder = Embedder::from_bytes(&std::fs::read(model).with_context(|| format!("cannot read {model}"))?)?;
     let embeddings = extract_as_indexed(&embedder, &dataset, Path::new(".cache/features"), "features")?;
     let limits = DecodeLimits::default();
@@ -72,14 +83,6 @@ fn main() -> Result<()> {
             Ok(row)
         })
         .collect::<Result<_>>()?;
-    let labelled = |role| -> Vec<usize> {
-        dataset
-            .with_role(role)
-            .into_iter()
-            .filter(|&i| !labels[i].is_empty())
-            .collect()
-    };
-    let (gallery, queries) = (labelled(Role::Gallery), labelled(Role::Query));
     let mut numbers: HashMap<&str, u32> = HashMap::new();
     for &i in gallery.iter().chain(&queries) {
         let next = numbers.len() as u32;
