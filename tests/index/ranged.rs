@@ -28,9 +28,9 @@ fn split(whole: &Index) -> (Index, Vec<u8>) {
     (Index::from_bytes(&head_bytes).unwrap(), lists_file)
 }
 
-/// Loads the blocks a search for `query` (blending in `colour`) needs from `lists_file`, round
-/// after round, as the widget does with Range requests; returns how many lists it loaded.
-fn load_needed(
+/// Loads the blocks a search for `query` (blending in `colour`) needs from `lists_file` (in two
+/// rounds at most); returns how many of them are lists.
+fn lists_loaded(
     head: &mut Index,
     lists_file: &[u8],
     query: &[f32],
@@ -97,7 +97,7 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
         let mut loaded = 0;
         for (n, query) in embeddings.iter().enumerate().step_by(131) {
             let filter = if n % 2 == 0 { &Filter::ANY } else { &rare };
-            loaded += load_needed(&mut head, &lists_file, query, None, 10, filter);
+            loaded += lists_loaded(&mut head, &lists_file, query, None, 10, filter);
             assert_eq!(
                 ids(&head, &head.search(query, 10, filter)),
                 ids(&whole, &whole.search(query, 10, filter)),
@@ -108,7 +108,7 @@ fn a_head_with_the_lists_it_needs_finds_what_the_whole_index_finds() {
                 histogram: &histogram,
                 weight: 0.3,
             });
-            loaded += load_needed(&mut head, &lists_file, query, colour, 10, filter);
+            loaded += lists_loaded(&mut head, &lists_file, query, colour, 10, filter);
             assert_eq!(
                 head.search_with_colour(query, colour, 10, filter),
                 whole.search_with_colour(query, colour, 10, filter),
@@ -286,7 +286,7 @@ fn a_head_holds_what_filters_need_and_results_load_their_details_by_page() {
     );
 
     let query = whole.stored_vector(product).unwrap();
-    load_needed(&mut head, &lists_file, &query, None, 12, &Filter::ANY);
+    lists_loaded(&mut head, &lists_file, &query, None, 12, &Filter::ANY);
     let hits: Vec<usize> = head
         .search(&query, 12, &Filter::ANY)
         .iter()
