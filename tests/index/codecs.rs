@@ -90,6 +90,22 @@ fn bytes_per_product_are_what_each_codec_promises() {
         }),
         8 + dims * dims * 2 + codebooks + count * 8 + 4 + codebooks + count * 8
     );
+    // Per product, which `build-index` weighs against its warning for large ranged catalogs.
+    let per_product = |codec| {
+        Index::build_with(codec, MODEL_SHA256, products(count), &embeddings)
+            .unwrap()
+            .product_vector_bytes()
+    };
+    assert_eq!(per_product(Codec::Int8), dims + 4);
+    assert_eq!(per_product(Codec::ProductQuantised { subspaces: 16 }), 16);
+    assert_eq!(per_product(Codec::Binary), dims / 8 + dims + 4);
+    assert_eq!(
+        per_product(Codec::RefinedProductQuantised {
+            subspaces: 8,
+            refinement: 8
+        }),
+        16
+    );
 }
 
 #[test]
