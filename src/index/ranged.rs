@@ -573,16 +573,15 @@ impl Index {
                 found: file.len() as u64,
             });
         }
-        let part = |range: Range<u64>| file.get(range.start as usize..range.end as usize);
         // The lists first: their blocks vouch for the refinement blocks.
         for block in 0..lists + self.refinement_blocks() {
-            let range = self.block_range(block).expect("a block of this head");
-            let bytes = part(range).ok_or(IndexError::BlockMismatch { list: block })?;
-            self.load_block(block, bytes)?;
+            self.load_block_from(block, file)?;
         }
         for page in 0..pages {
             let range = self.page_range(page).expect("a page of this head");
-            let bytes = part(range).ok_or(IndexError::PageMismatch { page })?;
+            let bytes = file
+                .get(range.start as usize..range.end as usize)
+                .ok_or(IndexError::PageMismatch { page })?;
             self.load_page(page, bytes)?;
         }
         Ok(())
@@ -612,14 +611,19 @@ impl Index {
                 )));
             }
             for &block in &blocks {
-                let range = self.block_range(block).expect("a block this head names");
-                let bytes = lists_file
-                    .get(range.start as usize..range.end as usize)
-                    .ok_or(IndexError::BlockMismatch { list: block })?;
-                self.load_block(block, bytes)?;
+                self.load_block_from(block, lists_file)?;
             }
             rounds.push(blocks);
         }
+    }
+
+    /// Loads `block` (of this head) from the whole lists file held in memory.
+    fn load_block_from(&mut self, block: usize, file: &[u8]) -> Result<(), IndexError> {
+        let range = self.block_range(block).expect("a block this head names");
+        let bytes = file
+            .get(range.start as usize..range.end as usize)
+            .ok_or(IndexError::BlockMismatch { list: block })?;
+        self.load_block(block, bytes)
     }
 
     /// The pages of product details of a ranged head of version 6 or later.
