@@ -21,10 +21,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{linear, loss, AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use otlens::colour::describe;
+use otlens::index::unit_length;
 use otlens::model::Embedder;
 use otlens::preprocess::DecodeLimits;
 use otlens::train::dataset::{Dataset, Role};
 use otlens::train::features::extract_as_indexed;
+use otlens::train::metrics::{evaluate, Labelled};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -173,23 +175,23 @@ impl Probe {
     }
 }
 
-/// How often the nearest gallery row by cosine has the query's label.
+/// Recall@1 by label, as `otlens eval` counts it: how often the nearest gallery row by cosine
+/// has the query's label.
 fn nearest_accuracy(queries: &Tensor, gallery: &Tensor, query_y: &[u32], gallery_y: &[u32]) -> Result<f64> {
-    let unit = |t: &Tensor| -> Result<Tensor> { Ok(t.broadcast_div(&t.sqr()?.sum_keepdim(1)?.sqrt()?)?) };
-    let (queries, gallery) = (unit(queries)?, unit(gallery)?.t()?);
-    let mut right = 0;
-    for start in (0..query_y.len()).step_by(BATCH) {
-        let len = BATCH.min(query_y.len() - start);
-        let nearest: Vec<u32> = queries
-            .narrow(0, start, len)?
-            .matmul(&gallery)?
-            .argmax(D::Minus1)?
-            .to_vec1()?;
-        right += nearest
-            .iter()
-            .zip(&query_y[start..start + len])
-            .filter(|(&n, &y)| gallery_y[n as usize] == y)
-            .count();
-    }
-    Ok(right as f64 / query_y.len() as f64)
+    let unit_rows =
+        |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_vec2::<f32>()?.iter().flat_map(|row| unit_length(row)).collect()) };
+    let (queries_rows, gallery_rows, dims) = (unit_rows(queries)?, unit_rows(gallery)?, queries.dims2()?.1);
+    let queries = Labelled {
+        vectors: &queries_rows,
+        dims,
+        labels: query_y,
+    };
+    let gallery = Labelled {
+        vectors: &gallery_rows,
+        dims,
+        labels: gallery_y,
+    };
+    Ok(evaluate(&queries, &gallery, &[1])
+        .recall_at(1)
+        .expect("asked for Recall@1"))
 }
