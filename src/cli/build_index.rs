@@ -80,6 +80,21 @@ pub struct Args {
 /// products stays below it, int8 of 1,280 dimensions passes it at some 200,000.
 const RANGED_ROWS_WARNING_BYTES: usize = 256_000_000;
 
+/// The warning for a ranged catalog of `products` whose codes take `product_bytes` each in
+/// `codec`, if they pass [`RANGED_ROWS_WARNING_BYTES`].
+fn ranged_rows_warning(products: usize, product_bytes: usize, codec: Codec) -> Option<String> {
+    let rows = products * product_bytes;
+    (rows > RANGED_ROWS_WARNING_BYTES).then(|| {
+        format!(
+            "warning: the widget sets aside {} MB for these {products} products' codes ({product_bytes} bytes each in {codec}) \
+             when the head loads, and each search fetches the rows of every list it scans. For a catalog \
+             this large, --codec pq --pq-subspaces 16 --pq-refinement 16 takes 32 bytes a product, best \
+             with a 32-dimension head from `otlens train --dims 32` (README, Vector codecs)",
+            rows / 1_000_000
+        )
+    })
+}
+
 /// From this many products up, an index is partitioned unless `--lists 0` says otherwise.
 const PARTITION_FROM: usize = 50_000;
 
@@ -263,18 +278,8 @@ impl PartitionArgs {
             head.len() / 1000,
             lists.len() / 1000
         );
-        let product_bytes = index.product_vector_bytes();
-        let rows = index.len() * product_bytes;
-        if rows > RANGED_ROWS_WARNING_BYTES {
-            eprintln!(
-                "warning: the widget sets aside {} MB for these {} products' codes ({product_bytes} bytes each in {}) \
-                 when the head loads, and each search fetches the rows of every list it scans. For a catalog \
-                 this large, --codec pq --pq-subspaces 16 --pq-refinement 16 takes 32 bytes a product, best \
-                 with a 32-dimension head from `otlens train --dims 32` (README, Vector codecs)",
-                rows / 1_000_000,
-                index.len(),
-                index.codec()
-            );
+        if let Some(warning) = ranged_rows_warning(index.len(), index.product_vector_bytes(), index.codec()) {
+            eprintln!("{warning}");
         }
         Ok(IndexFiles {
             index: (FileEntry::content_named("index", "otl", &head), head),
@@ -674,7 +679,7 @@ fn commit(staging: &Path, out: &Path, built: &Built) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::default_probe;
+    use super::{default_probe, ranged_rows_warning, Codec};
 
     #[test]
     fn a_ranged_catalog_scans_fewer_lists_than_a_whole_one() {
@@ -684,5 +689,23 @@ mod tests {
         assert_eq!(default_probe(1000, true), 10);
         assert_eq!(default_probe(1001, true), 11);
         assert_eq!(default_probe(3163, true), 15);
+    }
+
+    /// What README, Ranged catalogs says: int8 of 1,280 dimensions passes 256 MB at some
+    /// 200,000 products, 32-byte refined pq stays below it at a million.
+    #[test]
+    fn large_ranged_catalogs_are_warned_of_their_codes_memory() {
+        let int8 = Codec::Int8;
+        assert_eq!(ranged_rows_warning(190_000, 1284, int8), None);
+        let warning = ranged_rows_warning(200_000, 1284, int8).expect("256.8 MB of int8 codes");
+        assert!(
+            warning.contains("256 MB for these 200000 products' codes (1284 bytes each in int8)"),
+            "{warning}"
+        );
+        let refined = Codec::RefinedProductQuantised {
+            subspaces: 16,
+            refinement: 16,
+        };
+        assert_eq!(ranged_rows_warning(1_000_000, 32, refined), None);
     }
 }
