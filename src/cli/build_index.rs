@@ -691,8 +691,8 @@ mod tests {
         assert_eq!(default_probe(3163, true), 15);
     }
 
-    /// What README, Ranged catalogs says: int8 of 1,280 dimensions passes 256 MB at some
-    /// 200,000 products, 32-byte refined pq stays below it at a million.
+    /// The threshold as its constant's comment puts it: int8 of 1,280 dimensions passes 256 MB
+    /// at some 200,000 products; 32-byte refined pq stays below it at a million.
     #[test]
     fn large_ranged_catalogs_are_warned_of_their_codes_memory() {
         let int8 = Codec::Int8;
