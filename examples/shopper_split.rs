@@ -15,9 +15,10 @@
 //! first: 10,451 photos, embedded in about 5 minutes. Products of other kinds (watches, bags,
 //! saris) stay in it as `other`, as a shop's catalog holds them too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use otlens::train::dataset::Dataset;
 use serde::Deserialize;
 
 /// `clothing/`'s kinds of garment and the FPI articleTypes of each, comma-separated.
@@ -45,14 +46,6 @@ const KINDS: [(&str, &str); 8] = [
 ];
 
 #[derive(Deserialize)]
-struct CatalogRow {
-    product_id: String,
-    #[serde(rename = "articleType")]
-    article_type: String,
-    image: String,
-}
-
-#[derive(Deserialize)]
 struct ShopperRow {
     image: String,
     category_coarse: String,
@@ -76,26 +69,25 @@ fn main() -> Result<()> {
     }
     // Absolute paths, so that the split may be written anywhere.
     let (catalog, shoppers) = (catalog.canonicalize()?, shoppers.canonicalize()?);
+    // The catalog as `otlens eval` reads it: photo paths, product ids, articleTypes.
+    let catalog = Dataset::read(&catalog.join("products.csv"))?;
     let mut split = csv::Writer::from_path(&out).with_context(|| format!("writing {}", out.display()))?;
     split.write_record(["path", "item_id", "role", "category"])?;
     let mut gallery = 0;
-    for (number, row) in csv::Reader::from_path(catalog.join("products.csv"))?
-        .deserialize()
-        .enumerate()
-        .step_by(every)
-    {
-        let row: CatalogRow = row.with_context(|| format!("fpi/products.csv, product {}", number + 1))?;
+    for photo in catalog.photos.iter().step_by(every) {
         let kind = KINDS
             .iter()
-            .find(|(_, types)| types.split(", ").any(|t| t == row.article_type))
+            .find(|(_, types)| types.split(", ").any(|t| t == photo.category))
             .map_or("other", |(kind, _)| kind);
-        split.write_record([&path(&catalog, &row.image), &row.product_id, "gallery", kind])?;
+        let product = &catalog.items[photo.item as usize];
+        split.write_record([&photo.path.display().to_string(), product, "gallery", kind])?;
         gallery += 1;
     }
     let mut queries = 0;
     for row in csv::Reader::from_path(shoppers.join("labels.csv"))?.deserialize() {
         let row: ShopperRow = row?;
-        split.write_record([&path(&shoppers, &row.image), &row.image, "query", &row.category_coarse])?;
+        let path = shoppers.join(&row.image).display().to_string();
+        split.write_record([&path, &row.image, "query", &row.category_coarse])?;
         queries += 1;
     }
     split.flush()?;
@@ -104,8 +96,4 @@ fn main() -> Result<()> {
         out.display()
     );
     Ok(())
-}
-
-fn path(folder: &Path, file: &str) -> String {
-    folder.join(file).display().to_string()
 }
