@@ -23,7 +23,7 @@ use crate::train::features::{extract_as_indexed, Features, Rows};
 use crate::train::metrics::{score_queries, summarise, Labelled, Retrieval};
 use crate::train::plot::recall_curves;
 
-/// How many of the most frequent colour-name mistakes a report lists.
+/// How many of the most frequent mistakes (colour names; categories of misses) a report lists.
 const CONFUSIONS_REPORTED: usize = 15;
 
 /// The K of Recall@K in reports.
@@ -73,6 +73,9 @@ pub struct ModelReport {
     pub dims: usize,
     pub overall: Retrieval,
     pub by_category: BTreeMap<String, Retrieval>,
+    /// The most frequent misses at rank 1: ((category of the query, category of its first
+    /// result), queries), most frequent first; empty when the split has no categories.
+    pub confusions: Vec<((String, String), usize)>,
     /// Recall@K for K = 1..=20, for the plot.
     pub curve: Vec<f64>,
     pub seconds: f64,
@@ -118,22 +121,43 @@ pub fn evaluate_split(name: &str, dataset: &Dataset, embeddings: &Features, matc
             .or_default()
             .push(score);
     }
-    let by_category = if grouped.len() > 1 {
-        grouped
+    let (by_category, confusions) = if grouped.len() > 1 {
+        let category = |photo: usize| dataset.photos[photo].category.clone();
+        let misses = scores
+            .iter()
+            .zip(&queries)
+            .filter(|(score, _)| score.first_hit != Some(1))
+            .filter_map(|(score, &q)| Some((category(q), category(gallery[score.first_result?]))));
+        let by_category = grouped
             .into_iter()
             .map(|(category, s)| (category, summarise(&s, gallery.len(), &REPORTED_K)))
-            .collect()
+            .collect();
+        (by_category, most_frequent(misses))
     } else {
-        BTreeMap::new()
+        (BTreeMap::new(), Vec::new())
     };
     Ok(ModelReport {
         name: name.to_owned(),
         dims: embeddings.dims,
         overall: summarise(&all, gallery.len(), &REPORTED_K),
         by_category,
+        confusions,
         curve,
         seconds: 0.0,
     })
+}
+
+/// The [`CONFUSIONS_REPORTED`] most frequent of `pairs`, with their counts, most frequent first
+/// (ties in alphabetical order).
+fn most_frequent(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<((String, String), usize)> {
+    let mut counts: HashMap<(String, String), usize> = HashMap::new();
+    for pair in pairs {
+        *counts.entry(pair).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+    counts.truncate(CONFUSIONS_REPORTED);
+    counts
 }
 
 /// Each value's number in order of first appearance, so equal values get equal numbers.
@@ -271,7 +295,7 @@ pub fn evaluate_colour(
         .map(|(&n, p)| (n, p.colour.as_str()))
         .collect();
     let mut by_colour: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut confusions: HashMap<(String, String), usize> = HashMap::new();
+    let mut mistakes = Vec::new();
     let mut correct = 0;
     for (&q, name) in split.queries.iter().zip(&named) {
         let label = &dataset.photos[q].colour;
@@ -281,14 +305,9 @@ pub fn evaluate_colour(
         tally.1 += usize::from(right);
         correct += usize::from(right);
         if let (false, Some(name)) = (right, name) {
-            *confusions
-                .entry((label.clone(), label_of[name].to_owned()))
-                .or_default() += 1;
+            mistakes.push((label.clone(), label_of[name].to_owned()));
         }
     }
-    let mut confusions: Vec<_> = confusions.into_iter().collect();
-    confusions.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
-    confusions.truncate(CONFUSIONS_REPORTED);
     let queries = split.queries.len();
     let majority = by_colour
         .iter()
@@ -302,7 +321,7 @@ pub fn evaluate_colour(
         accuracy: correct as f64 / queries as f64,
         majority,
         by_colour,
-        confusions,
+        confusions: most_frequent(mistakes),
     }
 }
 
@@ -482,6 +501,18 @@ fn markdown(args: &Args, dataset: &Dataset, reports: &[ModelReport], colour: &[C
         );
         for (category, figures) in &report.by_category {
             out.push_str(&row(category, figures));
+        }
+        if report.confusions.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            out,
+            "\nMost frequent misses at rank 1 by {}:\n\n| category | first result's category | queries |\n\
+             |---|---|---|\n",
+            report.name
+        );
+        for ((category, found), count) in &report.confusions {
+            let _ = writeln!(out, "| {category} | {found} | {count} |");
         }
     }
     out

@@ -46,6 +46,8 @@ pub struct QueryScore {
     /// 1-based rank of the first gallery photo with the query's label; `None` when the
     /// gallery has none (such a query counts as a miss).
     pub first_hit: Option<usize>,
+    /// Gallery position of the query's first result; `None` when the gallery is empty.
+    pub first_result: Option<usize>,
     pub average_precision_at_r: f64,
 }
 
@@ -76,6 +78,7 @@ pub fn score_queries(queries: &Labelled, gallery: &Labelled) -> Vec<QueryScore> 
             }
             QueryScore {
                 first_hit,
+                first_result: ranked.first().map(|&(_, g)| g),
                 average_precision_at_r: if relevant == 0 {
                     0.0
                 } else {

@@ -43,8 +43,12 @@ fn metrics_match_a_ranking_worked_out_by_hand() {
         dims: 2,
         labels: &gallery_labels,
     };
-    let first_hits: Vec<_> = score_queries(&queries, &gallery).iter().map(|s| s.first_hit).collect();
+    let scores = score_queries(&queries, &gallery);
+    let first_hits: Vec<_> = scores.iter().map(|s| s.first_hit).collect();
     assert_eq!(first_hits, [Some(1), Some(3), Some(1), None]);
+    // Query 3's tie at 0 between positions 0 and 3 goes to 0.
+    let first_results: Vec<_> = scores.iter().map(|s| s.first_result).collect();
+    assert_eq!(first_results, [Some(0), Some(2), Some(1), Some(0)]);
     let figures = evaluate(&queries, &gallery, &[1, 2, 3]);
     assert_eq!(figures.recall, [(1, 0.5), (2, 0.5), (3, 0.75)]);
     // AP@R (R = 2): query 0 hits at 1 of 2 -> 1/2; query 1 none in its first 2; query 2 both -> 1.
@@ -526,8 +530,22 @@ fn a_catalog_is_scored_by_category_and_colour_name() {
     };
     let by_category = evaluate_split("toy", &dataset, &embeddings, Match::Category).unwrap();
     assert_eq!(by_category.overall.recall_at(1), Some(1.0));
+    assert_eq!(by_category.confusions, []);
     let by_product = evaluate_split("toy", &dataset, &embeddings, Match::Product).unwrap();
     assert_eq!(by_product.overall.recall_at(20), Some(0.0));
+
+    // Embeddings that know nothing: every query's first result is the first gallery photo
+    // (ties go to the lower position), so the queries of the other category all miss at 1.
+    let blind = Features {
+        values: vec![1.0; 80],
+        dims: 2,
+    };
+    let first = &dataset.photos[dataset.with_role(Role::Gallery)[0]].category;
+    let other = if first == "Tshirts" { "Jeans" } else { "Tshirts" };
+    let missed = queries.iter().filter(|&&q| dataset.photos[q].category == other).count();
+    assert!(missed > 0 && missed < queries.len(), "queries of both categories");
+    let blind = evaluate_split("blind", &dataset, &blind, Match::Category).unwrap();
+    assert_eq!(blind.confusions, [((other.to_owned(), first.clone()), missed)]);
 }
 
 #[test]
