@@ -13,7 +13,8 @@
 //! OUT_CSV defaults to `target/shopper-split.csv` (it names the photos, which stay where they
 //! are). The gallery is every EVERY-th (default 4th) product of `fpi/products.csv`, from the
 //! first: 10,451 photos, embedded in about 5 minutes. Products of other kinds (watches, bags,
-//! saris) stay in it as `other`, as a shop's catalog holds them too.
+//! saris) stay in it, as a shop's catalog holds them too, as `other: ` and their articleType, so
+//! that `eval`'s list of misses says which of them a shopper's photo found instead.
 
 use std::path::PathBuf;
 
@@ -78,9 +79,9 @@ fn main() -> Result<()> {
         let kind = KINDS
             .iter()
             .find(|(_, types)| types.split(", ").any(|t| t == photo.category))
-            .map_or("other", |(kind, _)| kind);
+            .map_or_else(|| format!("other: {}", photo.category), |(kind, _)| (*kind).to_owned());
         let product = &catalog.items[photo.item as usize];
-        split.write_record([&photo.path.display().to_string(), product, "gallery", kind])?;
+        split.write_record([&photo.path.display().to_string(), product, "gallery", &kind])?;
         gallery += 1;
     }
     let mut queries = 0;
