@@ -122,7 +122,7 @@ pub fn evaluate_split(name: &str, dataset: &Dataset, embeddings: &Features, matc
             .push(score);
     }
     let (by_category, confusions) = if grouped.len() > 1 {
-        let category = |photo: usize| dataset.photos[photo].category.clone();
+        let category = |photo: usize| dataset.photos[photo].category.as_str();
         let misses = scores
             .iter()
             .zip(&queries)
@@ -149,8 +149,8 @@ pub fn evaluate_split(name: &str, dataset: &Dataset, embeddings: &Features, matc
 
 /// The [`CONFUSIONS_REPORTED`] most frequent of `pairs`, with their counts, most frequent first
 /// (ties in alphabetical order).
-fn most_frequent(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<((String, String), usize)> {
-    let mut counts: HashMap<(String, String), usize> = HashMap::new();
+fn most_frequent<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<((String, String), usize)> {
+    let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
     for pair in pairs {
         *counts.entry(pair).or_default() += 1;
     }
@@ -158,6 +158,9 @@ fn most_frequent(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<((Str
     counts.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
     counts.truncate(CONFUSIONS_REPORTED);
     counts
+        .into_iter()
+        .map(|((label, answer), count)| ((label.to_owned(), answer.to_owned()), count))
+        .collect()
 }
 
 /// Each value's number in order of first appearance, so equal values get equal numbers.
@@ -305,7 +308,7 @@ pub fn evaluate_colour(
         tally.1 += usize::from(right);
         correct += usize::from(right);
         if let (false, Some(name)) = (right, name) {
-            mistakes.push((label.clone(), label_of[name].to_owned()));
+            mistakes.push((label.as_str(), label_of[name]));
         }
     }
     let queries = split.queries.len();
